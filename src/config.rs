@@ -1,0 +1,212 @@
+//! Timing and identity of an elector, with client-go's defaults and validation.
+
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::error::ConfigError;
+
+/// client-go's `JitterFactor`: a standby waits between `retry_period` and
+/// `retry_period * (1 + JITTER_FACTOR)` between attempts.
+pub const JITTER_FACTOR: f64 = 1.2;
+
+/// How an elector times its lease, and who it is.
+///
+/// The defaults are kube-scheduler's and kube-controller-manager's: lease 15s, renew
+/// deadline 10s, retry 2s. [`validate`](Self::validate) applies client-go's rules:
+/// `lease_duration > renew_deadline > retry_period * 1.2 > 0`.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use leaderelection::Config;
+///
+/// let config = Config::new("kube-scheduler")
+///     .identity("node-a")
+///     .lease_duration(Duration::from_secs(30))
+///     .renew_deadline(Duration::from_secs(20))
+///     .retry_period(Duration::from_secs(4));
+/// config.validate()?;
+/// # Ok::<(), leaderelection::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub(crate) name: String,
+    pub(crate) identity: String,
+    pub(crate) lease_duration: Duration,
+    pub(crate) renew_deadline: Duration,
+    pub(crate) retry_period: Duration,
+    pub(crate) release_on_cancel: bool,
+    pub(crate) recampaign: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new("leaderelection")
+    }
+}
+
+impl Config {
+    /// A configuration with the defaults and the given election name (used in logs,
+    /// metrics and health messages; the lock names the stored object).
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            identity: default_identity(),
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+            release_on_cancel: true,
+            recampaign: true,
+        }
+    }
+
+    /// This replica's identity, written as `holderIdentity`. Default: the host name,
+    /// an underscore and eight random hex digits, so two processes on one host differ.
+    #[must_use]
+    pub fn identity(mut self, identity: impl Into<String>) -> Self {
+        self.identity = identity.into();
+        self
+    }
+
+    /// How long standbys wait after the last observed renewal before taking over.
+    /// Default 15s.
+    #[must_use]
+    pub fn lease_duration(mut self, d: Duration) -> Self {
+        self.lease_duration = d;
+        self
+    }
+
+    /// How long the leader keeps retrying a failed renewal before it steps down.
+    /// Default 10s.
+    #[must_use]
+    pub fn renew_deadline(mut self, d: Duration) -> Self {
+        self.renew_deadline = d;
+        self
+    }
+
+    /// How often the leader renews, and how often a standby without a watch polls.
+    /// Default 2s.
+    #[must_use]
+    pub fn retry_period(mut self, d: Duration) -> Self {
+        self.retry_period = d;
+        self
+    }
+
+    /// Whether the leader clears `holderIdentity` when it is cancelled, after its
+    /// work has stopped, so a standby takes over at once. Default true (client-go's
+    /// default is false; kube-scheduler turns it on).
+    #[must_use]
+    pub fn release_on_cancel(mut self, release: bool) -> Self {
+        self.release_on_cancel = release;
+        self
+    }
+
+    /// Whether the elector campaigns again after losing leadership. Default true;
+    /// false gives client-go's one-shot `Run`, which returns after the first loss.
+    #[must_use]
+    pub fn recampaign(mut self, recampaign: bool) -> Self {
+        self.recampaign = recampaign;
+        self
+    }
+
+    /// The election name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// This replica's identity.
+    pub fn get_identity(&self) -> &str {
+        &self.identity
+    }
+
+    /// The lease duration.
+    pub fn get_lease_duration(&self) -> Duration {
+        self.lease_duration
+    }
+
+    /// The renew deadline.
+    pub fn get_renew_deadline(&self) -> Duration {
+        self.renew_deadline
+    }
+
+    /// The retry period.
+    pub fn get_retry_period(&self) -> Duration {
+        self.retry_period
+    }
+
+    /// Checks client-go's rules.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the field and the rule it breaks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // Same order as client-go's NewLeaderElector, so the same input gives the
+        // same complaint.
+        if self.lease_duration <= self.renew_deadline {
+            return Err(ConfigError::LeaseNotAfterRenewDeadline {
+                lease: self.lease_duration,
+                renew: self.renew_deadline,
+            });
+        }
+        let jittered = self.retry_period.mul_f64(JITTER_FACTOR);
+        if self.renew_deadline <= jittered {
+            return Err(ConfigError::RenewDeadlineNotAfterRetry {
+                renew: self.renew_deadline,
+                jittered,
+            });
+        }
+        for (field, d) in [
+            ("lease_duration", self.lease_duration),
+            ("renew_deadline", self.renew_deadline),
+            ("retry_period", self.retry_period),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::Zero { field });
+            }
+        }
+        if self.lease_duration.as_secs() >= i32::MAX as u64 {
+            return Err(ConfigError::LeaseTooLong(self.lease_duration));
+        }
+        if self.identity.is_empty() {
+            return Err(ConfigError::EmptyIdentity);
+        }
+        Ok(())
+    }
+
+    /// `leaseDurationSeconds` as stored: whole seconds, rounded up so that standbys
+    /// never wait less than this replica's lease.
+    pub(crate) fn lease_seconds(&self) -> i32 {
+        let d = self.lease_duration;
+        let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+        i32::try_from(secs).unwrap_or(i32::MAX)
+    }
+}
+
+/// The host name, an underscore and eight random hex digits: client-go users write
+/// `hostname + "_" + uuid` for the same reason, two processes on one host must differ.
+pub fn default_identity() -> String {
+    let host = gethostname::gethostname();
+    let host = host.to_string_lossy();
+    let suffix: u32 = rand::rng().random();
+    format!("{host}_{suffix:08x}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_seconds_round_up() {
+        let c = Config::default().lease_duration(Duration::from_millis(1500));
+        assert_eq!(c.lease_seconds(), 2);
+        assert_eq!(Config::default().lease_seconds(), 15);
+    }
+
+    #[test]
+    fn identities_differ() {
+        assert_ne!(default_identity(), default_identity());
+        assert!(!default_identity().is_empty());
+    }
+}

@@ -1,0 +1,67 @@
+//! Leader election for control-plane components, the Rust counterpart of client-go's
+//! `tools/leaderelection`.
+//!
+//! Replicas of a component contend for one lock; one leads, the others stand by and
+//! take over when it stops renewing. The record is client-go's, byte for byte, so Rust
+//! and Go replicas can share an election. Beyond client-go:
+//!
+//! - standbys whose lock can watch do not poll: they wake when the record changes or
+//!   when the observed lease expires, and take a released lease at once;
+//! - the leader renews with a single compare-and-swap write;
+//! - leadership is a value, a [`Leadership`] with a cancellation token, a fencing
+//!   token and the instant until which acting is safe;
+//! - on shutdown the leader's work stops before the lease is released;
+//! - after losing leadership the elector campaigns again.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `file` | yes | `FileLock`, a lock in a file for replicas on one host |
+//! | `etcd` | no | etcd locks on the `etcd-client` crate (needs `protoc` to build) |
+//! | `kube` | no | Kubernetes Lease, Endpoints, ConfigMap and Multi locks on the `kube` crate |
+//! | `testkit` | no | helpers that start etcd processes and a Kubernetes API test server |
+//!
+//! The in-memory lock, [`MemoryStore`], is always built.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::time::Duration;
+//! use leaderelection::{Config, LeaderElector, MemoryStore};
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = MemoryStore::new();
+//! let config = Config::new("scheduler")
+//!     .lease_duration(Duration::from_secs(15))
+//!     .renew_deadline(Duration::from_secs(10))
+//!     .retry_period(Duration::from_secs(2));
+//! let elector = LeaderElector::new(store.lock("scheduler"), config)?;
+//! let shutdown = CancellationToken::new();
+//! # let stop = shutdown.clone();
+//! # tokio::spawn(async move { tokio::time::sleep(Duration::from_secs(5)).await; stop.cancel(); });
+//! elector
+//!     .run(shutdown, |leadership| async move {
+//!         tracing::info!(fencing_token = leadership.fencing_token(), "leading");
+//!         leadership.lost().await;
+//!     })
+//!     .await;
+//! # Ok(()) }
+//! ```
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod config;
+mod elector;
+mod error;
+mod leadership;
+pub mod lock;
+mod record;
+
+pub use config::{default_identity, Config, JITTER_FACTOR};
+pub use elector::{ElectionEvent, HealthError, LeaderElector, Status, MAX_HONOURED_LEASE};
+pub use error::{BoxError, ConfigError, LockError};
+pub use leadership::Leadership;
+pub use lock::memory::{MemoryControl, MemoryLock, MemoryStore};
+pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
+pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};

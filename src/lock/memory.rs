@@ -1,0 +1,311 @@
+//! An in-process lock: elections between tasks of one process, and the lock the
+//! elector's own tests run on under tokio's paused clock.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+
+use super::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
+use crate::error::LockError;
+use crate::record::LeaderElectionRecord;
+
+const BACKEND: &str = "memory";
+
+/// A shared map of records, one per election name, with a store-wide revision that
+/// grows on every write (like etcd's), so versions double as fencing tokens.
+///
+/// Records are kept as JSON text, as real backends keep them, so a test can plant a
+/// malformed one with [`put_raw`](Self::put_raw).
+///
+/// # Examples
+///
+/// ```
+/// use leaderelection::{Config, LeaderElector, MemoryStore};
+///
+/// let store = MemoryStore::new();
+/// let a = LeaderElector::new(store.lock("jobs"), Config::new("jobs").identity("a"))?;
+/// let b = LeaderElector::new(store.lock("jobs"), Config::new("jobs").identity("b"))?;
+/// # let _ = (a, b);
+/// # Ok::<(), leaderelection::ConfigError>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    revision: u64,
+    // The sender keeps the current state, so new watchers start from it.
+    keys: HashMap<String, watch::Sender<Option<(String, u64)>>>,
+}
+
+impl Inner {
+    fn key(&mut self, name: &str) -> &watch::Sender<Option<(String, u64)>> {
+        self.keys
+            .entry(name.to_owned())
+            .or_insert_with(|| watch::channel(None).0)
+    }
+
+    fn write(&mut self, name: &str, text: Option<String>) -> u64 {
+        self.revision += 1;
+        let rev = self.revision;
+        self.key(name).send_replace(text.map(|t| (t, rev)));
+        rev
+    }
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A lock on the record named `name`. Each call gives a handle with its own
+    /// [`MemoryControl`], so a test can break one replica's connection alone.
+    pub fn lock(&self, name: impl Into<String>) -> MemoryLock {
+        MemoryLock {
+            store: self.clone(),
+            name: name.into(),
+            control: Arc::default(),
+        }
+    }
+
+    /// Stores `text` as the record of `name`, whatever it is, and returns its revision.
+    pub fn put_raw(&self, name: &str, text: impl Into<String>) -> u64 {
+        self.locked().write(name, Some(text.into()))
+    }
+
+    /// The stored text of `name`, if any.
+    pub fn get_raw(&self, name: &str) -> Option<String> {
+        self.locked()
+            .key(name)
+            .borrow()
+            .as_ref()
+            .map(|(t, _)| t.clone())
+    }
+
+    /// Deletes the record of `name`.
+    pub fn delete(&self, name: &str) {
+        self.locked().write(name, None);
+    }
+
+    fn locked(&self) -> MutexGuard<'_, Inner> {
+        // A panic elsewhere cannot leave the map half-written: every write is one
+        // `send_replace`. Keep serving after a poisoned lock.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Switches for one [`MemoryLock`] handle: make its requests fail or slow, and count
+/// them. Tests use it to cut one replica off while the others still reach the store.
+#[derive(Debug, Default)]
+pub struct MemoryControl {
+    unavailable: AtomicBool,
+    latency_ms: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl MemoryControl {
+    /// While true, every request of this handle fails with [`LockError::Unavailable`]
+    /// and open watches end.
+    pub fn set_unavailable(&self, down: bool) {
+        self.unavailable.store(down, Ordering::SeqCst);
+    }
+
+    /// Delay every request of this handle by `latency` (on tokio's clock).
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Requests made through this handle so far (a watch counts once, when opened).
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    async fn enter(&self) -> Result<(), LockError> {
+        self.requests.fetch_add(1, Ordering::SeqCst);
+        let ms = self.latency_ms.load(Ordering::SeqCst);
+        if ms > 0 {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if self.unavailable.load(Ordering::SeqCst) {
+            return Err(LockError::unavailable(
+                BACKEND,
+                "injected fault: store unreachable",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A handle on one record of a [`MemoryStore`]. Watch is supported.
+#[derive(Clone, Debug)]
+pub struct MemoryLock {
+    store: MemoryStore,
+    name: String,
+    control: Arc<MemoryControl>,
+}
+
+impl MemoryLock {
+    /// The fault switches and request counter of this handle.
+    pub fn control(&self) -> Arc<MemoryControl> {
+        self.control.clone()
+    }
+}
+
+fn parse(text: &str, rev: u64) -> Result<Versioned, LockError> {
+    LeaderElectionRecord::from_json(text)
+        .map(|record| Versioned {
+            record,
+            version: rev.into(),
+        })
+        .map_err(|source| LockError::InvalidRecord {
+            source,
+            version: Some(rev.into()),
+        })
+}
+
+#[async_trait]
+impl LeaseLock for MemoryLock {
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        self.control.enter().await?;
+        let current = self.store.locked().key(&self.name).borrow().clone();
+        current.map(|(text, rev)| parse(&text, rev)).transpose()
+    }
+
+    async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
+        self.control.enter().await?;
+        let mut inner = self.store.locked();
+        if inner.key(&self.name).borrow().is_some() {
+            return Err(LockError::AlreadyExists);
+        }
+        Ok(inner.write(&self.name, Some(record.to_json())).into())
+    }
+
+    async fn update(
+        &self,
+        record: &LeaderElectionRecord,
+        expected: &Version,
+    ) -> Result<Version, LockError> {
+        self.control.enter().await?;
+        let mut inner = self.store.locked();
+        let current = inner.key(&self.name).borrow().as_ref().map(|(_, rev)| *rev);
+        if current.map(Version::from).as_ref() != Some(expected) {
+            return Err(LockError::Conflict);
+        }
+        Ok(inner.write(&self.name, Some(record.to_json())).into())
+    }
+
+    fn watch(&self) -> Option<WatchStream> {
+        let rx = self.store.locked().key(&self.name).subscribe();
+        let control = self.control.clone();
+        let opened = false;
+        Some(Box::pin(futures::stream::unfold(
+            (rx, control, opened),
+            |(mut rx, control, opened)| async move {
+                if !opened {
+                    // Opening the watch is one request; later events are pushed.
+                    if let Err(e) = control.enter().await {
+                        return Some((Err(e), (rx, control, true)));
+                    }
+                }
+                rx.changed().await.ok()?;
+                if control.unavailable.load(Ordering::SeqCst) {
+                    return None;
+                }
+                let event = match rx.borrow_and_update().clone() {
+                    None => Ok(LockEvent::Deleted),
+                    Some((text, rev)) => parse(&text, rev).map(LockEvent::Changed),
+                };
+                Some((event, (rx, control, true)))
+            },
+        )))
+    }
+
+    fn describe(&self) -> String {
+        format!("memory/{}", self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    fn rec(holder: &str) -> LeaderElectionRecord {
+        LeaderElectionRecord {
+            holder_identity: holder.into(),
+            lease_duration_seconds: 15,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn create_update_conflict() {
+        let store = MemoryStore::new();
+        let lock = store.lock("e");
+        let v1 = lock.create(&rec("a")).await.unwrap();
+        assert!(matches!(
+            lock.create(&rec("b")).await,
+            Err(LockError::AlreadyExists)
+        ));
+        let v2 = lock.update(&rec("b"), &v1).await.unwrap();
+        assert!(matches!(
+            lock.update(&rec("c"), &v1).await,
+            Err(LockError::Conflict)
+        ));
+        let got = lock.get().await.unwrap().unwrap();
+        assert_eq!(
+            (got.record.holder_identity.as_str(), got.version),
+            ("b", v2)
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_record_is_an_error_with_its_version() {
+        let store = MemoryStore::new();
+        let rev = store.put_raw("e", "{not json");
+        match store.lock("e").get().await {
+            Err(LockError::InvalidRecord { version, source }) => {
+                assert_eq!(version, Some(rev.into()));
+                assert_eq!(source.text, "{not json");
+            }
+            other => panic!("expected InvalidRecord, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn watch_sees_changes_and_deletes() {
+        let store = MemoryStore::new();
+        let lock = store.lock("e");
+        let mut w = lock.watch().unwrap();
+        let v = lock.create(&rec("a")).await.unwrap();
+        match w.next().await {
+            Some(Ok(LockEvent::Changed(got))) => assert_eq!(got.version, v),
+            other => panic!("{other:?}"),
+        }
+        store.delete("e");
+        assert!(matches!(w.next().await, Some(Ok(LockEvent::Deleted))));
+    }
+
+    #[tokio::test]
+    async fn injected_faults() {
+        let store = MemoryStore::new();
+        let lock = store.lock("e");
+        lock.control().set_unavailable(true);
+        assert!(matches!(
+            lock.get().await,
+            Err(LockError::Unavailable { .. })
+        ));
+        // Another handle on the same record is unaffected.
+        assert!(store.lock("e").get().await.unwrap().is_none());
+        assert_eq!(lock.control().requests(), 1);
+    }
+}

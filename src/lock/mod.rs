@@ -1,0 +1,146 @@
+//! The lock abstraction: where the record lives, and the backends that keep it.
+//!
+//! A lock only stores and compares records. It never sleeps, never retries and never
+//! decides who leads: the [`LeaderElector`](crate::LeaderElector) does all of that.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crate::error::LockError;
+use crate::record::LeaderElectionRecord;
+
+pub mod memory;
+
+/// An opaque token naming one stored state of a record (a Kubernetes
+/// `resourceVersion`, an etcd `mod_revision`, a counter), used for compare-and-swap.
+///
+/// Compare versions only for equality, except through
+/// [`LeaseLock::fencing_token`], which knows whether its backend's versions grow.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Version(String);
+
+impl Version {
+    /// Wraps a backend's version.
+    pub fn new(v: impl Into<String>) -> Self {
+        Self(v.into())
+    }
+
+    /// The backend's version text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<u64> for Version {
+    fn from(v: u64) -> Self {
+        Self(v.to_string())
+    }
+}
+
+impl fmt::Display for Version {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A record as read, with the version to pass to [`LeaseLock::update`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Versioned {
+    /// The record.
+    pub record: LeaderElectionRecord,
+    /// The stored version it was read at.
+    pub version: Version,
+}
+
+/// A change a [`LeaseLock::watch`] stream reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LockEvent {
+    /// The record was created or written.
+    Changed(Versioned),
+    /// The record was deleted.
+    Deleted,
+}
+
+/// A stream of changes to one lock's record. It ends or yields an error when the
+/// backend connection breaks; the elector then reads again and opens a new one.
+pub type WatchStream = BoxStream<'static, Result<LockEvent, LockError>>;
+
+/// Where an election's record is stored: one object, compared and swapped.
+///
+/// Implementations are thin: one request per call, no retries, no sleeping. Errors
+/// separate contention ([`LockError::Conflict`], [`LockError::AlreadyExists`]) from
+/// a broken backend and from unreadable data.
+///
+/// # Cancel safety
+///
+/// Every method may be cancelled (the elector wraps each call in a timeout). A
+/// cancelled `create` or `update` may or may not have been applied; compare-and-swap
+/// makes either outcome safe.
+///
+/// # Examples
+///
+/// ```
+/// use leaderelection::{LeaseLock, LeaderElectionRecord, MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), leaderelection::LockError> {
+/// let store = MemoryStore::new();
+/// let lock = store.lock("scheduler");
+/// assert!(lock.get().await?.is_none());
+/// let record = LeaderElectionRecord { holder_identity: "a".into(), lease_duration_seconds: 15, ..Default::default() };
+/// let v1 = lock.create(&record).await?;
+/// let v2 = lock.update(&record, &v1).await?;
+/// // The old version no longer matches: someone (here, we) wrote in between.
+/// assert!(lock.update(&record, &v1).await.unwrap_err().is_contention());
+/// # let _ = v2; Ok(()) }
+/// ```
+#[async_trait]
+pub trait LeaseLock: Send + Sync + fmt::Debug + 'static {
+    /// Reads the record, or `None` when the object does not exist.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidRecord`] when the object exists but its record is unreadable.
+    async fn get(&self) -> Result<Option<Versioned>, LockError>;
+
+    /// Creates the object holding `record`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::AlreadyExists`] when it exists already.
+    async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError>;
+
+    /// Replaces the record if the stored version is still `expected`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Conflict`] when the version moved (or the object is gone).
+    async fn update(
+        &self,
+        record: &LeaderElectionRecord,
+        expected: &Version,
+    ) -> Result<Version, LockError>;
+
+    /// A stream of changes, for locks whose backend can push them. `None` (the
+    /// default) makes standbys poll every retry period, as client-go does.
+    fn watch(&self) -> Option<WatchStream> {
+        None
+    }
+
+    /// What and where the lock is, for logs: `leases/kube-system/kube-scheduler`.
+    fn describe(&self) -> String;
+
+    /// The fencing token of a leadership that began by writing `version`: a number
+    /// that grows with every change of leader.
+    ///
+    /// The default is the version when it is a number (a counter, or Kubernetes'
+    /// resourceVersion, which is etcd's revision), otherwise `leaderTransitions`.
+    fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
+        version
+            .as_str()
+            .parse()
+            .unwrap_or(record.leader_transitions.max(0) as u64)
+    }
+}
