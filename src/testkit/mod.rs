@@ -1,0 +1,6 @@
+//! Test support: real servers for tests of code that uses this crate.
+//!
+//! Everything here starts real processes or real servers on loopback ports and stops
+//! them when dropped, so tests exercise the same code paths as production.
+
+pub mod etcd;
