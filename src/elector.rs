@@ -567,7 +567,9 @@ impl LeaderElector {
         last_success: Instant,
     ) {
         lost.cancel();
-        self.set_leader(None, false);
+        // Who holds the lease now is unknown until the next read; keep the last holder seen.
+        let leader = self.leader();
+        self.set_leader(leader, false);
         *lock_unpoisoned(&self.shared.last_renewal) = None;
         info!("stopped leading");
         self.emit(ElectionEvent::StoppedLeading);

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::broadcast;
 
 use super::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 use crate::error::LockError;
@@ -37,24 +37,40 @@ pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
 }
 
+/// Events a watcher may fall behind by before its stream reports an error (as a
+/// Kubernetes watch answers 410 Gone); the elector then reads afresh.
+const WATCH_BACKLOG: usize = 1024;
+
+type State = Option<(String, u64)>;
+
 #[derive(Debug, Default)]
 struct Inner {
     revision: u64,
-    // The sender keeps the current state, so new watchers start from it.
-    keys: HashMap<String, watch::Sender<Option<(String, u64)>>>,
+    keys: HashMap<String, Key>,
+}
+
+#[derive(Debug)]
+struct Key {
+    current: State,
+    // Every write is sent, none coalesced, as etcd and Kubernetes watches deliver them.
+    events: broadcast::Sender<State>,
 }
 
 impl Inner {
-    fn key(&mut self, name: &str) -> &watch::Sender<Option<(String, u64)>> {
-        self.keys
-            .entry(name.to_owned())
-            .or_insert_with(|| watch::channel(None).0)
+    fn key(&mut self, name: &str) -> &mut Key {
+        self.keys.entry(name.to_owned()).or_insert_with(|| Key {
+            current: None,
+            events: broadcast::channel(WATCH_BACKLOG).0,
+        })
     }
 
     fn write(&mut self, name: &str, text: Option<String>) -> u64 {
         self.revision += 1;
         let rev = self.revision;
-        self.key(name).send_replace(text.map(|t| (t, rev)));
+        let key = self.key(name);
+        key.current = text.map(|t| (t, rev));
+        // No receivers is fine: nobody watches.
+        let _ = key.events.send(key.current.clone());
         rev
     }
 }
@@ -84,7 +100,7 @@ impl MemoryStore {
     pub fn get_raw(&self, name: &str) -> Option<String> {
         self.locked()
             .key(name)
-            .borrow()
+            .current
             .as_ref()
             .map(|(t, _)| t.clone())
     }
@@ -175,14 +191,14 @@ fn parse(text: &str, rev: u64) -> Result<Versioned, LockError> {
 impl LeaseLock for MemoryLock {
     async fn get(&self) -> Result<Option<Versioned>, LockError> {
         self.control.enter().await?;
-        let current = self.store.locked().key(&self.name).borrow().clone();
+        let current = self.store.locked().key(&self.name).current.clone();
         current.map(|(text, rev)| parse(&text, rev)).transpose()
     }
 
     async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
         self.control.enter().await?;
         let mut inner = self.store.locked();
-        if inner.key(&self.name).borrow().is_some() {
+        if inner.key(&self.name).current.is_some() {
             return Err(LockError::AlreadyExists);
         }
         Ok(inner.write(&self.name, Some(record.to_json())).into())
@@ -195,7 +211,7 @@ impl LeaseLock for MemoryLock {
     ) -> Result<Version, LockError> {
         self.control.enter().await?;
         let mut inner = self.store.locked();
-        let current = inner.key(&self.name).borrow().as_ref().map(|(_, rev)| *rev);
+        let current = inner.key(&self.name).current.as_ref().map(|(_, rev)| *rev);
         if current.map(Version::from).as_ref() != Some(expected) {
             return Err(LockError::Conflict);
         }
@@ -203,11 +219,10 @@ impl LeaseLock for MemoryLock {
     }
 
     fn watch(&self) -> Option<WatchStream> {
-        let rx = self.store.locked().key(&self.name).subscribe();
+        let rx = self.store.locked().key(&self.name).events.subscribe();
         let control = self.control.clone();
-        let opened = false;
         Some(Box::pin(futures::stream::unfold(
-            (rx, control, opened),
+            (rx, control, false),
             |(mut rx, control, opened)| async move {
                 if !opened {
                     // Opening the watch is one request; later events are pushed.
@@ -215,11 +230,21 @@ impl LeaseLock for MemoryLock {
                         return Some((Err(e), (rx, control, true)));
                     }
                 }
-                rx.changed().await.ok()?;
+                let state = match rx.recv().await {
+                    Ok(state) => state,
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let e = LockError::unavailable(
+                            BACKEND,
+                            format!("watch fell {n} events behind"),
+                        );
+                        return Some((Err(e), (rx, control, true)));
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                };
                 if control.unavailable.load(Ordering::SeqCst) {
                     return None;
                 }
-                let event = match rx.borrow_and_update().clone() {
+                let event = match state {
                     None => Ok(LockEvent::Deleted),
                     Some((text, rev)) => parse(&text, rev).map(LockEvent::Changed),
                 };

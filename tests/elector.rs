@@ -1,0 +1,664 @@
+//! The election loop's behaviour on the in-memory lock, under tokio's paused clock:
+//! every timing here is virtual, so the assertions are exact and never flaky.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use leaderelection::{
+    Config, ConfigError, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
+    LockEvent, MemoryControl, MemoryLock, MemoryStore, Version, Versioned,
+};
+use rand::{Rng, SeedableRng};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+
+const NAME: &str = "scheduler";
+
+fn config(id: &str) -> Config {
+    Config::new(NAME).identity(id)
+}
+
+/// One leadership term as the work saw it.
+#[derive(Clone, Debug)]
+struct Term {
+    identity: String,
+    fencing: u64,
+    start: Instant,
+    end: Option<Instant>,
+}
+
+type Terms = Arc<Mutex<Vec<Term>>>;
+
+/// A replica: an elector running in a task, with switches to cut it off or crash it.
+struct Candidate {
+    elector: LeaderElector,
+    shutdown: CancellationToken,
+    crashed: CancellationToken,
+    control: Arc<MemoryControl>,
+    task: JoinHandle<()>,
+}
+
+impl Candidate {
+    fn start(lock: MemoryLock, config: Config, terms: &Terms) -> Self {
+        Self::start_with_work_delay(lock, config, terms, Duration::ZERO)
+    }
+
+    /// `work_delay`: how long the work takes to stop after leadership ends.
+    fn start_with_work_delay(
+        lock: MemoryLock,
+        config: Config,
+        terms: &Terms,
+        work_delay: Duration,
+    ) -> Self {
+        let control = lock.control();
+        let elector = LeaderElector::new(lock, config).unwrap();
+        let shutdown = CancellationToken::new();
+        let crashed = CancellationToken::new();
+        let task = tokio::spawn({
+            let (elector, shutdown, crashed, terms) = (
+                elector.clone(),
+                shutdown.clone(),
+                crashed.clone(),
+                terms.clone(),
+            );
+            async move {
+                elector
+                    .run(shutdown, move |leadership| {
+                        let (terms, crashed) = (terms.clone(), crashed.clone());
+                        async move {
+                            let index = {
+                                let mut t = terms.lock().unwrap();
+                                t.push(Term {
+                                    identity: leadership.identity().to_owned(),
+                                    fencing: leadership.fencing_token(),
+                                    start: Instant::now(),
+                                    end: None,
+                                });
+                                t.len() - 1
+                            };
+                            tokio::select! {
+                                _ = leadership.lost() => sleep(work_delay).await,
+                                // A crashed process's work dies with it.
+                                _ = crashed.cancelled() => {}
+                            }
+                            terms.lock().unwrap()[index].end = Some(Instant::now());
+                        }
+                    })
+                    .await
+            }
+        });
+        Self {
+            elector,
+            shutdown,
+            crashed,
+            control,
+            task,
+        }
+    }
+
+    /// Dies without releasing: the process is gone, its lease runs out on its own.
+    fn crash(&self) {
+        self.crashed.cancel();
+        self.task.abort();
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
+/// Every write to the record, with the virtual instant it happened.
+#[derive(Clone, Default)]
+struct Writes(Arc<Mutex<Vec<(Instant, Option<LeaderElectionRecord>)>>>);
+
+impl Writes {
+    fn follow(store: &MemoryStore) -> Self {
+        let writes = Self::default();
+        let mut stream = store.lock(NAME).watch().unwrap();
+        let w = writes.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(event)) = stream.next().await {
+                let record = match event {
+                    LockEvent::Changed(v) => Some(v.record),
+                    _ => None,
+                };
+                w.0.lock().unwrap().push((Instant::now(), record));
+            }
+        });
+        writes
+    }
+
+    fn all(&self) -> Vec<(Instant, Option<LeaderElectionRecord>)> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The last write by `holder` as holder, and the first by anyone else after it.
+    fn last_by(&self, holder: &str) -> Instant {
+        self.all()
+            .iter()
+            .filter(|(_, r)| r.as_ref().is_some_and(|r| r.holder_identity == holder))
+            .map(|(t, _)| *t)
+            .next_back()
+            .expect("no write by holder")
+    }
+
+    fn first_by(&self, holder: &str) -> Instant {
+        self.all()
+            .iter()
+            .find(|(_, r)| r.as_ref().is_some_and(|r| r.holder_identity == holder))
+            .map(|(t, _)| *t)
+            .expect("no write by holder")
+    }
+}
+
+fn leaders(cands: &[&Candidate]) -> usize {
+    cands.iter().filter(|c| c.elector.is_leader()).count()
+}
+
+/// Fails when two terms overlap or a later term's fencing token is not greater.
+fn assert_no_overlap(terms: &Terms) {
+    let mut terms = terms.lock().unwrap().clone();
+    terms.sort_by_key(|t| t.start);
+    for pair in terms.windows(2) {
+        let (a, b) = (&pair[0], &pair[1]);
+        let a_end = a.end.unwrap_or_else(|| panic!("{a:?} overlaps {b:?}"));
+        assert!(a_end <= b.start, "overlapping leadership: {a:?} and {b:?}");
+        assert!(
+            b.fencing > a.fencing,
+            "fencing token did not grow: {a:?} then {b:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn lone_candidate_leads_at_once() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let t0 = Instant::now();
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_millis(1)).await;
+    assert!(a.elector.is_leader());
+    assert_eq!(a.elector.leader().as_deref(), Some("a"));
+    assert_eq!(terms.lock().unwrap()[0].start, t0);
+    a.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn of_two_candidates_exactly_one_leads_and_keeps_leading() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    for _ in 0..120 {
+        sleep(Duration::from_secs(1)).await;
+        assert_eq!(leaders(&[&a, &b]), 1);
+    }
+    assert_eq!(terms.lock().unwrap().len(), 1, "leadership changed hands");
+    let leader = terms.lock().unwrap()[0].identity.clone();
+    let standby = if leader == "a" { &b } else { &a };
+    assert_eq!(standby.elector.leader(), Some(leader));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn crashed_leader_is_replaced_at_lease_expiry_not_before() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let writes = Writes::follow(&store);
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_millis(10)).await;
+    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    sleep(Duration::from_secs(7)).await;
+    a.crash();
+    sleep(Duration::from_secs(30)).await;
+    assert!(b.elector.is_leader());
+
+    let last_renewal = writes.last_by("a");
+    let takeover = writes.first_by("b");
+    let gap = takeover - last_renewal;
+    assert!(
+        gap >= Duration::from_secs(15),
+        "took over after {gap:?}, before the lease expired"
+    );
+    assert!(
+        gap <= Duration::from_millis(15_050),
+        "took over {gap:?} after the last renewal"
+    );
+    assert_no_overlap(&terms);
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn released_lease_is_taken_within_10ms() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let writes = Writes::follow(&store);
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_millis(10)).await;
+    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    sleep(Duration::from_secs(5)).await;
+    a.stop().await;
+    sleep(Duration::from_secs(1)).await;
+    assert!(b.elector.is_leader());
+
+    let all = writes.all();
+    let release = all
+        .iter()
+        .find(|(_, r)| r.as_ref().is_some_and(|r| r.holder_identity.is_empty()))
+        .expect("the leader did not release")
+        .0;
+    let gap = writes.first_by("b") - release;
+    assert!(
+        gap <= Duration::from_millis(10),
+        "released lease taken after {gap:?}"
+    );
+    assert_no_overlap(&terms);
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_waits_for_the_work_to_stop() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let writes = Writes::follow(&store);
+    let a = Candidate::start_with_work_delay(
+        store.lock(NAME),
+        config("a"),
+        &terms,
+        Duration::from_secs(3),
+    );
+    sleep(Duration::from_millis(10)).await;
+    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    sleep(Duration::from_secs(1)).await;
+    let stop_at = Instant::now();
+    a.stop().await;
+    let a_end = terms.lock().unwrap()[0].end.unwrap();
+    assert_eq!(a_end - stop_at, Duration::from_secs(3));
+    // Still renewing while the work winds down: no takeover before the work ended.
+    assert!(writes.first_by("b") >= a_end);
+    sleep(Duration::from_millis(100)).await;
+    assert!(b.elector.is_leader());
+    assert_no_overlap(&terms);
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let writes = Writes::follow(&store);
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let mut events = a.elector.events();
+    sleep(Duration::from_millis(10)).await;
+    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    sleep(Duration::from_secs(5)).await;
+    a.control.set_unavailable(true);
+    sleep(Duration::from_secs(30)).await;
+
+    let a_term = terms.lock().unwrap()[0].clone();
+    let last_renewal = writes.last_by("a");
+    let a_end = a_term.end.expect("the token never fired");
+    // The token fires at the renew deadline, 5s before the lease could expire.
+    assert!(
+        a_end <= last_renewal + Duration::from_secs(10),
+        "stepped down at {:?}",
+        a_end - last_renewal
+    );
+    assert!(a_end < last_renewal + Duration::from_secs(15));
+    assert!(!a.elector.is_leader());
+    assert!(b.elector.is_leader());
+    assert_no_overlap(&terms);
+
+    assert_eq!(
+        events.recv().await,
+        Some(ElectionEvent::NewLeader(Some("a".into())))
+    );
+    assert!(matches!(
+        events.recv().await,
+        Some(ElectionEvent::StartedLeading { .. })
+    ));
+    assert_eq!(events.recv().await, Some(ElectionEvent::StoppedLeading));
+
+    // Back in touch, it campaigns again as a standby and follows the new leader.
+    a.control.set_unavailable(false);
+    sleep(Duration::from_secs(10)).await;
+    assert_eq!(a.elector.leader().as_deref(), Some("b"));
+    assert_eq!(
+        events.recv().await,
+        Some(ElectionEvent::NewLeader(Some("b".into())))
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_recampaign_run_returns_after_the_first_loss() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let a = Candidate::start(store.lock(NAME), config("a").recampaign(false), &terms);
+    sleep(Duration::from_secs(1)).await;
+    a.control.set_unavailable(true);
+    tokio::time::timeout(Duration::from_secs(30), a.task)
+        .await
+        .expect("run did not return after losing leadership")
+        .unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_backend_past_the_renew_deadline_costs_leadership() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_secs(1)).await;
+    a.control.set_latency(Duration::from_secs(60));
+    sleep(Duration::from_secs(12)).await;
+    assert!(!a.elector.is_leader());
+    assert!(terms.lock().unwrap()[0].end.is_some());
+    a.control.set_latency(Duration::ZERO);
+    a.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn transitions_count_holder_changes_only() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let read = || LeaderElectionRecord::from_json(&store.get_raw(NAME).unwrap()).unwrap();
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(read().leader_transitions, 0, "renewals must not count");
+    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    sleep(Duration::from_secs(1)).await;
+    a.stop().await; // release: holder "" keeps the count
+    assert_eq!(
+        read().leader_transitions,
+        1,
+        "b took over from a released lease"
+    );
+    sleep(Duration::from_secs(60)).await;
+    assert_eq!(read().holder_identity, "b");
+    assert_eq!(read().leader_transitions, 1);
+    b.crash();
+    let c = Candidate::start(store.lock(NAME), config("c"), &terms);
+    sleep(Duration::from_secs(30)).await;
+    assert_eq!(read().holder_identity, "c");
+    assert_eq!(read().leader_transitions, 2);
+    assert_no_overlap(&terms);
+    c.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn standby_honours_the_holders_lease_duration_not_its_own() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let writes = Writes::follow(&store);
+    let long = config("a")
+        .lease_duration(Duration::from_secs(60))
+        .renew_deadline(Duration::from_secs(40));
+    let a = Candidate::start(store.lock(NAME), long, &terms);
+    sleep(Duration::from_millis(10)).await;
+    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    sleep(Duration::from_secs(3)).await;
+    a.crash();
+    sleep(Duration::from_secs(90)).await;
+    let gap = writes.first_by("b") - writes.last_by("a");
+    assert!(
+        gap >= Duration::from_secs(60),
+        "took over after {gap:?} despite a 60s lease"
+    );
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn standby_that_watches_makes_almost_no_requests() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_millis(10)).await;
+    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    sleep(Duration::from_secs(600)).await;
+    // One read and one watch in ten minutes.
+    assert!(
+        b.control.requests() <= 2,
+        "standby made {} requests",
+        b.control.requests()
+    );
+    // The leader: one compare-and-swap per retry period, no read before it.
+    let leader_requests = a.control.requests();
+    assert!(
+        (295..=305).contains(&leader_requests),
+        "leader made {leader_requests} requests"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The memory lock with its watch hidden, to exercise client-go's polling path.
+#[derive(Debug)]
+struct Polling(MemoryLock);
+
+#[async_trait]
+impl LeaseLock for Polling {
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        self.0.get().await
+    }
+    async fn create(&self, r: &LeaderElectionRecord) -> Result<Version, LockError> {
+        self.0.create(r).await
+    }
+    async fn update(&self, r: &LeaderElectionRecord, v: &Version) -> Result<Version, LockError> {
+        self.0.update(r, v).await
+    }
+    fn describe(&self) -> String {
+        self.0.describe()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn polling_standby_retries_every_jittered_retry_period() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let writes = Writes::follow(&store);
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_millis(10)).await;
+    let b_lock = store.lock(NAME);
+    let b_control = b_lock.control();
+    let b = LeaderElector::new(Polling(b_lock), config("b")).unwrap();
+    let stop_b = CancellationToken::new();
+    let b_task = tokio::spawn({
+        let (b, stop_b) = (b.clone(), stop_b.clone());
+        async move { b.run(stop_b, |l| async move { l.lost().await }).await }
+    });
+    sleep(Duration::from_secs(60)).await;
+    // Between 2s and 4.4s apart: 14 to 30 reads a minute.
+    let reads = b_control.requests();
+    assert!((13..=31).contains(&reads), "{reads} polls in a minute");
+    a.crash();
+    sleep(Duration::from_secs(30)).await;
+    assert!(b.is_leader());
+    let gap = writes.first_by("b") - writes.last_by("a");
+    // Polling: at most one jittered retry period past the lease.
+    assert!(
+        gap >= Duration::from_secs(15) && gap <= Duration::from_millis(19_400),
+        "{gap:?}"
+    );
+    stop_b.cancel();
+    b_task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn invalid_record_is_overwritten_after_a_lease_of_no_change() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    store.put_raw(NAME, "{\"holderIdentity\": 42");
+    let t0 = Instant::now();
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_secs(14)).await;
+    assert!(
+        !a.elector.is_leader(),
+        "took an unreadable lock before a lease passed"
+    );
+    sleep(Duration::from_secs(2)).await;
+    assert!(a.elector.is_leader());
+    assert!(terms.lock().unwrap()[0].start - t0 >= Duration::from_secs(15));
+    a.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn hostile_lease_durations_are_bounded() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    // A holder that claims an i32::MAX-second lease and never renews.
+    let hostile = LeaderElectionRecord {
+        holder_identity: "ghost".into(),
+        lease_duration_seconds: i32::MAX,
+        ..Default::default()
+    };
+    store.put_raw(NAME, hostile.to_json());
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(leaderelection::MAX_HONOURED_LEASE + Duration::from_secs(1)).await;
+    assert!(a.elector.is_leader());
+    a.stop().await;
+
+    // A negative duration is not a free pass: the standby waits its own lease.
+    let store = MemoryStore::new();
+    store.put_raw(
+        NAME,
+        LeaderElectionRecord {
+            lease_duration_seconds: -5,
+            ..hostile
+        }
+        .to_json(),
+    );
+    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    sleep(Duration::from_secs(14)).await;
+    assert!(!b.elector.is_leader());
+    sleep(Duration::from_secs(2)).await;
+    assert!(b.elector.is_leader());
+    b.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn health_check_fails_only_for_a_stuck_leader() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_secs(30)).await;
+    assert!(a.elector.check_health(Duration::from_secs(20)).is_ok());
+    let b = LeaderElector::new(store.lock(NAME), config("b")).unwrap();
+    assert!(
+        b.check_health(Duration::ZERO).is_ok(),
+        "a standby is healthy"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn hundred_candidates_with_random_crashes_never_overlap() {
+    for seed in 0..3u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let store = MemoryStore::new();
+        let terms = Terms::default();
+        let mut alive: Vec<Candidate> = Vec::new();
+        let mut next_id = 0;
+        let mut spawn = |alive: &mut Vec<Candidate>| {
+            next_id += 1;
+            alive.push(Candidate::start(
+                store.lock(NAME),
+                config(&format!("c{next_id}")),
+                &terms,
+            ));
+        };
+        for _ in 0..100 {
+            spawn(&mut alive);
+        }
+        let end = Instant::now() + Duration::from_secs(3600);
+        while Instant::now() < end {
+            sleep(Duration::from_millis(rng.random_range(100..60_000))).await;
+            // Half the faults hit the leader, or failover would rarely happen.
+            let i = match alive.iter().position(|c| c.elector.is_leader()) {
+                Some(l) if rng.random_bool(0.5) => l,
+                _ => rng.random_range(0..alive.len()),
+            };
+            let victim = alive.swap_remove(i);
+            match rng.random_range(0..3) {
+                0 => victim.stop().await,
+                1 => victim.crash(),
+                _ => {
+                    // Cut off from the store for a while, then back.
+                    victim.control.set_unavailable(true);
+                    sleep(Duration::from_millis(rng.random_range(1_000..30_000))).await;
+                    victim.control.set_unavailable(false);
+                    alive.push(victim);
+                }
+            }
+            while alive.len() < 100 {
+                spawn(&mut alive);
+            }
+            assert!(leaders(&alive.iter().collect::<Vec<_>>()) <= 1);
+        }
+        let n = terms.lock().unwrap().len();
+        assert!(
+            n > 5,
+            "seed {seed}: only {n} terms, the scenario did not exercise failover"
+        );
+        for c in alive {
+            c.stop().await;
+        }
+        assert_no_overlap(&terms);
+    }
+}
+
+#[test]
+fn config_validation_mirrors_client_go() {
+    let s = Duration::from_secs;
+    let ms = Duration::from_millis;
+    let check = |lease, renew, retry| {
+        Config::default()
+            .lease_duration(lease)
+            .renew_deadline(renew)
+            .retry_period(retry)
+            .validate()
+    };
+    assert_eq!(check(s(15), s(10), s(2)), Ok(()));
+    assert_eq!(check(s(3), s(2), ms(500)), Ok(()));
+    assert!(matches!(
+        check(s(10), s(10), s(2)),
+        Err(ConfigError::LeaseNotAfterRenewDeadline { .. })
+    ));
+    assert!(matches!(
+        check(s(5), s(10), s(2)),
+        Err(ConfigError::LeaseNotAfterRenewDeadline { .. })
+    ));
+    // 1.2 * 2s = 2.4s: a renew deadline of 2.4s is not enough.
+    assert!(matches!(
+        check(s(15), ms(2400), s(2)),
+        Err(ConfigError::RenewDeadlineNotAfterRetry { .. })
+    ));
+    assert_eq!(check(s(15), ms(2401), s(2)), Ok(()));
+    assert_eq!(
+        check(s(15), s(10), Duration::ZERO),
+        Err(ConfigError::Zero {
+            field: "retry_period"
+        })
+    );
+    assert!(matches!(
+        check(s(15), Duration::ZERO, s(2)),
+        Err(ConfigError::RenewDeadlineNotAfterRetry { .. })
+    ));
+    assert_eq!(
+        Config::default().identity("").validate(),
+        Err(ConfigError::EmptyIdentity)
+    );
+    let e = check(s(10), s(10), s(2)).unwrap_err().to_string();
+    assert!(
+        e.contains("lease_duration") && e.contains("renew_deadline"),
+        "{e}"
+    );
+    assert!(
+        LeaderElector::new(MemoryStore::new().lock("x"), Config::default().identity("")).is_err()
+    );
+}
