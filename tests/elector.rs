@@ -113,7 +113,10 @@ impl Candidate {
 
 /// Every write to the record, with the virtual instant it happened.
 #[derive(Clone, Default)]
-struct Writes(Arc<Mutex<Vec<(Instant, Option<LeaderElectionRecord>)>>>);
+struct Writes(Arc<Mutex<Vec<Write>>>);
+
+/// When a write happened and what it stored (`None`: deleted).
+type Write = (Instant, Option<LeaderElectionRecord>);
 
 impl Writes {
     fn follow(store: &MemoryStore) -> Self {
@@ -132,7 +135,7 @@ impl Writes {
         writes
     }
 
-    fn all(&self) -> Vec<(Instant, Option<LeaderElectionRecord>)> {
+    fn all(&self) -> Vec<Write> {
         self.0.lock().unwrap().clone()
     }
 
