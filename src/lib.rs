@@ -61,6 +61,11 @@ mod record;
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
 
+// README's examples compile and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub use config::{default_identity, Config, JITTER_FACTOR};
 pub use elector::{ElectionEvent, HealthError, LeaderElector, Status, MAX_HONOURED_LEASE};
 pub use error::{BoxError, ConfigError, LockError};
