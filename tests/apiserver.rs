@@ -482,3 +482,247 @@ async fn restart_drops_connections_and_keeps_data() {
     server.resume_serving().await.unwrap();
     assert_eq!(fresh.get("a").await.unwrap(), created);
 }
+
+/// Runs `kubectl --kubeconfig <file> args...` and returns its stdout; fails the test
+/// with kubectl's stderr when it fails.
+async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let output = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        // kubectl's discovery cache lives under $HOME; keep it out of the user's.
+        .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
+        .output()
+        .await
+        .expect("kubectl must be on PATH for this test (it is in the Kubernetes apt repository)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn kubectl_gets_describes_and_deletes_a_lease() {
+    // kubectl sends credentials only over TLS, so against this plain-HTTP server it
+    // works without authentication.
+    let server = ApiServer::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("apiserver-kubectl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+
+    let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+    let created = leases
+        .create(
+            &PostParams::default(),
+            &lease("kube-scheduler", "node-a_4f2c"),
+        )
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(server.client(), "kube-system");
+    let mut event = Event::default();
+    event.metadata.name = Some("kube-scheduler.17a".into());
+    event.involved_object.kind = Some("Lease".into());
+    event.involved_object.name = Some("kube-scheduler".into());
+    event.involved_object.namespace = Some("kube-system".into());
+    event.involved_object.uid = created.metadata.uid.clone();
+    event.reason = Some("LeaderElection".into());
+    event.message = Some("node-a_4f2c became leader".into());
+    event.type_ = Some("Normal".into());
+    events.create(&PostParams::default(), &event).await.unwrap();
+
+    let table = kubectl(&kubeconfig, &["get", "lease", "-n", "kube-system"]).await;
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "HOLDER", "AGE"], "{table}");
+    assert_eq!(lines[1][..2], ["kube-scheduler", "node-a_4f2c"], "{table}");
+
+    let holder = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "lease",
+            "kube-scheduler",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )
+    .await;
+    assert_eq!(holder, "node-a_4f2c");
+
+    let described = kubectl(
+        &kubeconfig,
+        &["describe", "lease", "kube-scheduler", "-n", "kube-system"],
+    )
+    .await;
+    assert!(
+        described.contains("Holder Identity:         node-a_4f2c"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Lease Duration Seconds:  15"),
+        "{described}"
+    );
+    assert!(
+        described.contains("node-a_4f2c became leader"),
+        "the lease's events: {described}"
+    );
+
+    let deleted = kubectl(
+        &kubeconfig,
+        &["delete", "lease", "kube-scheduler", "-n", "kube-system"],
+    )
+    .await;
+    assert_eq!(
+        deleted.trim(),
+        "lease.coordination.k8s.io \"kube-scheduler\" deleted"
+    );
+    assert_eq!(leases.get_opt("kube-scheduler").await.unwrap(), None);
+    let by_kubectl = server
+        .requests()
+        .count_where(|k| k.path.ends_with("/leases/kube-scheduler"));
+    assert!(by_kubectl >= 3, "{:?}", server.requests());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+    use leaderelection::testkit::etcd::EtcdCluster;
+
+    async fn cluster(size: usize) -> EtcdCluster {
+        tokio::task::spawn_blocking(move || EtcdCluster::start(size))
+            .await
+            .unwrap()
+            .expect("etcd must be on PATH for this test")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_over_one_etcd_share_objects_and_watches() {
+        let etcd = cluster(3).await;
+        let options = || ApiServerOptions::new().etcd(etcd.endpoints(), "/registry");
+        let one = ApiServer::start_with(options()).await.unwrap();
+        let two = ApiServer::start_with(options()).await.unwrap();
+        let on_one: Api<Lease> = Api::namespaced(one.client(), "kube-system");
+        let on_two: Api<Lease> = Api::namespaced(two.client(), "kube-system");
+
+        let created = on_one
+            .create(&PostParams::default(), &lease("sched", "a"))
+            .await
+            .unwrap();
+        assert_eq!(on_two.get("sched").await.unwrap(), created);
+        let err = status(
+            on_two
+                .create(&PostParams::default(), &lease("sched", "b"))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(err.reason, "AlreadyExists");
+
+        let params = WatchParams::default()
+            .fields("metadata.name=sched")
+            .timeout(60);
+        let mut watch_two: Events = on_two
+            .watch(&params, &rv(&created).to_string())
+            .await
+            .unwrap()
+            .boxed();
+
+        // A write through one server makes the other's resourceVersion stale.
+        let mut taken = created.clone();
+        taken.spec.as_mut().unwrap().holder_identity = Some("b".into());
+        let taken = on_two
+            .replace("sched", &PostParams::default(), &taken)
+            .await
+            .unwrap();
+        let err = status(
+            on_one
+                .replace("sched", &PostParams::default(), &created)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+
+        match next(&mut watch_two).await {
+            WatchEvent::Modified(l) => assert_eq!(l, taken),
+            other => panic!("expected MODIFIED, got {other:?}"),
+        }
+        // The version is etcd's revision: the other server lists at it or later.
+        let listed = on_one.list(&ListParams::default()).await.unwrap();
+        let list_rv: u64 = listed.metadata.resource_version.unwrap().parse().unwrap();
+        assert!(list_rv >= rv(&taken));
+
+        // A change made through the first server reaches a watch on the second.
+        on_one
+            .delete("sched", &DeleteParams::default())
+            .await
+            .unwrap();
+        match next(&mut watch_two).await {
+            WatchEvent::Deleted(l) => assert_eq!(l.metadata.name.as_deref(), Some("sched")),
+            other => panic!("expected DELETED, got {other:?}"),
+        }
+
+        // kube-apiserver's layout: one key per object under the prefix.
+        let mut client = etcd_client::Client::connect(etcd.endpoints(), None)
+            .await
+            .unwrap();
+        on_one
+            .create(&PostParams::default(), &lease("sched", "c"))
+            .await
+            .unwrap();
+        let got = client
+            .get("/registry/leases/kube-system/sched", None)
+            .await
+            .unwrap();
+        let stored: serde_json::Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+        assert_eq!(stored["spec"]["holderIdentity"], "c");
+        let on_two_now = on_two.get("sched").await.unwrap();
+        assert_eq!(rv(&on_two_now), got.kvs()[0].mod_revision() as u64);
+
+        // After etcd compacts its history, resuming from before it is 410 Gone.
+        let revision = got.header().unwrap().revision();
+        client.compact(revision, None).await.unwrap();
+        let mut stale: Events = on_one
+            .watch(&params, &rv(&created).to_string())
+            .await
+            .unwrap()
+            .boxed();
+        match next(&mut stale).await {
+            WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+            other => panic!("expected a 410 ERROR event, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_storage_survives_a_server_restart_and_reports_etcd_down() {
+        let mut etcd = cluster(1).await;
+        let mut server =
+            ApiServer::start_with(ApiServerOptions::new().etcd(etcd.endpoints(), "/test"))
+                .await
+                .unwrap();
+        let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+        let created = leases
+            .create(&PostParams::default(), &lease("a", "x"))
+            .await
+            .unwrap();
+        server.restart().await;
+        let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+        assert_eq!(leases.get("a").await.unwrap(), created);
+
+        tokio::task::spawn_blocking(move || {
+            etcd.kill(0).unwrap();
+            etcd
+        })
+        .await
+        .unwrap();
+        let err = status(leases.get("a").await.unwrap_err());
+        assert_eq!((err.code, err.reason.as_str()), (500, "ServerTimeout"));
+    }
+}

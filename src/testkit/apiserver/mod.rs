@@ -361,6 +361,14 @@ impl ApiServer {
     /// Writes a kubeconfig for `kubectl --kubeconfig <path>`: the server, the admin
     /// token when authentication is on, namespace `default`.
     ///
+    /// kubectl (client-go) sends credentials only over TLS, and this server speaks
+    /// plain HTTP: with authentication on, kubectl is refused with 401. Use a server
+    /// without authentication for kubectl; `kube::Config::from_custom_kubeconfig`
+    /// does send the token.
+    ///
+    /// `kubectl create` and `apply` validate against OpenAPI documents this server
+    /// does not serve: give them `--validate=false`.
+    ///
     /// # Errors
     ///
     /// When the file cannot be written.

@@ -156,7 +156,7 @@ impl Resource {
     }
 
     /// Turns a request body into the stored form.
-    pub fn to_storage(&self, mut obj: Value) -> Value {
+    pub fn stored(&self, mut obj: Value) -> Value {
         if let Some(map) = obj.as_object_mut() {
             rename(map, self.renames.iter().map(|(from, to)| (*from, *to)));
             map.remove("kind");
@@ -166,7 +166,7 @@ impl Resource {
     }
 
     /// Turns a stored object into this version, with its `kind` and `apiVersion`.
-    pub fn from_storage(&self, mut obj: Value) -> Value {
+    pub fn served(&self, mut obj: Value) -> Value {
         if let Some(map) = obj.as_object_mut() {
             rename(map, self.renames.iter().map(|(to, from)| (*from, *to)));
             map.insert("kind".into(), Value::from(self.kind));
@@ -195,14 +195,14 @@ mod tests {
     #[test]
     fn events_v1_round_trip_through_the_core_form() {
         let events = Resource::find("events.k8s.io", "v1", "events").expect("served");
-        let stored = events.to_storage(json!({
+        let stored = events.stored(json!({
             "apiVersion": "events.k8s.io/v1", "kind": "Event",
             "metadata": {"name": "e"}, "note": "became leader", "regarding": {"name": "l"}
         }));
         assert_eq!(stored["message"], "became leader");
         assert_eq!(stored["involvedObject"]["name"], "l");
         assert!(stored.get("note").is_none());
-        let back = events.from_storage(stored);
+        let back = events.served(stored);
         assert_eq!(back["note"], "became leader");
         assert_eq!(back["apiVersion"], "events.k8s.io/v1");
     }

@@ -46,7 +46,7 @@ impl Target {
 
     fn storage_error(&self, name: &str) -> impl Fn(StorageError) -> ApiError + '_ {
         let name = name.to_string();
-        move |e| ApiError::from_storage(self.resource, &name, e)
+        move |e| ApiError::served(self.resource, &name, e)
     }
 }
 
@@ -57,7 +57,7 @@ pub(crate) async fn get(storage: &dyn Storage, target: &Target) -> Result<Value,
         .await
         .map_err(target.storage_error(name))?
     {
-        Some(obj) => Ok(target.resource.from_storage(obj)),
+        Some(obj) => Ok(target.resource.served(obj)),
         None => Err(ApiError::not_found(target.resource, name)),
     }
 }
@@ -75,7 +75,7 @@ pub(crate) async fn list(
         .map_err(target.storage_error(""))?;
     let items: Vec<Value> = items
         .into_iter()
-        .map(|obj| target.resource.from_storage(obj))
+        .map(|obj| target.resource.served(obj))
         .filter(|obj| fields.matches(obj) && labels.matches(obj))
         .map(|mut obj| {
             // kube-apiserver leaves kind and apiVersion off list items.
@@ -120,14 +120,14 @@ pub(crate) async fn create(
     validation::validate(target.resource, &obj)?;
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
     if target.dry_run {
-        return Ok(target.resource.from_storage(obj));
+        return Ok(target.resource.served(obj));
     }
     let key = target.resource.key(namespace, &name);
     let stored = storage
         .create(&key, obj)
         .await
         .map_err(target.storage_error(&name))?;
-    Ok(target.resource.from_storage(stored))
+    Ok(target.resource.served(stored))
 }
 
 /// A PUT: returns the object and whether it was created.
@@ -164,7 +164,7 @@ pub(crate) async fn patch(
             ));
         };
         // Patches apply to the object as the client sees it, in this version.
-        let mut obj = resource.from_storage(existing.clone());
+        let mut obj = resource.served(existing.clone());
         patch::apply(kind, &mut obj, &patch_doc).map_err(|why| {
             ApiError::new(
                 422,
@@ -172,7 +172,7 @@ pub(crate) async fn patch(
                 format!("the server rejected our request due to an error in our request: {why}"),
             )
         })?;
-        let obj = resource.to_storage(obj);
+        let obj = resource.stored(obj);
         validation::check_decoded(resource, &obj)?;
         Ok(obj)
     })
@@ -220,12 +220,12 @@ async fn guaranteed_update(
             prepare_create(&mut obj);
             validation::validate(resource, &obj)?;
             if target.dry_run {
-                return Ok((resource.from_storage(obj), true));
+                return Ok((resource.served(obj), true));
             }
             match storage.create(&key, obj).await {
-                Ok(stored) => return Ok((resource.from_storage(stored), true)),
+                Ok(stored) => return Ok((resource.served(stored), true)),
                 Err(StorageError::AlreadyExists) => continue,
-                Err(e) => return Err(ApiError::from_storage(resource, name, e)),
+                Err(e) => return Err(ApiError::served(resource, name, e)),
             }
         };
         let current = rv_of(&existing);
@@ -252,12 +252,12 @@ async fn guaranteed_update(
         validation::validate(resource, &obj)?;
         // A write that changes nothing is not made, and the resourceVersion stays.
         if obj == existing || target.dry_run {
-            return Ok((resource.from_storage(obj), false));
+            return Ok((resource.served(obj), false));
         }
         match storage.update(&key, obj, current).await {
-            Ok(stored) => return Ok((resource.from_storage(stored), false)),
+            Ok(stored) => return Ok((resource.served(stored), false)),
             Err(StorageError::Conflict | StorageError::NotFound) => continue,
-            Err(e) => return Err(ApiError::from_storage(resource, name, e)),
+            Err(e) => return Err(ApiError::served(resource, name, e)),
         }
     }
     Err(ApiError::modified(resource, name))
@@ -284,6 +284,12 @@ pub(crate) async fn delete(
     let want_uid = options
         .pointer("/preconditions/uid")
         .and_then(Value::as_str);
+    // DELETE carries dryRun in its DeleteOptions body rather than in the query.
+    let dry_run = target.dry_run
+        || options
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| !d.is_empty());
     for _ in 0..UPDATE_ATTEMPTS {
         let existing = storage
             .get(&key)
@@ -308,11 +314,11 @@ pub(crate) async fn delete(
                 ),
             ));
         }
-        if !target.dry_run {
+        if !dry_run {
             match storage.delete(&key, current).await {
                 Ok(_) => {}
                 Err(StorageError::Conflict) => continue,
-                Err(e) => return Err(ApiError::from_storage(resource, name, e)),
+                Err(e) => return Err(ApiError::served(resource, name, e)),
             }
         }
         let mut details = Map::new();

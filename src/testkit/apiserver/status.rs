@@ -255,7 +255,7 @@ impl ApiError {
     }
 
     /// A storage failure on `name` (or on the collection when `name` is None).
-    pub fn from_storage(resource: &Resource, name: &str, error: StorageError) -> Self {
+    pub fn served(resource: &Resource, name: &str, error: StorageError) -> Self {
         match error {
             StorageError::NotFound => Self::not_found(resource, name),
             StorageError::AlreadyExists => Self::already_exists(resource, name),

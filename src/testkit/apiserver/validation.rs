@@ -87,7 +87,7 @@ pub(crate) fn decode(resource: &Resource, body: &[u8]) -> Result<Value, ApiError
         return Err(cannot("the body is not a JSON object".into()));
     }
     check_identity(resource, &value)?;
-    let value = resource.to_storage(value);
+    let value = resource.stored(value);
     check_types(resource, &value).map_err(cannot)?;
     Ok(value)
 }

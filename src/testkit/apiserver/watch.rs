@@ -50,7 +50,7 @@ pub(crate) async fn start(
 ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
     let resource = request.resource;
     let prefix = resource.prefix(request.namespace.as_deref());
-    let storage_error = |e| ApiError::from_storage(resource, "", e);
+    let storage_error = |e| ApiError::served(resource, "", e);
     let (initial, after) = match request.after {
         Some(rv) => (Vec::new(), rv),
         None => storage.list(&prefix).await.map_err(storage_error)?,
@@ -70,7 +70,7 @@ pub(crate) async fn start(
             first_table: true,
         };
         for obj in initial {
-            let obj = resource.from_storage(obj);
+            let obj = resource.served(obj);
             if sender.selected(&obj) && !sender.send("ADDED", obj).await {
                 return;
             }
@@ -115,13 +115,13 @@ pub(crate) async fn start(
                             return;
                         }
                         Some(Err(e)) => {
-                            sender.send("ERROR", ApiError::from_storage(resource, "", e).to_json()).await;
+                            sender.send("ERROR", ApiError::served(resource, "", e).to_json()).await;
                             return;
                         }
                     };
                     reached = event.rv;
-                    let obj = resource.from_storage(event.object);
-                    let was = event.prev.map(|p| resource.from_storage(p));
+                    let obj = resource.served(event.object);
+                    let was = event.prev.map(|p| resource.served(p));
                     let was_selected = was.as_ref().is_some_and(|p| sender.selected(p));
                     let kind = match (event.kind, was_selected, sender.selected(&obj)) {
                         (EventKind::Deleted, true, _) => "DELETED",
