@@ -728,3 +728,20 @@ mod etcd {
         assert_eq!((err.code, err.reason.as_str()), (500, "ServerTimeout"));
     }
 }
+
+#[tokio::test]
+async fn a_client_from_before_a_restart_works_again() {
+    let mut server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    server.restart().await;
+    // A pooled connection may be found dead once; then the client connects anew.
+    let mut failures = 0;
+    while leases.get("a").await.is_err() {
+        failures += 1;
+        assert!(failures < 3, "the client reconnects");
+    }
+}
