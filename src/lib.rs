@@ -70,6 +70,12 @@ pub use config::{default_identity, Config, JITTER_FACTOR};
 pub use elector::{ElectionEvent, HealthError, LeaderElector, Status, MAX_HONOURED_LEASE};
 pub use error::{BoxError, ConfigError, LockError};
 pub use leadership::Leadership;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use lock::etcd::{EtcdLock, EtcdOptions};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use lock::etcd_election::EtcdElection;
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub use lock::file::FileLock;
