@@ -1232,6 +1232,7 @@ async fn unreachable_and_malformed_endpoints_are_named() {
         .unwrap_err();
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     assert!(err.to_string().contains(&dead), "{err}");
+    eprintln!("unreachable: {err}");
 
     // One dead endpoint among live ones: connects, and works.
     let endpoints = [dead.clone(), cluster.endpoint(0)];
@@ -1299,6 +1300,7 @@ async fn tls_with_client_certificates() {
         .unwrap_err();
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     assert!(err.to_string().contains(&endpoint), "{err}");
+    eprintln!("wrong CA: {err}");
     // No client certificate: etcd refuses the handshake.
     let no_cert = EtcdOptions::new().ca_file(&certs.ca_file);
     let err = EtcdLock::connect(&[endpoint.as_str()], no_cert, "tls")
@@ -1355,6 +1357,7 @@ async fn user_and_password_with_expiring_tokens() {
     .unwrap_err();
     assert!(matches!(err, LockError::Forbidden { .. }), "{err}");
     assert!(err.to_string().contains("\"scheduler\""), "{err}");
+    eprintln!("wrong password: {err}");
     let err = EtcdLock::connect(&endpoints, EtcdOptions::new().user("nobody", "x"), "auth")
         .await
         .unwrap_err();
