@@ -357,12 +357,14 @@ fn file_lock(opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
 /// and `--leader-elect-resource-name`, on `--etcd-servers`.
 #[cfg(feature = "etcd")]
 async fn etcd_lock(opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
-    let _ = (&opts.etcd_servers, &opts.resource_namespace);
-    Err(SetupError::Usage(
-        "--leader-elect-resource-lock=etcd: the etcd lock is not wired into this example yet; \
-         use --leader-elect-resource-lock=file"
-            .into(),
-    ))
+    use leaderelection::{EtcdLock, EtcdOptions};
+    // The key is <prefix><namespace>/<name>, so elections in different "namespaces"
+    // of one etcd cluster never meet.
+    let name = format!("{}/{}", opts.resource_namespace, opts.resource_name);
+    EtcdLock::connect(&opts.etcd_servers, EtcdOptions::new(), name)
+        .await
+        .map(|lock| Box::new(lock) as Box<dyn LeaseLock>)
+        .map_err(|e| SetupError::Failed(format!("--etcd-servers: {e}")))
 }
 
 #[cfg(not(feature = "etcd"))]
