@@ -114,8 +114,20 @@ impl Replica {
         config: Config,
         tracker: &Arc<Tracker>,
     ) -> Replica {
+        Self::start_with(lock, config, tracker, |_| {})
+    }
+
+    /// Like [`start_boxed`](Self::start_boxed), calling `before_run` with the elector
+    /// before it starts campaigning.
+    pub fn start_with(
+        lock: Box<dyn LeaseLock>,
+        config: Config,
+        tracker: &Arc<Tracker>,
+        before_run: impl FnOnce(&LeaderElector),
+    ) -> Replica {
         let identity = config.get_identity().to_owned();
         let elector = LeaderElector::from_boxed(lock, config).expect("valid config");
+        before_run(&elector);
         let shutdown = CancellationToken::new();
         let crash = CancellationToken::new();
         let run = tokio::spawn({
