@@ -20,6 +20,17 @@ pub const RETRY: Duration = Duration::from_millis(500);
 /// How long any wait for a leader may take on a loaded machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The longest a whole test may take: past it the test fails, naming itself, instead
+/// of holding up the suite.
+pub const TEST_LIMIT: Duration = Duration::from_secs(240);
+
+/// Runs a test's body within [`TEST_LIMIT`].
+pub async fn bounded(test: &str, body: impl std::future::Future<Output = ()>) {
+    if timeout(TEST_LIMIT, body).await.is_err() {
+        panic!("{test} did not finish within {TEST_LIMIT:?}: something hangs");
+    }
+}
+
 pub fn init_tracing() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -228,8 +239,16 @@ pub async fn never_two_leaders_for(tracker: &Tracker, d: Duration) {
 pub async fn lone_candidate_leads(cluster: &Cluster, kind: ResourceLockKind) {
     let name = cluster.name(&format!("{kind}-lone"));
     let tracker = Arc::new(Tracker::default());
-    let a = Replica::start(cluster.lock(kind, &name), config("a"), &tracker);
-    let mut events = a.elector.events();
+    let mut events = None;
+    let a = Replica::start_with(
+        Box::new(cluster.lock(kind, &name)),
+        config("a"),
+        &tracker,
+        |e| {
+            events = Some(e.events());
+        },
+    );
+    let mut events = events.expect("subscribed before the elector ran");
     wait_for("the lone candidate to lead", || a.is_leader()).await;
     let stored = cluster
         .lock(kind, &name)
@@ -240,10 +259,18 @@ pub async fn lone_candidate_leads(cluster: &Cluster, kind: ResourceLockKind) {
     assert_eq!(stored.record.holder_identity, "a", "{kind}");
     assert_eq!(stored.record.lease_duration_seconds, 3);
     assert!(stored.record.renew_time.is_some());
-    assert!(matches!(
-        events.recv().await,
-        Some(ElectionEvent::NewLeader(Some(_)) | ElectionEvent::StartedLeading { .. })
-    ));
+    // client-go's callbacks, in order: OnNewLeader(a), OnStartedLeading.
+    let first = timeout(PATIENCE, events.recv()).await.expect("an event");
+    assert_eq!(
+        first,
+        Some(ElectionEvent::NewLeader(Some("a".into()))),
+        "{kind}"
+    );
+    let second = timeout(PATIENCE, events.recv()).await.expect("an event");
+    assert!(
+        matches!(second, Some(ElectionEvent::StartedLeading { .. })),
+        "{kind}: {second:?}"
+    );
     a.stop().await;
     let stored = cluster.lock(kind, &name).get().await.unwrap().unwrap();
     assert!(
