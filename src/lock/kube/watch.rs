@@ -140,12 +140,16 @@ impl State {
             match events.next().await {
                 Some(Ok(WatchEvent::Added(object) | WatchEvent::Modified(object))) => {
                     self.seen(resource_version(&object).map(str::to_owned));
-                    self.lock.remember(&object);
-                    return Some(Ok(ObjectEvent::Present(object)));
+                    if self.is_ours(&object) {
+                        self.lock.remember(&object);
+                        return Some(Ok(ObjectEvent::Present(object)));
+                    }
                 }
                 Some(Ok(WatchEvent::Deleted(object))) => {
                     self.seen(resource_version(&object).map(str::to_owned));
-                    return Some(Ok(ObjectEvent::Absent));
+                    if self.is_ours(&object) {
+                        return Some(Ok(ObjectEvent::Absent));
+                    }
                 }
                 Some(Ok(WatchEvent::Bookmark(bookmark))) => {
                     self.seen(Some(bookmark.metadata.resource_version));
@@ -177,6 +181,12 @@ impl State {
         }
         self.reported = true;
         self.relists = 0;
+    }
+
+    /// Whether a watched object is the lock's: a server or proxy that ignored the
+    /// field selector must not make another object's record look like ours.
+    fn is_ours(&self, object: &Value) -> bool {
+        object.pointer("/metadata/name").and_then(Value::as_str) == Some(self.lock.name.as_str())
     }
 
     /// The resourceVersion is too old for the server: list again.
