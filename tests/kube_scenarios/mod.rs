@@ -326,6 +326,7 @@ pub async fn release_gives_fast_takeover(cluster: &Cluster, kind: ResourceLockKi
     a.stop().await;
     wait_for("b to take over", || b.is_leader()).await;
     let takeover = start.elapsed();
+    eprintln!("{kind}: takeover {takeover:?} after the leader released");
     assert!(
         takeover < Duration::from_secs(10),
         "{kind}: takeover after release took {takeover:?}, as if the 20s lease had to run out"
@@ -348,6 +349,7 @@ pub async fn crashed_leader_is_replaced_after_its_lease(cluster: &Cluster, kind:
     a.crash().await;
     wait_for("b to take over", || b.is_leader()).await;
     let waited = start.elapsed();
+    eprintln!("{kind}: takeover {waited:?} after the leader crashed (lease {LEASE:?})");
     // a renewed at most a retry period before it crashed.
     assert!(
         waited + RETRY + Duration::from_millis(200) >= LEASE,
