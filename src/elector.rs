@@ -524,7 +524,7 @@ impl LeaderElector {
                             next_renew = attempt_at + config.retry_period;
                         }
                         Err(RenewError::Lost(holder)) => {
-                            info!(new_leader = ?holder, "lease taken by another candidate");
+                            info!(new_leader = ?holder.as_deref().map(|h| truncate(h, 256)), "lease taken by another candidate");
                             break LeadOutcome::Lost;
                         }
                         Err(RenewError::Failed(e)) => {
@@ -698,7 +698,8 @@ impl LeaderElector {
                 new_leader = Some(leader.clone());
                 if let Some(l) = &leader {
                     if !is_leader && *l != self.shared.config.identity {
-                        info!(leader = %l, "new leader elected");
+                        // The identity comes from the store: quote only its start.
+                        info!(leader = %truncate(l, 256), "new leader elected");
                     }
                 }
             }
