@@ -430,7 +430,11 @@ impl fmt::Display for Violation {
                     "two leaders at once: {second} began {after:?} after {first} began"
                 )?;
                 if let Some(end) = first.end {
-                    write!(f, ", {:?} before it ended", end.saturating_duration_since(second.start))?;
+                    write!(
+                        f,
+                        ", {:?} before it ended",
+                        end.saturating_duration_since(second.start)
+                    )?;
                 }
                 Ok(())
             }
@@ -651,7 +655,15 @@ impl fmt::Display for Summary {
         writeln!(
             f,
             "{:<width$} {:>5} {:>6} {:>9} {:>8} {:>10} {:>7} {:>8} {:>11}",
-            "scenario", "runs", "faults", "intervals", "overlaps", "fencing-", "late", "led", "worst gap"
+            "scenario",
+            "runs",
+            "faults",
+            "intervals",
+            "overlaps",
+            "fencing-",
+            "late",
+            "led",
+            "worst gap"
         )?;
         writeln!(
             f,
