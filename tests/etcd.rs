@@ -417,6 +417,90 @@ async fn minority_of_members_down_no_transition() {
 }
 
 #[tokio::test]
+async fn frozen_member_no_transition() {
+    let mut cluster = start(3);
+    // A frozen (SIGSTOP) member accepts connections and never answers: requests to it
+    // time out after 2s and the next ones go to another member.
+    let options = || EtcdOptions::new().request_timeout(Duration::from_secs(2));
+    let mut replicas = Vec::new();
+    for id in ["a", "b"] {
+        let l = lock(&cluster, "frozen-member", options()).await;
+        replicas.push(Replica::elector(id, l, timing(id, 8_000, 6_000, 500)));
+    }
+    let leader = one_leader(&replicas, Duration::from_secs(20)).await;
+    let token = replicas[leader].terms()[0];
+    for r in &mut replicas {
+        r.drain_events();
+    }
+    for i in 0..3 {
+        cluster.pause(i).unwrap();
+        sleep(Duration::from_secs(4)).await;
+        assert!(
+            replicas[leader].is_leader(),
+            "leader lost with member {i} frozen"
+        );
+        cluster.resume(i).unwrap();
+        cluster.wait_healthy(i).unwrap();
+    }
+    for r in &mut replicas {
+        let events = r.drain_events();
+        assert!(
+            !events.iter().any(|e| matches!(
+                e,
+                ElectionEvent::StartedLeading { .. } | ElectionEvent::StoppedLeading
+            )),
+            "{}: transition with a member frozen: {events:?}",
+            r.name
+        );
+    }
+    assert_eq!(replicas[leader].terms(), vec![token]);
+    for r in replicas {
+        r.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn invalid_record_is_overwritten_after_a_lease_duration() {
+    let cluster = start(1);
+    let mut client = raw(&cluster).await;
+    client
+        .put("/leaderelection/garbled", "{\"holderIdentity\": 42", None)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let replica = Replica::elector(
+        "a",
+        lock(&cluster, "garbled", EtcdOptions::new()).await,
+        fast("a"),
+    );
+    wait_until(
+        "it overwrites the bad record",
+        Duration::from_secs(15),
+        || replica.is_leader(),
+    )
+    .await;
+    // Someone might hold an unreadable record: it waits a whole lease first.
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2900),
+        "overwrote after only {took:?}"
+    );
+    let kv = client
+        .get("/leaderelection/garbled", None)
+        .await
+        .unwrap()
+        .kvs()[0]
+        .clone();
+    assert_eq!(
+        LeaderElectionRecord::from_json(kv.value_str().unwrap())
+            .unwrap()
+            .holder_identity,
+        "a"
+    );
+    replica.stop().await;
+}
+
+#[tokio::test]
 async fn quorum_loss_steps_the_leader_down_and_one_leader_returns() {
     let mut cluster = start(3);
     let mut replicas = Vec::new();

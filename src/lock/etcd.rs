@@ -35,6 +35,9 @@ pub const DEFAULT_PREFIX: &str = "/leaderelection/";
 /// How long [`connect`] waits for each endpoint by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a request waits for etcd to start answering by default.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How to reach etcd and how [`EtcdLock`] stores its record.
 ///
 /// The TLS and credential options carry the names of kube-apiserver's flags, so a
@@ -64,6 +67,7 @@ pub struct EtcdOptions {
     prefix: String,
     native_lease: bool,
     connect_timeout: Duration,
+    request_timeout: Duration,
 }
 
 impl fmt::Debug for EtcdOptions {
@@ -77,6 +81,7 @@ impl fmt::Debug for EtcdOptions {
             .field("prefix", &self.prefix)
             .field("native_lease", &self.native_lease)
             .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }
@@ -98,6 +103,7 @@ impl EtcdOptions {
             prefix: DEFAULT_PREFIX.to_owned(),
             native_lease: false,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 
@@ -156,6 +162,17 @@ impl EtcdOptions {
         self
     }
 
+    /// How long a request waits for the member to start answering before it fails and
+    /// the next request goes to another endpoint. A frozen member keeps its connections
+    /// open and never answers: this bounds what it costs. Keep it below the elector's
+    /// `renew_deadline - retry_period` so that a renewal stuck on such a member leaves
+    /// time for one more on another. Established watches are not affected. Default 5s.
+    #[must_use]
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
     /// The TLS settings, with the files read; `None` when no file is set.
     fn tls(&self) -> Result<Option<TlsOptions>, LockError> {
         if self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none() {
@@ -190,6 +207,7 @@ impl EtcdOptions {
     fn connect_options(&self, tls: Option<TlsOptions>, with_user: bool) -> ConnectOptions {
         let mut o = ConnectOptions::new()
             .with_connect_timeout(self.connect_timeout)
+            .with_timeout(self.request_timeout)
             // A member that lost its quorum must fail requests and end watches at once
             // instead of hanging until the elector's deadline.
             .with_require_leader(true)
@@ -1092,7 +1110,15 @@ mod failover {
                 let Some((counter, uri, channel)) = shared.pick() else {
                     return Err(Status::unavailable("no etcd endpoint configured").into());
                 };
-                match channel.oneshot(request).await {
+                let mut pending = Pending {
+                    shared: &shared,
+                    counter,
+                    uri: &uri,
+                    answered: false,
+                };
+                let result = channel.oneshot(request).await;
+                pending.answered = true;
+                match result {
                     Ok(response) => {
                         if grpc_status(&response) == Some(Code::Unavailable) {
                             shared.failed(counter, &uri, "etcd answered Unavailable");
@@ -1107,6 +1133,27 @@ mod failover {
                     }
                 }
             })
+        }
+    }
+
+    /// A request on its way. Dropped unanswered (its caller gave up waiting: a slow or
+    /// frozen member), it moves the pin on like a failure.
+    struct Pending<'a> {
+        shared: &'a Shared,
+        counter: usize,
+        uri: &'a Uri,
+        answered: bool,
+    }
+
+    impl Drop for Pending<'_> {
+        fn drop(&mut self) {
+            if !self.answered {
+                self.shared.failed(
+                    self.counter,
+                    self.uri,
+                    "the request was abandoned before etcd answered",
+                );
+            }
         }
     }
 
