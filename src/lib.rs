@@ -70,6 +70,12 @@ pub use config::{default_identity, Config, JITTER_FACTOR};
 pub use elector::{ElectionEvent, HealthError, LeaderElector, Status, MAX_HONOURED_LEASE};
 pub use error::{BoxError, ConfigError, LockError};
 pub use leadership::Leadership;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use lock::etcd::{EtcdLock, EtcdOptions};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use lock::etcd_election::EtcdElection;
 pub use lock::memory::{MemoryControl, MemoryLock, MemoryStore};
 pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};

@@ -11,6 +11,12 @@ use futures::stream::BoxStream;
 use crate::error::LockError;
 use crate::record::LeaderElectionRecord;
 
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub mod etcd;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub mod etcd_election;
 pub mod memory;
 
 /// An opaque token naming one stored state of a record (a Kubernetes
