@@ -5,4 +5,7 @@
 //! [`checker`] watches an election under test and fails on two leaders at once.
 
 pub mod checker;
+#[cfg(feature = "kube")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
+pub mod apiserver;
 pub mod etcd;
