@@ -506,9 +506,11 @@ async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn kubectl_gets_describes_and_deletes_a_lease() {
-    // kubectl sends credentials only over TLS, so against this plain-HTTP server it
-    // works without authentication.
-    let server = ApiServer::start().await.unwrap();
+    // kubectl sends credentials only over TLS.
+    let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
+        .await
+        .unwrap();
+    assert!(server.url().starts_with("https://127.0.0.1:"));
     let dir = std::env::temp_dir().join(format!("apiserver-kubectl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
