@@ -2,21 +2,27 @@
 //! election that recovers, measured by the testkit's checker and printed as a summary.
 //!
 //! The same scenarios run against the in-memory lock under tokio's paused clock (many
-//! random seeds each, in virtual time), against real backends where their features
-//! are built, and hostile records are planted in the store. This file is its own test
-//! harness (`harness = false`) so that it can print one summary table after every
-//! scenario ran, and re-execute itself as a leader process that a scenario can SIGSTOP
-//! or SIGKILL.
+//! random seeds each, in virtual time), against a real 3-member etcd cluster and
+//! against the Kubernetes API test server (with the `etcd` and `kube` features), and
+//! hostile records are planted in the store. One scenario rebuilds the seed's control
+//! plane in miniature. This file is its own test harness (`harness = false`) so that
+//! it prints one summary table after every scenario ran, runs the real-backend groups
+//! side by side, and re-executes itself as a leader process that a scenario can
+//! SIGSTOP or SIGKILL.
 //!
-//! `cargo test --features testkit --test faults [-- FILTER...] [--exact] [--list]`
+//! `cargo test --all-features --test faults [-- FILTER...] [--exact] [--list]`
 //! runs the scenarios whose name contains a filter. `FAULTS_SEEDS=N` changes the
 //! number of seeds per paused-clock scenario (default 100).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use leaderelection::testkit::checker::Summary;
+use futures::FutureExt;
+use leaderelection::testkit::checker::{Report, Summary};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
@@ -25,18 +31,15 @@ use rand::SeedableRng;
 mod bad_input;
 #[path = "faults/proxy.rs"]
 mod proxy;
+#[cfg(all(feature = "etcd", feature = "kube"))]
+#[path = "faults/real.rs"]
+mod real;
 #[path = "faults/scenarios.rs"]
 mod scenarios;
 #[path = "faults/support.rs"]
 mod support;
 
 use support::{paused, Backend, Memory};
-
-/// One named scenario: runs, adds its reports to the summary, panics on a violation.
-struct Scenario {
-    name: String,
-    run: Box<dyn Fn(&mut Summary)>,
-}
 
 fn seeds() -> u64 {
     std::env::var("FAULTS_SEEDS")
@@ -45,16 +48,15 @@ fn seeds() -> u64 {
         .unwrap_or(100)
 }
 
-type Generic = for<'a> fn(
+/// A scenario written once for any backend.
+pub type Generic = for<'a> fn(
     &'a dyn Backend,
     &'a mut StdRng,
     usize,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = leaderelection::testkit::checker::Report> + 'a>,
->;
+) -> std::pin::Pin<Box<dyn Future<Output = Report> + 'a>>;
 
-/// The generic scenarios, with the number of rounds (faults) per run.
-fn generic() -> Vec<(&'static str, Generic, usize)> {
+/// The generic scenarios, with the number of rounds (faults) per paused-clock run.
+pub fn generic() -> Vec<(&'static str, Generic, usize)> {
     vec![
         (
             "leader-crash",
@@ -95,34 +97,112 @@ fn generic() -> Vec<(&'static str, Generic, usize)> {
     ]
 }
 
-fn memory_scenarios() -> Vec<Scenario> {
-    generic()
-        .into_iter()
-        .map(|(name, f, rounds)| Scenario {
-            name: format!("memory/{name}"),
-            run: Box::new(move |summary: &mut Summary| {
-                for seed in 0..seeds() {
-                    let memory = Memory::default();
-                    let mut rng = StdRng::seed_from_u64(seed);
-                    let report =
-                        catch_unwind(AssertUnwindSafe(|| paused(f(&memory, &mut rng, rounds))))
-                            .unwrap_or_else(|e| {
-                                panic!("memory/{name} failed with seed {seed}: {}", panic_text(&e))
-                            });
-                    summary.add(&format!("memory/{name}"), &report);
-                }
-            }),
-        })
-        .collect()
+/// Runs scenarios, prints a line for each, and gathers reports and failures. Shared by
+/// the groups that run side by side.
+pub struct Reporter {
+    args: Args,
+    summary: Mutex<Summary>,
+    failed: Mutex<Vec<(String, String)>>,
+    passed: AtomicUsize,
+    skipped: AtomicUsize,
 }
 
-fn all_scenarios() -> Vec<Scenario> {
-    let mut all = memory_scenarios();
-    all.push(Scenario {
-        name: "memory/bad-input".into(),
-        run: Box::new(bad_input::all),
-    });
-    all
+impl Reporter {
+    /// Whether `name` was selected on the command line.
+    pub fn selected(&self, name: &str) -> bool {
+        let hit = |f: &String| {
+            if self.args.exact {
+                name == f
+            } else {
+                name.contains(f.as_str())
+            }
+        };
+        (self.args.filters.is_empty() || self.args.filters.iter().any(hit))
+            && !self.args.skip.iter().any(|f| name.contains(f.as_str()))
+    }
+
+    /// Runs one scenario, unless filtered out; it returns the reports of its runs, each
+    /// under a summary row. A panic fails the scenario and is reported at the end.
+    pub async fn run<F>(&self, name: &str, scenario: F)
+    where
+        F: Future<Output = Vec<(String, Report)>>,
+    {
+        if !self.selected(name) {
+            self.skipped.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        let t = Instant::now();
+        match AssertUnwindSafe(scenario).catch_unwind().await {
+            Ok(reports) => {
+                let mut summary = self.summary.lock().unwrap();
+                for (row, report) in &reports {
+                    summary.add(row, report);
+                }
+                self.passed.fetch_add(1, Ordering::SeqCst);
+                println!("test {name} ... ok ({:.1}s)", t.elapsed().as_secs_f64());
+            }
+            Err(e) => {
+                println!("test {name} ... FAILED ({:.1}s)", t.elapsed().as_secs_f64());
+                self.failed
+                    .lock()
+                    .unwrap()
+                    .push((name.to_owned(), panic_text(&e)));
+            }
+        }
+    }
+
+    /// As [`run`](Self::run), for a scenario that does its own blocking.
+    pub fn run_blocking(&self, name: &str, scenario: impl FnOnce() -> Vec<(String, Report)>) {
+        futures::executor::block_on(self.run(name, async move { scenario() }));
+    }
+}
+
+/// A group of scenarios that run one after another; groups run side by side.
+struct Group {
+    scenarios: Vec<String>,
+    run: Box<dyn Fn(&Reporter) + Send + Sync>,
+}
+
+fn memory_group() -> Group {
+    let mut names: Vec<String> = generic()
+        .iter()
+        .map(|(n, _, _)| format!("memory/{n}"))
+        .collect();
+    names.push("memory/bad-input".into());
+    Group {
+        scenarios: names,
+        run: Box::new(|reporter| {
+            for (name, f, rounds) in generic() {
+                let full = format!("memory/{name}");
+                reporter.run_blocking(&full.clone(), || {
+                    (0..seeds())
+                        .map(|seed| {
+                            let memory = Memory::default();
+                            let mut rng = StdRng::seed_from_u64(seed);
+                            let report = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                                paused(f(&memory, &mut rng, rounds))
+                            }))
+                            .unwrap_or_else(|e| {
+                                panic!("{full} failed with seed {seed}: {}", panic_text(&e))
+                            });
+                            (full.clone(), report)
+                        })
+                        .collect()
+                });
+            }
+            reporter.run_blocking("memory/bad-input", bad_input::all);
+        }),
+    }
+}
+
+fn groups() -> Vec<Group> {
+    #[allow(unused_mut)]
+    let mut groups = vec![memory_group()];
+    #[cfg(all(feature = "etcd", feature = "kube"))]
+    for (scenarios, run) in real::groups() {
+        groups.push(Group { scenarios, run });
+    }
+    groups
 }
 
 fn panic_text(e: &Box<dyn std::any::Any + Send>) -> String {
@@ -165,63 +245,76 @@ fn args() -> Args {
 }
 
 fn main() -> ExitCode {
-    let args = args();
-    let selected: Vec<Scenario> = all_scenarios()
-        .into_iter()
-        .filter(|s| {
-            let hit = |f: &String| {
-                if args.exact {
-                    s.name == *f
-                } else {
-                    s.name.contains(f.as_str())
-                }
-            };
-            (args.filters.is_empty() || args.filters.iter().any(hit))
-                && !args.skip.iter().any(|f| s.name.contains(f.as_str()))
-        })
+    // RUST_LOG=leaderelection=debug shows what the electors and locks do.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .with_ansi(false)
+            .try_init();
+    }
+    #[cfg(all(feature = "etcd", feature = "kube"))]
+    if let Some(code) = real::child_main() {
+        return code;
+    }
+    let reporter = Reporter {
+        args: args(),
+        summary: Mutex::default(),
+        failed: Mutex::default(),
+        passed: AtomicUsize::new(0),
+        skipped: AtomicUsize::new(0),
+    };
+    let groups = groups();
+    let selected: Vec<&Group> = groups
+        .iter()
+        .filter(|g| g.scenarios.iter().any(|s| reporter.selected(s)))
         .collect();
-    if args.list {
-        for s in &selected {
-            println!("{}: test", s.name);
+    if reporter.args.list {
+        for g in &groups {
+            for s in g.scenarios.iter().filter(|s| reporter.selected(s)) {
+                println!("{s}: test");
+            }
         }
         return ExitCode::SUCCESS;
     }
 
     let started = Instant::now();
-    println!("\nrunning {} fault scenarios", selected.len());
-    let mut summary = Summary::default();
-    let mut failed = Vec::new();
-    for s in &selected {
-        let t = Instant::now();
-        let mut local = Summary::default();
-        let outcome = catch_unwind(AssertUnwindSafe(|| (s.run)(&mut local)));
-        summary.merge(&local);
-        match outcome {
-            Ok(()) => println!("test {} ... ok ({:.1}s)", s.name, t.elapsed().as_secs_f64()),
-            Err(e) => {
-                println!(
-                    "test {} ... FAILED ({:.1}s)",
-                    s.name,
-                    t.elapsed().as_secs_f64()
-                );
-                failed.push((s.name.clone(), panic_text(&e)));
-            }
+    let count: usize = selected
+        .iter()
+        .map(|g| g.scenarios.iter().filter(|s| reporter.selected(s)).count())
+        .sum();
+    println!("\nrunning {count} fault scenarios");
+    // The paused-clock group is CPU-bound and quick: run it first, alone, so that it
+    // does not slow the real-time groups, which then run side by side.
+    let (memory, real): (Vec<&Group>, Vec<&Group>) = selected
+        .iter()
+        .partition(|g| g.scenarios[0].starts_with("memory/"));
+    for g in memory {
+        (g.run)(&reporter);
+    }
+    std::thread::scope(|s| {
+        for g in real {
+            let reporter = &reporter;
+            s.spawn(move || (g.run)(reporter));
         }
-    }
+    });
 
-    println!("\nfault summary (virtual time for memory scenarios):\n{summary}");
+    let summary = reporter.summary.lock().unwrap();
+    let failed = reporter.failed.lock().unwrap();
+    println!("\nfault summary (memory: virtual time under the paused clock; others: real time):\n{summary}");
     if !summary.is_safe() {
-        println!("SAFETY VIOLATED: see the failures above");
+        println!("SAFETY VIOLATED: see the failures below");
     }
-    for (name, why) in &failed {
+    for (name, why) in failed.iter() {
         println!("\n---- {name} ----\n{why}");
     }
-    let passed = selected.len() - failed.len();
+    let passed = reporter.passed.load(Ordering::SeqCst);
+    let total: usize = groups.iter().map(|g| g.scenarios.len()).sum();
     println!(
         "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
         if failed.is_empty() { "ok" } else { "FAILED" },
         failed.len(),
-        all_scenarios().len() - selected.len(),
+        total - passed - failed.len(),
         started.elapsed().as_secs_f64()
     );
     if failed.is_empty() && summary.is_safe() {

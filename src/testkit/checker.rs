@@ -24,6 +24,11 @@ use tokio::time::Instant;
 
 use crate::Leadership;
 
+/// How long after its validity ended a term's work may notice the loss before it
+/// counts as [noticed late](Interval::noticed_late). On the real clock the elector fires
+/// `lost` a timer tick after `valid_until`; only a stall takes longer than this.
+pub const LATE_AFTER: Duration = Duration::from_millis(250);
+
 /// The record of one election's leadership terms, shared by every elector under test.
 ///
 /// Cheap to clone; clones share the same record. The observed window opens when the
@@ -93,9 +98,10 @@ pub struct Interval {
 }
 
 impl Interval {
-    /// True when the work noticed the loss only after the term had stopped being valid.
+    /// True when the work noticed the loss more than [`LATE_AFTER`] after the term had
+    /// stopped being valid: it was stalled (a paused process, a starved runtime).
     pub fn noticed_late(&self) -> bool {
-        matches!((self.end, self.noticed), (Some(e), Some(n)) if n > e)
+        matches!((self.end, self.noticed), (Some(e), Some(n)) if n > e + LATE_AFTER)
     }
 
     /// The interval as one line of JSON with instants as `CLOCK_MONOTONIC` nanoseconds,
@@ -455,7 +461,8 @@ pub struct Report {
     pub intervals: usize,
     /// Faults noted with [`Checker::fault`].
     pub faults: usize,
-    /// Terms whose work noticed the loss only after the term's validity ran out.
+    /// Terms whose work noticed the loss well after the term's validity ran out
+    /// ([`Interval::noticed_late`]).
     pub noticed_late: usize,
     /// Length of the observed window.
     pub window: Duration,

@@ -4,8 +4,8 @@
 //! them when dropped, so tests exercise the same code paths as production. The
 //! [`checker`] watches an election under test and fails on two leaders at once.
 
-pub mod checker;
 #[cfg(feature = "kube")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
 pub mod apiserver;
+pub mod checker;
 pub mod etcd;

@@ -6,7 +6,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leaderelection::testkit::checker::{Report, Summary};
+use leaderelection::testkit::checker::Report;
 use leaderelection::{ElectionEvent, LeaderElectionRecord, MAX_HONOURED_LEASE};
 use tokio::time::{sleep, Instant};
 
@@ -303,8 +303,10 @@ async fn run_case(name: &str, text: &str, expect: Expect, midterm: bool, logs: &
     report
 }
 
-/// Every hostile record, planted before the election and written mid-term.
-pub fn all(summary: &mut Summary) {
+/// Every hostile record, planted before the election and written mid-term; each report
+/// under its summary row.
+pub fn all() -> Vec<(String, Report)> {
+    let mut reports = Vec::new();
     for midterm in [false, true] {
         for (name, text, expect) in cases() {
             let logs = Logs::default();
@@ -325,7 +327,8 @@ pub fn all(summary: &mut Summary) {
                     Expect::Ghost(_) => "ghost-holder",
                 }
             );
-            summary.add(&row, &report);
+            reports.push((row, report));
         }
     }
+    reports
 }

@@ -343,9 +343,6 @@ struct Skewed<'a> {
 
 #[async_trait]
 impl Backend for Skewed<'_> {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
     fn timing(&self) -> crate::support::Timing {
         self.inner.timing()
     }

@@ -54,6 +54,9 @@ pub enum Link {
     Memory(Arc<MemoryControl>),
     #[allow(dead_code)] // built only with the real backends' features
     Proxy(crate::proxy::Handle),
+    /// A replica that scenarios do not cut off or slow.
+    #[allow(dead_code)]
+    Direct,
 }
 
 impl Link {
@@ -62,6 +65,7 @@ impl Link {
         match self {
             Link::Memory(c) => c.set_unavailable(down),
             Link::Proxy(p) => p.cut(down),
+            Link::Direct => panic!("this replica has no link to cut"),
         }
     }
 
@@ -70,6 +74,7 @@ impl Link {
         match self {
             Link::Memory(c) => c.set_latency(d),
             Link::Proxy(p) => p.delay(d),
+            Link::Direct => panic!("this replica has no link to slow"),
         }
     }
 }
@@ -77,8 +82,6 @@ impl Link {
 /// Where elections are held: hands out one lock (one client) per replica.
 #[async_trait]
 pub trait Backend: Send + Sync {
-    /// Short name for the summary: `memory`, `etcd`, `kube-lease`.
-    fn name(&self) -> String;
     fn timing(&self) -> Timing;
     /// A new client's lock on `election`, with the link a scenario can cut.
     async fn connect(&self, election: &str) -> (Box<dyn LeaseLock>, Link);
@@ -92,9 +95,6 @@ pub struct Memory {
 
 #[async_trait]
 impl Backend for Memory {
-    fn name(&self) -> String {
-        "memory".into()
-    }
     fn timing(&self) -> Timing {
         Timing::virtual_default()
     }
