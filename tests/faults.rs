@@ -157,10 +157,15 @@ impl Reporter {
     }
 }
 
+/// Runs the scenarios of a group, one after another.
+pub type GroupFn = Box<dyn Fn(&Reporter) + Send + Sync>;
+
 /// A group of scenarios that run one after another; groups run side by side.
-struct Group {
-    scenarios: Vec<String>,
-    run: Box<dyn Fn(&Reporter) + Send + Sync>,
+pub struct Group {
+    /// The names of its scenarios, for filters and `--list`.
+    pub scenarios: Vec<String>,
+    /// Runs them.
+    pub run: GroupFn,
 }
 
 fn memory_group() -> Group {
@@ -199,9 +204,7 @@ fn groups() -> Vec<Group> {
     #[allow(unused_mut)]
     let mut groups = vec![memory_group()];
     #[cfg(all(feature = "etcd", feature = "kube"))]
-    for (scenarios, run) in real::groups() {
-        groups.push(Group { scenarios, run });
-    }
+    groups.extend(real::groups());
     groups
 }
 

@@ -23,7 +23,7 @@ use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{check, Backend, Election, Link, Replica, Timing};
-use crate::{generic, proxy, Reporter};
+use crate::{generic, proxy, Group, Reporter};
 
 /// Timing on real backends: lease 3s, renew deadline 2s, retry 0.5s; bounds allow 3s
 /// more, for a loaded machine.
@@ -101,7 +101,7 @@ fn etcd_options() -> EtcdOptions {
         .connect_timeout(Duration::from_secs(1))
 }
 
-fn etcd_group() -> (Vec<String>, Box<dyn Fn(&Reporter) + Send + Sync>) {
+fn etcd_group() -> Group {
     let mut names: Vec<String> = real_generic()
         .iter()
         .map(|(n, _, _)| format!("etcd/{n}"))
@@ -152,7 +152,10 @@ fn etcd_group() -> (Vec<String>, Box<dyn Fn(&Reporter) + Send + Sync>) {
                 .await;
         });
     });
-    (names, run)
+    Group {
+        scenarios: names,
+        run,
+    }
 }
 
 /// Two of three members die: no quorum, so nobody can renew and nobody may lead; the
@@ -480,7 +483,7 @@ impl Backend for Kube {
     }
 }
 
-fn kube_group() -> (Vec<String>, Box<dyn Fn(&Reporter) + Send + Sync>) {
+fn kube_group() -> Group {
     let mut names: Vec<String> = real_generic()
         .iter()
         .map(|(n, _, _)| format!("kube-lease/{n}"))
@@ -532,7 +535,10 @@ fn kube_group() -> (Vec<String>, Box<dyn Fn(&Reporter) + Send + Sync>) {
                 .await;
         });
     });
-    (names, run)
+    Group {
+        scenarios: names,
+        run,
+    }
 }
 
 /// The server answers 500 to every request, then 503, each for longer than the renew
@@ -625,7 +631,7 @@ async fn apiserver_restart(b: &Kube, server: &mut ApiServer) -> Report {
 
 // ---- the seed's control plane in miniature ----------------------------------------
 
-fn control_plane_group() -> (Vec<String>, Box<dyn Fn(&Reporter) + Send + Sync>) {
+fn control_plane_group() -> Group {
     let names = vec!["control-plane/miniature".to_owned()];
     let run = Box::new(|reporter: &Reporter| {
         let rt = runtime();
@@ -633,7 +639,10 @@ fn control_plane_group() -> (Vec<String>, Box<dyn Fn(&Reporter) + Send + Sync>) 
             vec![("control-plane/miniature".into(), control_plane().await)]
         }));
     });
-    (names, run)
+    Group {
+        scenarios: names,
+        run,
+    }
 }
 
 /// Three API servers active/active over a 3-member etcd cluster, three scheduler
@@ -734,6 +743,6 @@ async fn control_plane() -> Report {
 }
 
 /// The real-backend groups, each run on its own thread.
-pub fn groups() -> Vec<(Vec<String>, Box<dyn Fn(&Reporter) + Send + Sync>)> {
+pub fn groups() -> Vec<Group> {
     vec![etcd_group(), kube_group(), control_plane_group()]
 }
