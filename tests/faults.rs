@@ -302,7 +302,21 @@ fn main() -> ExitCode {
         }
     });
 
-    let summary = reporter.summary.lock().unwrap();
+    let mut summary = reporter.summary.lock().unwrap();
+    // Groups finish in any order: list rows by backend, in the order scenarios are written.
+    let order = |row: &str| -> (usize, usize) {
+        let backend = ["memory/", "bad-input/", "etcd/", "kube-lease/", "control-plane/"]
+            .iter()
+            .position(|p| row.starts_with(p))
+            .unwrap_or(usize::MAX);
+        let scenario = groups
+            .iter()
+            .flat_map(|g| g.scenarios.iter())
+            .position(|s| s == row)
+            .unwrap_or(usize::MAX);
+        (backend, scenario)
+    };
+    summary.sort_by_key(|r| order(&r.scenario));
     let failed = reporter.failed.lock().unwrap();
     println!("\nfault summary (memory: virtual time under the paused clock; others: real time):\n{summary}");
     if !summary.is_safe() {

@@ -642,6 +642,11 @@ impl Summary {
         &self.rows
     }
 
+    /// Orders the rows by `key` (stable: equal keys keep their order).
+    pub fn sort_by_key<K: Ord>(&mut self, key: impl FnMut(&Row) -> K) {
+        self.rows.sort_by_key(key);
+    }
+
     /// True when no run of any scenario had a violation.
     pub fn is_safe(&self) -> bool {
         self.rows
