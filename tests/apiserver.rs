@@ -728,3 +728,49 @@ mod etcd {
         assert_eq!((err.code, err.reason.as_str()), (500, "ServerTimeout"));
     }
 }
+
+#[tokio::test]
+async fn a_client_from_before_a_restart_works_again() {
+    let mut server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    server.restart().await;
+    // A pooled connection may be found dead once; then the client connects anew.
+    let mut failures = 0;
+    while leases.get("a").await.is_err() {
+        failures += 1;
+        assert!(failures < 3, "the client reconnects");
+    }
+}
+
+#[tokio::test]
+async fn streaming_lists_send_the_state_then_a_marked_bookmark() {
+    let server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let created = leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    let params = WatchParams::streaming_lists().timeout(30);
+    let mut stream: Events = leases.watch(&params, "0").await.unwrap().boxed();
+    match next(&mut stream).await {
+        WatchEvent::Added(l) => assert_eq!(l, created),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+    match next(&mut stream).await {
+        WatchEvent::Bookmark(b) => {
+            assert_eq!(
+                b.metadata
+                    .annotations
+                    .get("k8s.io/initial-events-end")
+                    .map(String::as_str),
+                Some("true")
+            );
+            assert_eq!(b.metadata.resource_version, rv(&created).to_string());
+        }
+        other => panic!("expected the initial-events-end BOOKMARK, got {other:?}"),
+    }
+}

@@ -20,6 +20,9 @@ pub mod etcd_election;
 #[cfg(feature = "kube")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
 pub mod kube;
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub mod file;
 pub mod memory;
 
 /// An opaque token naming one stored state of a record (a Kubernetes

@@ -18,7 +18,12 @@
 //!   BadRequest for fields of the wrong type, 401, 403;
 //! - watches from a resourceVersion with field and label selectors, bookmarks,
 //!   `timeoutSeconds`, and 410 Expired (an ERROR event) past the kept history;
-//! - server-side printing (the Table `kubectl get` asks for).
+//! - server-side printing (the Table `kubectl get` asks for);
+//! - optionally bearer tokens with RBAC-like rules, HTTPS with a fixed test
+//!   certificate, and storage in etcd shared by several servers.
+//!
+//! Tests steer it with [`ApiServer::faults`] (latency, injected errors),
+//! [`ApiServer::restart`] and [`ApiServer::requests`] (request counts).
 //!
 //! Not served: other kinds, namespaces as objects (every namespace exists), server-side
 //! apply, `deletecollection`, list paging (`limit` is ignored: lists are whole),
