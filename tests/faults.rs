@@ -305,10 +305,16 @@ fn main() -> ExitCode {
     let mut summary = reporter.summary.lock().unwrap();
     // Groups finish in any order: list rows by backend, in the order scenarios are written.
     let order = |row: &str| -> (usize, usize) {
-        let backend = ["memory/", "bad-input/", "etcd/", "kube-lease/", "control-plane/"]
-            .iter()
-            .position(|p| row.starts_with(p))
-            .unwrap_or(usize::MAX);
+        let backend = [
+            "memory/",
+            "bad-input/",
+            "etcd/",
+            "kube-lease/",
+            "control-plane/",
+        ]
+        .iter()
+        .position(|p| row.starts_with(p))
+        .unwrap_or(usize::MAX);
         let scenario = groups
             .iter()
             .flat_map(|g| g.scenarios.iter())
