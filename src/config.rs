@@ -175,6 +175,13 @@ impl Config {
         Ok(())
     }
 
+    /// client-go's `wait.JitterUntil(retryPeriod, 1.2)`: a standby's pause between
+    /// attempts, the retry period plus up to 1.2 retry periods.
+    pub(crate) fn jittered_retry(&self) -> Duration {
+        let retry = self.retry_period;
+        retry + retry.mul_f64(rand::rng().random_range(0.0..JITTER_FACTOR))
+    }
+
     /// `leaseDurationSeconds` as stored: whole seconds, rounded up so that standbys
     /// never wait less than this replica's lease.
     pub(crate) fn lease_seconds(&self) -> i32 {

@@ -5,48 +5,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use crate::config::{Config, JITTER_FACTOR};
+use crate::config::Config;
 use crate::error::{ConfigError, LockError};
 use crate::leadership::Leadership;
 use crate::lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 use crate::record::{truncate, LeaderElectionRecord};
+use crate::status::{lock_unpoisoned, ElectionEvent, Reporter, Status};
 
 /// Longest lease a standby honours from a record. A holder asking for more is
 /// treated as asking for this much, so a hostile or corrupt record cannot stall the
 /// election for days.
 pub const MAX_HONOURED_LEASE: Duration = Duration::from_secs(3600);
-
-/// What the elector last saw, published through [`LeaderElector::subscribe`].
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Status {
-    /// The holder in the last record observed; `None` when released or absent.
-    pub leader: Option<String>,
-    /// Whether this replica leads.
-    pub is_leader: bool,
-}
-
-/// A change of leadership, reported once each through [`LeaderElector::events`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ElectionEvent {
-    /// This replica became leader (client-go's `OnStartedLeading`).
-    StartedLeading {
-        /// The fencing token of the new term.
-        fencing_token: u64,
-    },
-    /// This replica stopped leading (client-go's `OnStoppedLeading`).
-    StoppedLeading,
-    /// The observed holder changed (client-go's `OnNewLeader`); `None` when the lease
-    /// was released or the record is absent.
-    NewLeader(Option<String>),
-}
 
 /// The elector is unhealthy: it believes it leads but has not renewed for longer than
 /// the lease plus the tolerance. Returned by [`LeaderElector::check_health`].
@@ -104,9 +79,8 @@ pub struct LeaderElector {
 struct Shared {
     lock: Box<dyn LeaseLock>,
     config: Config,
-    status: watch::Sender<Status>,
+    report: Reporter,
     last_renewal: Mutex<Option<Instant>>,
-    events: Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>,
 }
 
 /// What a standby knows of the record.
@@ -163,13 +137,13 @@ impl LeaderElector {
     /// As [`new`](Self::new).
     pub fn from_boxed(lock: Box<dyn LeaseLock>, config: Config) -> Result<Self, ConfigError> {
         config.validate()?;
+        let report = Reporter::new(&config.identity);
         Ok(Self {
             shared: Arc::new(Shared {
+                report,
                 lock,
                 config,
-                status: watch::Sender::new(Status::default()),
                 last_renewal: Mutex::new(None),
-                events: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -181,26 +155,24 @@ impl LeaderElector {
 
     /// True while this replica leads.
     pub fn is_leader(&self) -> bool {
-        self.shared.status.borrow().is_leader
+        self.shared.report.is_leader()
     }
 
     /// The holder in the last record observed (this replica when it leads).
     pub fn leader(&self) -> Option<String> {
-        self.shared.status.borrow().leader.clone()
+        self.shared.report.leader()
     }
 
     /// The current [`Status`], updated on every change.
     pub fn subscribe(&self) -> watch::Receiver<Status> {
-        self.shared.status.subscribe()
+        self.shared.report.subscribe()
     }
 
     /// Every change of leadership from now on, each reported once, in order.
     ///
     /// The channel is unbounded; drop the receiver when no longer interested.
     pub fn events(&self) -> mpsc::UnboundedReceiver<ElectionEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock_unpoisoned(&self.shared.events).push(tx);
-        rx
+        self.shared.report.events()
     }
 
     /// client-go's `HealthzAdaptor`: healthy unless this replica believes it leads and
@@ -293,7 +265,10 @@ impl LeaderElector {
                     }
                     Err(e) => {
                         warn!(error = %e, "failed to read the lock; retrying");
-                        if !self.pause(self.jittered_retry(), shutdown).await {
+                        if !self
+                            .pause(self.shared.config.jittered_retry(), shutdown)
+                            .await
+                        {
                             return None;
                         }
                         continue;
@@ -309,7 +284,7 @@ impl LeaderElector {
                 let wake = if watch.is_some() {
                     wait_until
                 } else {
-                    wait_until.min(Instant::now() + self.jittered_retry())
+                    wait_until.min(Instant::now() + self.shared.config.jittered_retry())
                 };
                 let wake = match rewatch_at {
                     Some(t) => wake.min(t),
@@ -347,7 +322,7 @@ impl LeaderElector {
                             }
                             watch = None;
                             if can_watch {
-                                rewatch_at = Some(Instant::now() + self.jittered_retry());
+                                rewatch_at = Some(Instant::now() + self.shared.config.jittered_retry());
                             }
                         }
                     },
@@ -362,7 +337,10 @@ impl LeaderElector {
                 }
                 Err(e) => {
                     warn!(error = %e, "failed to acquire the lease; retrying");
-                    if !self.pause(self.jittered_retry(), shutdown).await {
+                    if !self
+                        .pause(self.shared.config.jittered_retry(), shutdown)
+                        .await
+                    {
                         return None;
                     }
                 }
@@ -685,40 +663,16 @@ impl LeaderElector {
         }
     }
 
-    /// client-go's `wait.JitterUntil(retryPeriod, 1.2)`: retry plus up to 1.2 retries.
-    fn jittered_retry(&self) -> Duration {
-        let retry = self.shared.config.retry_period;
-        retry + retry.mul_f64(rand::rng().random_range(0.0..JITTER_FACTOR))
-    }
-
     fn renewed(&self, at: Instant) {
         *lock_unpoisoned(&self.shared.last_renewal) = Some(at);
     }
 
     fn set_leader(&self, leader: Option<String>, is_leader: bool) {
-        let mut new_leader = None;
-        self.shared.status.send_if_modified(|s| {
-            if s.leader != leader {
-                new_leader = Some(leader.clone());
-                if let Some(l) = &leader {
-                    if !is_leader && *l != self.shared.config.identity {
-                        // The identity comes from the store: quote only its start.
-                        info!(leader = %truncate(l, 256), "new leader elected");
-                    }
-                }
-            }
-            let changed = s.leader != leader || s.is_leader != is_leader;
-            s.leader = leader;
-            s.is_leader = is_leader;
-            changed
-        });
-        if let Some(l) = new_leader {
-            self.emit(ElectionEvent::NewLeader(l));
-        }
+        self.shared.report.set_leader(leader, is_leader);
     }
 
     fn emit(&self, event: ElectionEvent) {
-        lock_unpoisoned(&self.shared.events).retain(|tx| tx.send(event.clone()).is_ok());
+        self.shared.report.emit(event);
     }
 
     fn warn_invalid(&self, e: &crate::record::InvalidRecord) {
@@ -751,8 +705,4 @@ async fn next_event(watch: &mut Option<WatchStream>) -> Option<Result<LockEvent,
         Some(w) => w.next().await,
         None => std::future::pending().await,
     }
-}
-
-fn lock_unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -57,6 +57,7 @@ mod error;
 mod leadership;
 pub mod lock;
 mod record;
+mod status;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
@@ -67,7 +68,7 @@ pub mod testkit;
 struct ReadmeDoctests;
 
 pub use config::{default_identity, Config, JITTER_FACTOR};
-pub use elector::{ElectionEvent, HealthError, LeaderElector, Status, MAX_HONOURED_LEASE};
+pub use elector::{HealthError, LeaderElector, MAX_HONOURED_LEASE};
 pub use error::{BoxError, ConfigError, LockError};
 pub use leadership::Leadership;
 #[cfg(feature = "etcd")]
@@ -82,3 +83,4 @@ pub use lock::file::FileLock;
 pub use lock::memory::{MemoryControl, MemoryLock, MemoryStore};
 pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
+pub use status::{ElectionEvent, Status};

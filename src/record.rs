@@ -43,10 +43,10 @@ pub struct LeaderElectionRecord {
     #[serde(default, deserialize_with = "null_as_default")]
     pub lease_duration_seconds: i32,
     /// `acquireTime`: when the holder took the lease (wall clock, informational).
-    #[serde(with = "go_time")]
+    #[serde(default, with = "go_time")]
     pub acquire_time: Option<Timestamp>,
     /// `renewTime`: when the holder last renewed (wall clock, informational).
-    #[serde(with = "go_time")]
+    #[serde(default, with = "go_time")]
     pub renew_time: Option<Timestamp>,
     /// `leaderTransitions`: grows by one on every change of holder, never on a renewal.
     #[serde(default, deserialize_with = "null_as_default")]
@@ -63,8 +63,9 @@ pub struct LeaderElectionRecord {
 impl LeaderElectionRecord {
     /// Parses the JSON that client-go (or this crate) stored.
     ///
-    /// Fields client-go omits in older versions (`strategy`, `preferredHolder`) may be
-    /// missing; `null` times are unset.
+    /// As Go's decoder does, missing fields take their zero value (`strategy` and
+    /// `preferredHolder` are absent in older client-go records) and missing or `null`
+    /// times are unset.
     ///
     /// # Errors
     ///
@@ -222,6 +223,14 @@ mod tests {
             r.to_json(),
             r#"{"holderIdentity":"","leaseDurationSeconds":1,"acquireTime":null,"renewTime":null,"leaderTransitions":4,"strategy":"","preferredHolder":""}"#
         );
+    }
+
+    #[test]
+    fn missing_times_read_as_unset_like_go_zero_times() {
+        let r =
+            LeaderElectionRecord::from_json(r#"{"holderIdentity":"a","leaseDurationSeconds":15}"#)
+                .unwrap();
+        assert_eq!((r.acquire_time, r.renew_time), (None, None));
     }
 
     #[test]

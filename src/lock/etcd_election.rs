@@ -16,14 +16,13 @@
 //! a [`Leadership`] whose fencing token is the create revision of the leader's key.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
     Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
-use rand::Rng;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout_at, Instant};
@@ -31,10 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use super::etcd::{is_lease_gone, map_error, BACKEND};
-use crate::config::{Config, JITTER_FACTOR};
-use crate::elector::{ElectionEvent, Status};
+use crate::config::Config;
 use crate::error::{ConfigError, LockError};
 use crate::leadership::Leadership;
+use crate::status::{ElectionEvent, Reporter, Status};
 
 /// The key that leads an etcd election: the candidate key with the lowest create
 /// revision under `<name>/`.
@@ -107,8 +106,7 @@ struct Shared {
     name: String,
     prefix: String,
     config: Config,
-    status: watch::Sender<Status>,
-    events: Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>,
+    report: Reporter,
 }
 
 impl std::fmt::Debug for Shared {
@@ -168,14 +166,14 @@ impl EtcdElection {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         let name = name.into();
+        let report = Reporter::new(&config.identity);
         Ok(Self {
             shared: Arc::new(Shared {
+                report,
                 client,
                 prefix: format!("{name}/"),
                 name,
                 config,
-                status: watch::Sender::new(Status::default()),
-                events: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -192,25 +190,23 @@ impl EtcdElection {
 
     /// True while this replica leads.
     pub fn is_leader(&self) -> bool {
-        self.shared.status.borrow().is_leader
+        self.shared.report.is_leader()
     }
 
     /// The value of the leader key last observed (this replica's identity when it
     /// leads).
     pub fn leader(&self) -> Option<String> {
-        self.shared.status.borrow().leader.clone()
+        self.shared.report.leader()
     }
 
     /// The current [`Status`], updated on every change.
     pub fn subscribe(&self) -> watch::Receiver<Status> {
-        self.shared.status.subscribe()
+        self.shared.report.subscribe()
     }
 
     /// Every change of leadership from now on, each reported once, in order.
     pub fn events(&self) -> mpsc::UnboundedReceiver<ElectionEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock_unpoisoned(&self.shared.events).push(tx);
-        rx
+        self.shared.report.events()
     }
 
     /// Reads who leads now (Go's `Election.Leader`): the candidate key with the lowest
@@ -272,7 +268,10 @@ impl EtcdElection {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "failed to join the etcd election; retrying");
-                    if !self.pause(self.jittered_retry(), shutdown).await {
+                    if !self
+                        .pause(self.shared.config.jittered_retry(), shutdown)
+                        .await
+                    {
                         return None;
                     }
                     continue;
@@ -288,7 +287,10 @@ impl EtcdElection {
                 Turn::SessionLost(why) => {
                     warn!(reason = %why, "lost the etcd session while waiting; joining again");
                     self.end_session(&session).await;
-                    if !self.pause(self.jittered_retry(), shutdown).await {
+                    if !self
+                        .pause(self.shared.config.jittered_retry(), shutdown)
+                        .await
+                    {
                         return None;
                     }
                 }
@@ -433,7 +435,8 @@ impl EtcdElection {
                 }
                 if read {
                     // Retry the read after a pause, with the keep-alive below.
-                    next_keepalive = next_keepalive.min(Instant::now() + self.jittered_retry());
+                    next_keepalive =
+                        next_keepalive.min(Instant::now() + self.shared.config.jittered_retry());
                 }
             }
             tokio::select! {
@@ -773,34 +776,12 @@ impl EtcdElection {
         }
     }
 
-    fn jittered_retry(&self) -> Duration {
-        let retry = self.shared.config.retry_period;
-        retry + retry.mul_f64(rand::rng().random_range(0.0..JITTER_FACTOR))
-    }
-
     fn set_leader(&self, leader: Option<String>, is_leader: bool) {
-        let mut new_leader = None;
-        self.shared.status.send_if_modified(|s| {
-            if s.leader != leader {
-                new_leader = Some(leader.clone());
-                if let Some(l) = &leader {
-                    if !is_leader && *l != self.shared.config.identity {
-                        info!(leader = %l, "new leader elected");
-                    }
-                }
-            }
-            let changed = s.leader != leader || s.is_leader != is_leader;
-            s.leader = leader;
-            s.is_leader = is_leader;
-            changed
-        });
-        if let Some(l) = new_leader {
-            self.emit(ElectionEvent::NewLeader(l));
-        }
+        self.shared.report.set_leader(leader, is_leader);
     }
 
     fn emit(&self, event: ElectionEvent) {
-        lock_unpoisoned(&self.shared.events).retain(|tx| tx.send(event.clone()).is_ok());
+        self.shared.report.emit(event);
     }
 }
 
@@ -845,8 +826,4 @@ async fn next_message(
         Some(w) => w.message().await,
         None => std::future::pending().await,
     }
-}
-
-fn lock_unpoisoned<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

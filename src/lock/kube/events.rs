@@ -11,8 +11,8 @@ use tracing::warn;
 
 use super::object::{Kind, ObjectLock};
 use super::{classify, ResourceLockKind, BACKEND};
-use crate::elector::{ElectionEvent, LeaderElector};
 use crate::error::LockError;
+use crate::{ElectionEvent, LeaderElector};
 
 /// Posts a v1 Event with reason `LeaderElection` on the lock's objects whenever this
 /// replica starts or stops leading, with client-go's messages: `<identity> became
