@@ -3,4 +3,7 @@
 //! Everything here starts real processes or real servers on loopback ports and stops
 //! them when dropped, so tests exercise the same code paths as production.
 
+#[cfg(feature = "kube")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
+pub mod apiserver;
 pub mod etcd;

@@ -1,0 +1,479 @@
+//! A Kubernetes API server for tests: the real REST paths for Leases, Endpoints,
+//! ConfigMaps and Events, served over HTTP on a loopback port, so that `kube::Client`
+//! and `kubectl` work against it unchanged.
+//!
+//! What it serves, as kube-apiserver does:
+//!
+//! - discovery: `/api`, `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`,
+//!   `/version` (aggregated discovery is not offered; clients fall back);
+//! - `coordination.k8s.io/v1` leases, `v1` endpoints, configmaps and events, and
+//!   `events.k8s.io/v1` events (stored as core events, as kube-apiserver stores
+//!   them), in any namespace: get, list, watch, create, update (PUT), patch (merge,
+//!   strategic merge, JSON patch) and delete, with `dryRun`;
+//! - `metadata.resourceVersion` from one counter that grows on every write (the etcd
+//!   revision with etcd storage); `uid` and `creationTimestamp` set on create and kept;
+//!   a stale PUT is a 409 Conflict; a write that changes nothing is not made;
+//! - metav1.Status failures worded like kube-apiserver's: 404 NotFound, 409 Conflict
+//!   and AlreadyExists, 422 Invalid (names, Lease and ConfigMap validation), 400
+//!   BadRequest for fields of the wrong type, 401, 403;
+//! - watches from a resourceVersion with field and label selectors, bookmarks,
+//!   `timeoutSeconds`, and 410 Expired (an ERROR event) past the kept history;
+//! - server-side printing (the Table `kubectl get` asks for).
+//!
+//! Not served: other kinds, namespaces as objects (every namespace exists), server-side
+//! apply, `deletecollection`, list paging (`limit` is ignored: lists are whole),
+//! managedFields, and protobuf.
+//!
+//! # Examples
+//!
+//! ```no_run
+//! use k8s_openapi::api::coordination::v1::Lease;
+//! use kube::api::{Api, PostParams};
+//! use leaderelection::testkit::apiserver::ApiServer;
+//!
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = ApiServer::start().await?;
+//! let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+//! let mut lease = Lease::default();
+//! lease.metadata.name = Some("kube-scheduler".into());
+//! let created = leases.create(&PostParams::default(), &lease).await?;
+//! assert!(created.metadata.resource_version.is_some());
+//! server.stop().await;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+mod discovery;
+#[cfg(feature = "etcd")]
+mod etcd_storage;
+mod faults;
+mod http;
+mod patch;
+mod resources;
+mod rest;
+mod selector;
+mod stats;
+mod status;
+mod storage;
+mod table;
+mod validation;
+mod watch;
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{PolicyRule, User};
+pub use faults::{Fault, Faults};
+pub use stats::{RequestKey, RequestStats};
+
+use http::State;
+use stats::Counter;
+use storage::{MemoryStorage, Storage};
+
+/// The token of the administrator, accepted whenever authentication is on; the
+/// clients of [`ApiServer::client`] and the kubeconfig of
+/// [`ApiServer::write_kubeconfig`] use it.
+pub const ADMIN_TOKEN: &str = "leaderelection-testkit-admin";
+
+/// The user [`ADMIN_TOKEN`] authenticates as.
+pub const ADMIN_USER: &str = "kubernetes-admin";
+
+/// Where the server keeps objects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageOptions {
+    /// In process memory, lost when the server is dropped.
+    #[default]
+    Memory,
+    /// In etcd, one key per object as kube-apiserver keeps them
+    /// (`<prefix>/leases/<namespace>/<name>`, `<prefix>/configmaps/...`,
+    /// `<prefix>/services/endpoints/...`, `<prefix>/events/...`), as JSON.
+    /// resourceVersions are etcd revisions, so several servers over one etcd cluster
+    /// serve the same objects, versions and watch events.
+    #[cfg(feature = "etcd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+    Etcd {
+        /// Client URLs of the etcd members.
+        endpoints: Vec<String>,
+        /// Key prefix, `/registry` in kube-apiserver.
+        prefix: String,
+    },
+}
+
+/// How to start an [`ApiServer`].
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use leaderelection::testkit::apiserver::{ApiServerOptions, PolicyRule, User};
+///
+/// let options = ApiServerOptions::new()
+///     .token("scheduler-token", User::new("scheduler").allow(
+///         PolicyRule::new(["get", "update", "watch"], ["leases"]).in_namespace("kube-system"),
+///     ))
+///     .watch_history(100)
+///     .bookmark_interval(Duration::from_secs(5));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ApiServerOptions {
+    storage: StorageOptions,
+    tokens: Option<HashMap<String, User>>,
+    port: Option<u16>,
+    watch_history: usize,
+    bookmark_interval: Duration,
+}
+
+impl Default for ApiServerOptions {
+    fn default() -> Self {
+        Self {
+            storage: StorageOptions::Memory,
+            tokens: None,
+            port: None,
+            watch_history: 1000,
+            bookmark_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl ApiServerOptions {
+    /// Memory storage, no authentication, a free port.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Where objects are kept (default: memory).
+    #[must_use]
+    pub fn storage(mut self, storage: StorageOptions) -> Self {
+        self.storage = storage;
+        self
+    }
+
+    /// Keeps objects in etcd at `endpoints`, under `prefix` (`/registry` in
+    /// kube-apiserver); see [`StorageOptions::Etcd`].
+    #[cfg(feature = "etcd")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+    #[must_use]
+    pub fn etcd(self, endpoints: Vec<String>, prefix: impl Into<String>) -> Self {
+        self.storage(StorageOptions::Etcd {
+            endpoints,
+            prefix: prefix.into(),
+        })
+    }
+
+    /// Turns bearer-token authentication on (with [`ADMIN_TOKEN`] accepted) and lets
+    /// `token` in as `user`. Without any call to this or [`auth`](Self::auth), every
+    /// request is served.
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>, user: User) -> Self {
+        self.tokens
+            .get_or_insert_with(HashMap::new)
+            .insert(token.into(), user);
+        self
+    }
+
+    /// Turns bearer-token authentication on, with only [`ADMIN_TOKEN`] accepted until
+    /// [`token`](Self::token) adds more.
+    #[must_use]
+    pub fn auth(mut self) -> Self {
+        self.tokens.get_or_insert_with(HashMap::new);
+        self
+    }
+
+    /// Listens on `port` of 127.0.0.1 (default: a free port).
+    #[must_use]
+    pub fn port(mut self, port: u16) -> Self {
+        self.port = Some(port);
+        self
+    }
+
+    /// How many changes memory storage keeps for watches that resume from a
+    /// resourceVersion (default 1000); older ones get 410 Gone. Etcd storage keeps
+    /// etcd's history, until etcd is compacted.
+    #[must_use]
+    pub fn watch_history(mut self, changes: usize) -> Self {
+        self.watch_history = changes.max(1);
+        self
+    }
+
+    /// How often watches that allow bookmarks get one (default 60 seconds, about
+    /// kube-apiserver's pace).
+    #[must_use]
+    pub fn bookmark_interval(mut self, interval: Duration) -> Self {
+        self.bookmark_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+}
+
+/// A running test API server; see the [module docs](self).
+///
+/// Dropping it stops serving (without waiting; [`stop`](Self::stop) waits).
+#[derive(Debug)]
+pub struct ApiServer {
+    addr: SocketAddr,
+    state: Arc<State>,
+    auth: bool,
+    running: Option<Running>,
+}
+
+#[derive(Debug)]
+struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiServer {
+    /// Starts a server with memory storage and no authentication on a free port of
+    /// 127.0.0.1.
+    ///
+    /// # Errors
+    ///
+    /// When no port can be bound.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f() -> std::io::Result<()> {
+    /// let server = leaderelection::testkit::apiserver::ApiServer::start().await?;
+    /// println!("serving at {}", server.url());
+    /// # Ok(()) }
+    /// ```
+    pub async fn start() -> io::Result<ApiServer> {
+        Self::start_with(ApiServerOptions::default()).await
+    }
+
+    /// Starts a server as `options` say.
+    ///
+    /// # Errors
+    ///
+    /// When the port cannot be bound, or etcd storage cannot reach etcd.
+    pub async fn start_with(options: ApiServerOptions) -> io::Result<ApiServer> {
+        let storage: Arc<dyn Storage> = match options.storage {
+            StorageOptions::Memory => Arc::new(MemoryStorage::new(options.watch_history)),
+            #[cfg(feature = "etcd")]
+            StorageOptions::Etcd { endpoints, prefix } => {
+                Arc::new(etcd_storage::EtcdStorage::connect(&endpoints, &prefix).await?)
+            }
+        };
+        let auth = options.tokens.is_some();
+        let tokens = options.tokens.map(|mut tokens| {
+            tokens.insert(ADMIN_TOKEN.to_string(), User::admin(ADMIN_USER));
+            tokens
+        });
+        let listener = bind(options.port.unwrap_or(0))?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            storage,
+            auth: auth::Auth { tokens },
+            faults: Arc::default(),
+            counter: Arc::new(Counter::default()),
+            addr,
+            bookmark_interval: options.bookmark_interval,
+        });
+        let mut server = ApiServer {
+            addr,
+            state,
+            auth,
+            running: None,
+        };
+        server.serve(listener);
+        Ok(server)
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(http::serve(listener, self.state.clone(), stop.clone()));
+        self.running = Some(Running { stop, task });
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The address the server listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether bearer-token authentication is on.
+    pub fn auth_enabled(&self) -> bool {
+        self.auth
+    }
+
+    /// A `kube::Config` aimed at the server, with [`ADMIN_TOKEN`] when authentication
+    /// is on. kube's defaults are kept, including its retries of 429, 503 and 504.
+    pub fn config(&self) -> kube::Config {
+        let token = self.auth.then_some(ADMIN_TOKEN);
+        self.config_for(token)
+    }
+
+    /// A `kube::Config` aimed at the server that sends `token`.
+    pub fn config_with_token(&self, token: &str) -> kube::Config {
+        self.config_for(Some(token))
+    }
+
+    fn config_for(&self, token: Option<&str>) -> kube::Config {
+        let uri = self
+            .url()
+            .parse()
+            .expect("http://127.0.0.1:PORT is a valid URI");
+        let mut config = kube::Config::new(uri);
+        config.auth_info.token = token.map(|t| t.to_string().into());
+        config
+    }
+
+    /// A `kube::Client` aimed at the server (as the administrator when authentication
+    /// is on).
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime (the client spawns its buffer task).
+    pub fn client(&self) -> kube::Client {
+        client(self.config())
+    }
+
+    /// A `kube::Client` aimed at the server that sends `token`.
+    ///
+    /// # Panics
+    ///
+    /// Outside a Tokio runtime.
+    pub fn client_with_token(&self, token: &str) -> kube::Client {
+        client(self.config_with_token(token))
+    }
+
+    /// Writes a kubeconfig for `kubectl --kubeconfig <path>`: the server, the admin
+    /// token when authentication is on, namespace `default`.
+    ///
+    /// kubectl (client-go) sends credentials only over TLS, and this server speaks
+    /// plain HTTP: with authentication on, kubectl is refused with 401. Use a server
+    /// without authentication for kubectl; `kube::Config::from_custom_kubeconfig`
+    /// does send the token.
+    ///
+    /// `kubectl create` and `apply` validate against OpenAPI documents this server
+    /// does not serve: give them `--validate=false`.
+    ///
+    /// # Errors
+    ///
+    /// When the file cannot be written.
+    pub fn write_kubeconfig(&self, path: &Path) -> io::Result<()> {
+        let user_block = if self.auth {
+            format!("  user:\n    token: {ADMIN_TOKEN}\n")
+        } else {
+            "  user: {}\n".to_string()
+        };
+        let text = format!(
+            "apiVersion: v1\n\
+             kind: Config\n\
+             clusters:\n\
+             - name: leaderelection-testkit\n  cluster:\n    server: {url}\n\
+             users:\n\
+             - name: {ADMIN_USER}\n{user_block}\
+             contexts:\n\
+             - name: leaderelection-testkit\n  context:\n    cluster: leaderelection-testkit\n    user: {ADMIN_USER}\n    namespace: default\n\
+             current-context: leaderelection-testkit\n",
+            url = self.url(),
+        );
+        std::fs::write(path, text)
+    }
+
+    /// The fault hooks: latency and injected errors.
+    pub fn faults(&self) -> &Faults {
+        &self.state.faults
+    }
+
+    /// A snapshot of the requests served so far, by verb, path and user.
+    pub fn requests(&self) -> RequestStats {
+        self.state.counter.snapshot()
+    }
+
+    /// Forgets the requests counted so far.
+    pub fn reset_requests(&self) {
+        self.state.counter.reset();
+    }
+
+    /// Stops serving: the port is closed and every connection, watches included, is
+    /// dropped at once. Storage is kept. Does nothing when not serving.
+    pub async fn stop_serving(&mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop.cancel();
+            // The task only ends by that cancel; a panic in it has been logged.
+            let _ = running.task.await;
+        }
+    }
+
+    /// Serves again on the same port, with the same storage. Does nothing when
+    /// serving.
+    ///
+    /// # Errors
+    ///
+    /// When the port has been taken meanwhile.
+    pub async fn resume_serving(&mut self) -> io::Result<()> {
+        if self.running.is_none() {
+            let listener = bind(self.addr.port())?;
+            self.serve(listener);
+        }
+        Ok(())
+    }
+
+    /// Whether the server is serving (not between [`stop_serving`](Self::stop_serving)
+    /// and [`resume_serving`](Self::resume_serving)).
+    pub fn is_serving(&self) -> bool {
+        self.running.is_some()
+    }
+
+    /// A restart: [`stop_serving`](Self::stop_serving) then
+    /// [`resume_serving`](Self::resume_serving). Clients see their connections
+    /// dropped, then find the same objects and resourceVersions.
+    ///
+    /// # Panics
+    ///
+    /// When the port cannot be bound again (another process took it in between).
+    pub async fn restart(&mut self) {
+        self.stop_serving().await;
+        if let Err(e) = self.resume_serving().await {
+            panic!("test API server could not bind {} again: {e}", self.addr);
+        }
+    }
+
+    /// Stops serving and waits until every connection is closed.
+    pub async fn stop(mut self) {
+        self.stop_serving().await;
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.stop.cancel();
+        }
+    }
+}
+
+fn client(config: kube::Config) -> kube::Client {
+    kube::Client::try_from(config).expect("a kube client for a plain http URL needs no TLS setup")
+}
+
+fn bind(port: u16) -> io::Result<TcpListener> {
+    let socket = TcpSocket::new_v4()?;
+    // Restarts bind the port again while the old connections sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))?;
+    socket.listen(1024)
+}

@@ -1,0 +1,728 @@
+//! The Kubernetes API test server, through the real `kube` client and `kubectl`.
+#![cfg(all(feature = "kube", feature = "testkit"))]
+
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
+use kube::core::Status;
+use leaderelection::testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
+
+/// Generous bound for anything that should happen at once.
+const SOON: Duration = Duration::from_secs(10);
+
+fn lease(name: &str, holder: &str) -> Lease {
+    let mut lease = Lease::default();
+    lease.metadata.name = Some(name.into());
+    lease.spec = Some(LeaseSpec {
+        holder_identity: Some(holder.into()),
+        lease_duration_seconds: Some(15),
+        renew_time: Some(MicroTime(jiff::Timestamp::now())),
+        ..LeaseSpec::default()
+    });
+    lease
+}
+
+fn status(err: kube::Error) -> Status {
+    match err {
+        kube::Error::Api(status) => *status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+fn rv(lease: &Lease) -> u64 {
+    lease
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .expect("a numeric resourceVersion")
+}
+
+#[tokio::test]
+async fn lease_crud_with_kube_client() {
+    let server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+
+    let created = leases
+        .create(&PostParams::default(), &lease("sched", "a"))
+        .await
+        .unwrap();
+    assert_eq!(created.metadata.namespace.as_deref(), Some("kube-system"));
+    assert!(created.metadata.uid.is_some());
+    assert!(created.metadata.creation_timestamp.is_some());
+    let got = leases.get("sched").await.unwrap();
+    assert_eq!(got, created);
+
+    let again = status(
+        leases
+            .create(&PostParams::default(), &lease("sched", "b"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((again.code, again.reason.as_str()), (409, "AlreadyExists"));
+
+    let mut renewed = got.clone();
+    renewed.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    let replaced = leases
+        .replace("sched", &PostParams::default(), &renewed)
+        .await
+        .unwrap();
+    assert!(rv(&replaced) > rv(&got));
+    assert_eq!(replaced.metadata.uid, got.metadata.uid);
+
+    // The old resourceVersion is stale now.
+    let stale = status(
+        leases
+            .replace("sched", &PostParams::default(), &renewed)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((stale.code, stale.reason.as_str()), (409, "Conflict"));
+    assert!(
+        stale.message.contains("the object has been modified"),
+        "{}",
+        stale.message
+    );
+
+    let patch = serde_json::json!({"spec": {"leaseTransitions": 4}});
+    let patched = leases
+        .patch("sched", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    assert_eq!(patched.spec.as_ref().unwrap().lease_transitions, Some(4));
+    assert_eq!(
+        patched.spec.as_ref().unwrap().holder_identity.as_deref(),
+        Some("b")
+    );
+    assert!(rv(&patched) > rv(&replaced));
+
+    let listed = leases
+        .list(&ListParams::default().fields("metadata.name=sched"))
+        .await
+        .unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert!(listed.metadata.resource_version.is_some());
+    let none = leases
+        .list(
+            &ListParams::default()
+                .fields("metadata.name=other")
+                .labels("a=b"),
+        )
+        .await
+        .unwrap();
+    assert!(none.items.is_empty());
+
+    leases
+        .delete("sched", &DeleteParams::default())
+        .await
+        .unwrap();
+    let gone = status(leases.get("sched").await.unwrap_err());
+    assert_eq!((gone.code, gone.reason.as_str()), (404, "NotFound"));
+    assert_eq!(
+        gone.message,
+        "leases.coordination.k8s.io \"sched\" not found"
+    );
+    assert_eq!(leases.get_opt("sched").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn invalid_objects_are_refused_with_422() {
+    let server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let mut bad = lease("Bad_Name", "a");
+    bad.spec.as_mut().unwrap().lease_duration_seconds = Some(-1);
+    let err = status(
+        leases
+            .create(&PostParams::default(), &bad)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"));
+    assert!(
+        err.message
+            .starts_with("Lease.coordination.k8s.io \"Bad_Name\" is invalid: ["),
+        "{}",
+        err.message
+    );
+    assert!(err
+        .message
+        .contains("spec.leaseDurationSeconds: Invalid value: -1: must be greater than 0"));
+}
+
+#[tokio::test]
+async fn endpoints_configmaps_and_events_are_served() {
+    let server = ApiServer::start().await.unwrap();
+    let client = server.client();
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "ns1");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("lock".into());
+    cm.metadata.annotations = Some(
+        [(
+            "control-plane.alpha.kubernetes.io/leader".to_string(),
+            "{}".to_string(),
+        )]
+        .into(),
+    );
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    // ConfigMaps are not created by a PUT.
+    let mut other = cm.clone();
+    other.metadata.name = Some("missing".into());
+    let err = status(
+        cms.replace("missing", &PostParams::default(), &other)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 404);
+
+    let eps: Api<Endpoints> = Api::namespaced(client.clone(), "ns2");
+    let mut ep = Endpoints::default();
+    ep.metadata.name = Some("lock".into());
+    // Endpoints are.
+    eps.replace("lock", &PostParams::default(), &ep)
+        .await
+        .unwrap();
+    assert!(eps.get("lock").await.is_ok());
+
+    let events: Api<Event> = Api::namespaced(client.clone(), "ns1");
+    let mut ev = Event::default();
+    ev.metadata.generate_name = Some("lock.".into());
+    ev.reason = Some("LeaderElection".into());
+    ev.message = Some("a became leader".into());
+    let created = events.create(&PostParams::default(), &ev).await.unwrap();
+    let name = created.metadata.name.unwrap();
+    assert!(name.starts_with("lock.") && name.len() == 10, "{name}");
+
+    // The same event through events.k8s.io/v1, stored once.
+    let v1: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), "ns1");
+    let seen = v1.get(&name).await.unwrap();
+    assert_eq!(seen.note.as_deref(), Some("a became leader"));
+
+    // Every kind in every namespace: the all-namespaces list sees them.
+    let all: Api<ConfigMap> = Api::all(client);
+    assert_eq!(
+        all.list(&ListParams::default()).await.unwrap().items.len(),
+        1
+    );
+}
+
+type Events = futures::stream::BoxStream<'static, kube::Result<WatchEvent<Lease>>>;
+
+async fn next(stream: &mut Events) -> WatchEvent<Lease> {
+    tokio::time::timeout(SOON, stream.try_next())
+        .await
+        .expect("an event")
+        .unwrap()
+        .expect("open")
+}
+
+#[tokio::test]
+async fn watch_follows_changes_and_resumes_from_a_resource_version() {
+    let server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let first = leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    leases
+        .create(&PostParams::default(), &lease("other", "x"))
+        .await
+        .unwrap();
+
+    let params = WatchParams::default().fields("metadata.name=a").timeout(30);
+    let mut stream = leases
+        .watch(&params, &rv(&first).to_string())
+        .await
+        .unwrap()
+        .boxed();
+    let mut changed = first.clone();
+    changed.spec.as_mut().unwrap().holder_identity = Some("y".into());
+    let changed = leases
+        .replace("a", &PostParams::default(), &changed)
+        .await
+        .unwrap();
+    leases.delete("a", &DeleteParams::default()).await.unwrap();
+
+    match next(&mut stream).await {
+        WatchEvent::Modified(l) => assert_eq!(l, changed),
+        other => panic!("expected MODIFIED, got {other:?}"),
+    }
+    match next(&mut stream).await {
+        WatchEvent::Deleted(l) => assert_eq!(l.metadata.name.as_deref(), Some("a")),
+        other => panic!("expected DELETED, got {other:?}"),
+    }
+
+    // Resuming from the first version replays what happened after it.
+    let mut replay = leases
+        .watch(&params, &rv(&first).to_string())
+        .await
+        .unwrap()
+        .boxed();
+    assert!(matches!(next(&mut replay).await, WatchEvent::Modified(_)));
+    assert!(matches!(next(&mut replay).await, WatchEvent::Deleted(_)));
+
+    // From "0", the current state comes first.
+    let mut from_now = leases
+        .watch(&WatchParams::default().timeout(30), "0")
+        .await
+        .unwrap()
+        .boxed();
+    match next(&mut from_now).await {
+        WatchEvent::Added(l) => assert_eq!(l.metadata.name.as_deref(), Some("other")),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_from_a_compacted_version_is_410_gone() {
+    let server = ApiServer::start_with(ApiServerOptions::new().watch_history(3))
+        .await
+        .unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let first = leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        leases
+            .patch(
+                "a",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"spec": {"leaseTransitions": i}})),
+            )
+            .await
+            .unwrap();
+    }
+    let mut stream = leases
+        .watch(&WatchParams::default(), &rv(&first).to_string())
+        .await
+        .unwrap()
+        .boxed();
+    match tokio::time::timeout(SOON, stream.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        Some(WatchEvent::Error(e)) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_sends_bookmarks_and_ends_at_its_timeout() {
+    let options = ApiServerOptions::new().bookmark_interval(Duration::from_millis(100));
+    let server = ApiServer::start_with(options).await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let created = leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    let params = WatchParams::default().timeout(1);
+    let events: Vec<_> = tokio::time::timeout(
+        SOON,
+        leases
+            .watch(&params, &rv(&created).to_string())
+            .await
+            .unwrap()
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .expect("the stream ends after timeoutSeconds");
+    assert!(!events.is_empty());
+    for event in events {
+        match event.unwrap() {
+            WatchEvent::Bookmark(b) => {
+                assert_eq!(b.metadata.resource_version, rv(&created).to_string())
+            }
+            other => panic!("expected only bookmarks, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_checked_401_and_403() {
+    let options = ApiServerOptions::new().token(
+        "sched-token",
+        User::new("scheduler").allow(
+            PolicyRule::new(["get", "update", "watch", "list"], ["leases"])
+                .in_namespace("kube-system")
+                .named("kube-scheduler"),
+        ),
+    );
+    let server = ApiServer::start_with(options).await.unwrap();
+    let admin: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+    admin
+        .create(&PostParams::default(), &lease("kube-scheduler", "a"))
+        .await
+        .unwrap();
+    admin
+        .create(&PostParams::default(), &lease("other", "a"))
+        .await
+        .unwrap();
+
+    let stranger: Api<Lease> = Api::namespaced(server.client_with_token("nope"), "kube-system");
+    let err = status(stranger.get("kube-scheduler").await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (401, "Unauthorized"));
+
+    let sched: Api<Lease> = Api::namespaced(server.client_with_token("sched-token"), "kube-system");
+    let mine = sched.get("kube-scheduler").await.unwrap();
+    sched
+        .replace("kube-scheduler", &PostParams::default(), &mine)
+        .await
+        .unwrap();
+    let pinned = ListParams::default().fields("metadata.name=kube-scheduler");
+    assert_eq!(sched.list(&pinned).await.unwrap().items.len(), 1);
+    let err = status(sched.get("other").await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (403, "Forbidden"));
+    assert_eq!(
+        err.message,
+        "leases.coordination.k8s.io \"other\" is forbidden: User \"scheduler\" cannot get resource \"leases\" in API group \"coordination.k8s.io\" in the namespace \"kube-system\""
+    );
+    let err = status(
+        sched
+            .delete("kube-scheduler", &DeleteParams::default())
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 403);
+    let err = status(
+        sched
+            .create(&PostParams::default(), &lease("new", "a"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(err.code, 403);
+    let elsewhere: Api<Lease> = Api::namespaced(server.client_with_token("sched-token"), "default");
+    assert_eq!(
+        status(elsewhere.get("kube-scheduler").await.unwrap_err()).code,
+        403
+    );
+    assert!(server.requests().user("scheduler") >= 7);
+}
+
+#[tokio::test]
+async fn faults_inject_errors_and_latency() {
+    let server = ApiServer::start().await.unwrap();
+    let mut config = server.config();
+    // Without kube's own retries, one call is one request.
+    config.default_retry = false;
+    let leases: Api<Lease> = Api::namespaced(kube::Client::try_from(config).unwrap(), "default");
+    leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+
+    server
+        .faults()
+        .inject(Fault::error(500).times(2).for_verb("get"));
+    assert_eq!(status(leases.get("a").await.unwrap_err()).code, 500);
+    assert!(
+        leases.list(&ListParams::default()).await.is_ok(),
+        "a list is not a get"
+    );
+    assert_eq!(status(leases.get("a").await.unwrap_err()).code, 500);
+    assert!(leases.get("a").await.is_ok(), "the faults are used up");
+    server.faults().fail_next(503, 1);
+    let err = status(leases.get("a").await.unwrap_err());
+    assert_eq!((err.code, err.reason.as_str()), (503, "ServiceUnavailable"));
+    assert!(leases.get("a").await.is_ok());
+
+    server.faults().set_latency(Duration::from_millis(300));
+    let started = std::time::Instant::now();
+    leases.get("a").await.unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    server.faults().clear();
+
+    server
+        .faults()
+        .inject(Fault::error(429).for_token("someone-else"));
+    assert!(
+        leases.get("a").await.is_ok(),
+        "faults for another token do not apply"
+    );
+}
+
+#[tokio::test]
+async fn restart_drops_connections_and_keeps_data() {
+    let mut server = ApiServer::start().await.unwrap();
+    let url = server.url();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let created = leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    let mut stream = leases
+        .watch(
+            &WatchParams::default().timeout(300),
+            &rv(&created).to_string(),
+        )
+        .await
+        .unwrap()
+        .boxed();
+
+    server.restart().await;
+    assert_eq!(server.url(), url);
+    // The watch connection was dropped: the stream ends or fails.
+    let end = tokio::time::timeout(SOON, stream.next())
+        .await
+        .expect("the watch is cut");
+    assert!(!matches!(end, Some(Ok(_))), "{end:?}");
+
+    let fresh: Api<Lease> = Api::namespaced(server.client(), "default");
+    assert_eq!(fresh.get("a").await.unwrap(), created);
+
+    server.stop_serving().await;
+    assert!(fresh.get("a").await.is_err());
+    server.resume_serving().await.unwrap();
+    assert_eq!(fresh.get("a").await.unwrap(), created);
+}
+
+/// Runs `kubectl --kubeconfig <file> args...` and returns its stdout; fails the test
+/// with kubectl's stderr when it fails.
+async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
+    let output = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        // kubectl's discovery cache lives under $HOME; keep it out of the user's.
+        .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
+        .output()
+        .await
+        .expect("kubectl must be on PATH for this test (it is in the Kubernetes apt repository)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}{stdout}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
+#[tokio::test]
+async fn kubectl_gets_describes_and_deletes_a_lease() {
+    // kubectl sends credentials only over TLS, so against this plain-HTTP server it
+    // works without authentication.
+    let server = ApiServer::start().await.unwrap();
+    let dir = std::env::temp_dir().join(format!("apiserver-kubectl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+
+    let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+    let created = leases
+        .create(
+            &PostParams::default(),
+            &lease("kube-scheduler", "node-a_4f2c"),
+        )
+        .await
+        .unwrap();
+    let events: Api<Event> = Api::namespaced(server.client(), "kube-system");
+    let mut event = Event::default();
+    event.metadata.name = Some("kube-scheduler.17a".into());
+    event.involved_object.kind = Some("Lease".into());
+    event.involved_object.name = Some("kube-scheduler".into());
+    event.involved_object.namespace = Some("kube-system".into());
+    event.involved_object.uid = created.metadata.uid.clone();
+    event.reason = Some("LeaderElection".into());
+    event.message = Some("node-a_4f2c became leader".into());
+    event.type_ = Some("Normal".into());
+    events.create(&PostParams::default(), &event).await.unwrap();
+
+    let table = kubectl(&kubeconfig, &["get", "lease", "-n", "kube-system"]).await;
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["NAME", "HOLDER", "AGE"], "{table}");
+    assert_eq!(lines[1][..2], ["kube-scheduler", "node-a_4f2c"], "{table}");
+
+    let holder = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "lease",
+            "kube-scheduler",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )
+    .await;
+    assert_eq!(holder, "node-a_4f2c");
+
+    let described = kubectl(
+        &kubeconfig,
+        &["describe", "lease", "kube-scheduler", "-n", "kube-system"],
+    )
+    .await;
+    assert!(
+        described.contains("Holder Identity:         node-a_4f2c"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Lease Duration Seconds:  15"),
+        "{described}"
+    );
+    assert!(
+        described.contains("node-a_4f2c became leader"),
+        "the lease's events: {described}"
+    );
+
+    let deleted = kubectl(
+        &kubeconfig,
+        &["delete", "lease", "kube-scheduler", "-n", "kube-system"],
+    )
+    .await;
+    assert_eq!(
+        deleted.trim(),
+        "lease.coordination.k8s.io \"kube-scheduler\" deleted"
+    );
+    assert_eq!(leases.get_opt("kube-scheduler").await.unwrap(), None);
+    let by_kubectl = server
+        .requests()
+        .count_where(|k| k.path.ends_with("/leases/kube-scheduler"));
+    assert!(by_kubectl >= 3, "{:?}", server.requests());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[cfg(feature = "etcd")]
+mod etcd {
+    use super::*;
+    use leaderelection::testkit::etcd::EtcdCluster;
+
+    async fn cluster(size: usize) -> EtcdCluster {
+        tokio::task::spawn_blocking(move || EtcdCluster::start(size))
+            .await
+            .unwrap()
+            .expect("etcd must be on PATH for this test")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn two_servers_over_one_etcd_share_objects_and_watches() {
+        let etcd = cluster(3).await;
+        let options = || ApiServerOptions::new().etcd(etcd.endpoints(), "/registry");
+        let one = ApiServer::start_with(options()).await.unwrap();
+        let two = ApiServer::start_with(options()).await.unwrap();
+        let on_one: Api<Lease> = Api::namespaced(one.client(), "kube-system");
+        let on_two: Api<Lease> = Api::namespaced(two.client(), "kube-system");
+
+        let created = on_one
+            .create(&PostParams::default(), &lease("sched", "a"))
+            .await
+            .unwrap();
+        assert_eq!(on_two.get("sched").await.unwrap(), created);
+        let err = status(
+            on_two
+                .create(&PostParams::default(), &lease("sched", "b"))
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(err.reason, "AlreadyExists");
+
+        let params = WatchParams::default()
+            .fields("metadata.name=sched")
+            .timeout(60);
+        let mut watch_two: Events = on_two
+            .watch(&params, &rv(&created).to_string())
+            .await
+            .unwrap()
+            .boxed();
+
+        // A write through one server makes the other's resourceVersion stale.
+        let mut taken = created.clone();
+        taken.spec.as_mut().unwrap().holder_identity = Some("b".into());
+        let taken = on_two
+            .replace("sched", &PostParams::default(), &taken)
+            .await
+            .unwrap();
+        let err = status(
+            on_one
+                .replace("sched", &PostParams::default(), &created)
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+
+        match next(&mut watch_two).await {
+            WatchEvent::Modified(l) => assert_eq!(l, taken),
+            other => panic!("expected MODIFIED, got {other:?}"),
+        }
+        // The version is etcd's revision: the other server lists at it or later.
+        let listed = on_one.list(&ListParams::default()).await.unwrap();
+        let list_rv: u64 = listed.metadata.resource_version.unwrap().parse().unwrap();
+        assert!(list_rv >= rv(&taken));
+
+        // A change made through the first server reaches a watch on the second.
+        on_one
+            .delete("sched", &DeleteParams::default())
+            .await
+            .unwrap();
+        match next(&mut watch_two).await {
+            WatchEvent::Deleted(l) => assert_eq!(l.metadata.name.as_deref(), Some("sched")),
+            other => panic!("expected DELETED, got {other:?}"),
+        }
+
+        // kube-apiserver's layout: one key per object under the prefix.
+        let mut client = etcd_client::Client::connect(etcd.endpoints(), None)
+            .await
+            .unwrap();
+        on_one
+            .create(&PostParams::default(), &lease("sched", "c"))
+            .await
+            .unwrap();
+        let got = client
+            .get("/registry/leases/kube-system/sched", None)
+            .await
+            .unwrap();
+        let stored: serde_json::Value = serde_json::from_slice(got.kvs()[0].value()).unwrap();
+        assert_eq!(stored["spec"]["holderIdentity"], "c");
+        let on_two_now = on_two.get("sched").await.unwrap();
+        assert_eq!(rv(&on_two_now), got.kvs()[0].mod_revision() as u64);
+
+        // After etcd compacts its history, resuming from before it is 410 Gone.
+        let revision = got.header().unwrap().revision();
+        client.compact(revision, None).await.unwrap();
+        let mut stale: Events = on_one
+            .watch(&params, &rv(&created).to_string())
+            .await
+            .unwrap()
+            .boxed();
+        match next(&mut stale).await {
+            WatchEvent::Error(e) => assert_eq!((e.code, e.reason.as_str()), (410, "Expired")),
+            other => panic!("expected a 410 ERROR event, got {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn etcd_storage_survives_a_server_restart_and_reports_etcd_down() {
+        let mut etcd = cluster(1).await;
+        let mut server =
+            ApiServer::start_with(ApiServerOptions::new().etcd(etcd.endpoints(), "/test"))
+                .await
+                .unwrap();
+        let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+        let created = leases
+            .create(&PostParams::default(), &lease("a", "x"))
+            .await
+            .unwrap();
+        server.restart().await;
+        let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+        assert_eq!(leases.get("a").await.unwrap(), created);
+
+        tokio::task::spawn_blocking(move || {
+            etcd.kill(0).unwrap();
+            etcd
+        })
+        .await
+        .unwrap();
+        let err = status(leases.get("a").await.unwrap_err());
+        assert_eq!((err.code, err.reason.as_str()), (500, "ServerTimeout"));
+    }
+}
