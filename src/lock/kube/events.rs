@@ -1,0 +1,184 @@
+//! Events on the lock object, as client-go's `RecordEvent` posts them: `kubectl
+//! describe lease <name>` then shows who became leader and who stopped leading.
+
+use std::fmt;
+
+use kube::core::params::PostParams;
+use kube::core::Request;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+use tracing::warn;
+
+use super::object::{Kind, ObjectLock};
+use super::{classify, ResourceLockKind, BACKEND};
+use crate::elector::{ElectionEvent, LeaderElector};
+use crate::error::LockError;
+
+/// Posts a v1 Event with reason `LeaderElection` on the lock's objects whenever this
+/// replica starts or stops leading, with client-go's messages: `<identity> became
+/// leader`, `<identity> stopped leading`. For `endpointsleases` and
+/// `configmapsleases` the event goes on both objects, as client-go's MultiLock does.
+///
+/// Events are informational: a failure to post one is logged and never affects the
+/// election. The service account needs `create` on `events`.
+///
+/// # Examples
+///
+/// ```no_run
+/// use leaderelection::lock::kube::{EventRecorder, KubeLeaseLock, ResourceLockKind};
+/// use leaderelection::{Config, LeaderElector};
+///
+/// # async fn run(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::new("my-controller").identity("pod-a");
+/// let lock = KubeLeaseLock::new(client.clone(), "default", "my-controller");
+/// let elector = LeaderElector::new(lock, config)?;
+/// EventRecorder::new(ResourceLockKind::Leases, client, "default", "my-controller", "pod-a")
+///     .component("my-controller")
+///     .spawn(&elector);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct EventRecorder {
+    objects: Vec<ObjectLock>,
+    identity: String,
+    component: String,
+}
+
+impl fmt::Debug for EventRecorder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventRecorder")
+            .field(
+                "objects",
+                &self
+                    .objects
+                    .iter()
+                    .map(ObjectLock::describe)
+                    .collect::<Vec<_>>(),
+            )
+            .field("identity", &self.identity)
+            .field("component", &self.component)
+            .finish()
+    }
+}
+
+impl EventRecorder {
+    /// A recorder for the lock of `kind` on `namespace/name`, reporting `identity`
+    /// (the identity in the elector's [`Config`](crate::Config)). The reporting
+    /// component defaults to `leaderelection`.
+    pub fn new(
+        kind: ResourceLockKind,
+        client: kube::Client,
+        namespace: impl Into<String>,
+        name: impl Into<String>,
+        identity: impl Into<String>,
+    ) -> Self {
+        let kinds: &[Kind] = match kind {
+            ResourceLockKind::Leases => &[Kind::Lease],
+            ResourceLockKind::Endpoints => &[Kind::Endpoints],
+            ResourceLockKind::ConfigMaps => &[Kind::ConfigMap],
+            ResourceLockKind::EndpointsLeases => &[Kind::Endpoints, Kind::Lease],
+            ResourceLockKind::ConfigMapsLeases => &[Kind::ConfigMap, Kind::Lease],
+        };
+        let (namespace, name) = (namespace.into(), name.into());
+        Self {
+            objects: kinds
+                .iter()
+                .map(|k| ObjectLock::new(*k, client.clone(), namespace.clone(), name.clone()))
+                .collect(),
+            identity: identity.into(),
+            component: "leaderelection".to_owned(),
+        }
+    }
+
+    /// The component named as the event's source (`source.component` and
+    /// `reportingComponent`), such as `kube-scheduler`. Default `leaderelection`.
+    #[must_use]
+    pub fn component(mut self, component: impl Into<String>) -> Self {
+        self.component = component.into();
+        self
+    }
+
+    /// Posts `<identity> <action>` on every object of the lock, client-go's
+    /// `RecordEvent(action)`.
+    ///
+    /// # Errors
+    ///
+    /// The first failure to post, mapped like a lock's errors (for example
+    /// [`LockError::Forbidden`] without RBAC permission on events).
+    pub async fn record(&self, action: &str) -> Result<(), LockError> {
+        let mut first_error = None;
+        for object in &self.objects {
+            if let Err(e) = self.post(object, action).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Posts `became leader` and `stopped leading` as `elector` reports them, until
+    /// the elector is dropped. Failures are logged.
+    pub fn spawn(self, elector: &LeaderElector) -> JoinHandle<()> {
+        let mut events = elector.events();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                let action = match event {
+                    ElectionEvent::StartedLeading { .. } => "became leader",
+                    ElectionEvent::StoppedLeading => "stopped leading",
+                    _ => continue,
+                };
+                if let Err(e) = self.record(action).await {
+                    warn!(error = %e, action, "failed to post the leader election event");
+                }
+            }
+        })
+    }
+
+    async fn post(&self, object: &ObjectLock, action: &str) -> Result<(), LockError> {
+        if object.last_seen_uid().is_none() {
+            // kubectl describe finds events by the object's uid; without one the event
+            // is still posted, just not shown there.
+            let _ = object.fetch().await;
+        }
+        let now = jiff::Timestamp::now();
+        let time = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let mut involved = json!({
+            "apiVersion": object.kind.api_version(),
+            "kind": object.kind.kind(),
+            "namespace": object.namespace,
+            "name": object.name,
+        });
+        if let Some(uid) = object.last_seen_uid() {
+            involved["uid"] = Value::String(uid);
+        }
+        let event = json!({
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                // client-go's recorder names events `<object>.<unix nanos in hex>`.
+                "name": format!("{}.{:x}", object.name, now.as_nanosecond()),
+                "namespace": object.namespace,
+            },
+            "involvedObject": involved,
+            "reason": "LeaderElection",
+            "message": format!("{} {action}", self.identity),
+            "type": "Normal",
+            "source": { "component": self.component },
+            "reportingComponent": self.component,
+            "reportingInstance": self.identity,
+            "firstTimestamp": time,
+            "lastTimestamp": time,
+            "count": 1,
+        });
+        let target = format!("events/{}", object.namespace);
+        let body = serde_json::to_vec(&event).map_err(|e| LockError::unavailable(BACKEND, e))?;
+        let req = Request::new(format!("/api/v1/namespaces/{}/events", object.namespace))
+            .create(&PostParams::default(), body)
+            .map_err(|e| LockError::unavailable(BACKEND, format!("create {target}: {e}")))?;
+        object
+            .client
+            .request::<Value>(req)
+            .await
+            .map(drop)
+            .map_err(|e| classify("create", &target, e).into_error())
+    }
+}

@@ -1,0 +1,332 @@
+//! One lock object on the API server: reading, creating and replacing it, and the
+//! objects recently seen, which updates start from.
+//!
+//! Objects are kept as JSON values rather than typed structs so that a PUT sends back
+//! every field the server returned, including fields newer than this crate's
+//! Kubernetes types, and so that a malformed object is reported with its version
+//! instead of failing to parse whole.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kube::core::params::{GetParams, ListParams, PostParams};
+use kube::core::Request;
+use serde_json::{json, Value};
+
+use super::{annotation, classify, lease, Failure, BACKEND};
+use crate::error::LockError;
+use crate::lock::{Version, Versioned};
+use crate::record::{InvalidRecord, LeaderElectionRecord};
+
+/// Objects kept per lock: enough to update from any version a caller could still
+/// hold after a race between a read and a watch event.
+const SEEN: usize = 4;
+
+/// The kind of object a lock stores its record in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Lease,
+    Endpoints,
+    ConfigMap,
+}
+
+impl Kind {
+    pub(crate) fn api_version(self) -> &'static str {
+        match self {
+            Kind::Lease => "coordination.k8s.io/v1",
+            Kind::Endpoints | Kind::ConfigMap => "v1",
+        }
+    }
+
+    pub(crate) fn kind(self) -> &'static str {
+        match self {
+            Kind::Lease => "Lease",
+            Kind::Endpoints => "Endpoints",
+            Kind::ConfigMap => "ConfigMap",
+        }
+    }
+
+    pub(crate) fn plural(self) -> &'static str {
+        match self {
+            Kind::Lease => "leases",
+            Kind::Endpoints => "endpoints",
+            Kind::ConfigMap => "configmaps",
+        }
+    }
+
+    fn collection_path(self, namespace: &str) -> String {
+        let group = match self {
+            Kind::Lease => "/apis/coordination.k8s.io/v1",
+            Kind::Endpoints | Kind::ConfigMap => "/api/v1",
+        };
+        format!("{group}/namespaces/{namespace}/{}", self.plural())
+    }
+
+    /// The record an object holds.
+    pub(crate) fn decode(self, object: &Value) -> Result<LeaderElectionRecord, InvalidRecord> {
+        match self {
+            Kind::Lease => lease::decode(object),
+            Kind::Endpoints | Kind::ConfigMap => annotation::decode(object),
+        }
+    }
+
+    /// Writes `record` into `object`, leaving everything else as it is.
+    pub(crate) fn encode(self, object: &mut Value, record: &LeaderElectionRecord) {
+        match self {
+            Kind::Lease => lease::encode(object, record),
+            Kind::Endpoints | Kind::ConfigMap => annotation::encode(object, record),
+        }
+    }
+}
+
+/// The `metadata.resourceVersion` of an object.
+pub(crate) fn resource_version(object: &Value) -> Option<&str> {
+    object.pointer("/metadata/resourceVersion")?.as_str()
+}
+
+/// The plumbing every Kubernetes lock shares: one object, addressed by kind,
+/// namespace and name.
+#[derive(Clone)]
+pub(crate) struct ObjectLock {
+    pub(crate) client: kube::Client,
+    pub(crate) kind: Kind,
+    pub(crate) namespace: String,
+    pub(crate) name: String,
+    seen: Arc<Mutex<VecDeque<Value>>>,
+}
+
+impl fmt::Debug for ObjectLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObjectLock")
+            .field("kind", &self.kind)
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ObjectLock {
+    pub(crate) fn new(kind: Kind, client: kube::Client, namespace: String, name: String) -> Self {
+        Self {
+            client,
+            kind,
+            namespace,
+            name,
+            seen: Arc::default(),
+        }
+    }
+
+    /// `leases/kube-system/kube-scheduler`.
+    pub(crate) fn describe(&self) -> String {
+        format!("{}/{}/{}", self.kind.plural(), self.namespace, self.name)
+    }
+
+    /// `/apis/coordination.k8s.io/v1/namespaces/<namespace>/leases` and the like.
+    pub(crate) fn collection_path(&self) -> String {
+        self.kind.collection_path(&self.namespace)
+    }
+
+    fn request(&self) -> Request {
+        Request::new(self.collection_path())
+    }
+
+    fn build_error(&self, verb: &'static str, e: kube::core::request::Error) -> LockError {
+        LockError::unavailable(
+            BACKEND,
+            format!(
+                "{verb} {}: could not build the request: {e}",
+                self.describe()
+            ),
+        )
+    }
+
+    fn seen(&self) -> MutexGuard<'_, VecDeque<Value>> {
+        // Entries are whole values, replaced in one step: a panic elsewhere cannot
+        // leave one half-written.
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps `object` as the state at its resourceVersion, for later updates.
+    pub(crate) fn remember(&self, object: &Value) {
+        let Some(rv) = resource_version(object) else {
+            return;
+        };
+        let mut seen = self.seen();
+        seen.retain(|o| resource_version(o) != Some(rv));
+        if seen.len() == SEEN {
+            seen.pop_front();
+        }
+        seen.push_back(object.clone());
+    }
+
+    /// The object as seen at `version`, if it was.
+    fn seen_at(&self, version: &str) -> Option<Value> {
+        self.seen()
+            .iter()
+            .rev()
+            .find(|o| resource_version(o) == Some(version))
+            .cloned()
+    }
+
+    /// The resourceVersion seen last, where a watch resumes.
+    pub(crate) fn last_seen_version(&self) -> Option<String> {
+        self.seen()
+            .back()
+            .and_then(resource_version)
+            .map(str::to_owned)
+    }
+
+    /// The metadata.uid of the object seen last.
+    pub(crate) fn last_seen_uid(&self) -> Option<String> {
+        self.seen()
+            .back()
+            .and_then(|o| o.pointer("/metadata/uid")?.as_str().map(str::to_owned))
+    }
+
+    /// The object, or `None` when it does not exist.
+    pub(crate) async fn fetch(&self) -> Result<Option<Value>, LockError> {
+        let req = self
+            .request()
+            .get(&self.name, &GetParams::default())
+            .map_err(|e| self.build_error("get", e))?;
+        match self.client.request::<Value>(req).await {
+            Ok(object) => {
+                self.remember(&object);
+                Ok(Some(object))
+            }
+            Err(e) => match classify("get", &self.describe(), e) {
+                Failure::NotFound(_) => Ok(None),
+                other => Err(other.into_error()),
+            },
+        }
+    }
+
+    /// The object (if any) and the list's resourceVersion, to start a watch from.
+    pub(crate) async fn list(&self) -> Result<(Option<Value>, String), LockError> {
+        let selector = format!("metadata.name={}", self.name);
+        let req = self
+            .request()
+            .list(&ListParams::default().fields(&selector))
+            .map_err(|e| self.build_error("list", e))?;
+        let mut list = self
+            .client
+            .request::<Value>(req)
+            .await
+            .map_err(|e| classify("list", &self.describe(), e).into_error())?;
+        let rv = list
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .ok_or_else(|| {
+                LockError::unavailable(
+                    BACKEND,
+                    format!(
+                        "list {}: the answer has no metadata.resourceVersion",
+                        self.describe()
+                    ),
+                )
+            })?;
+        let object = match list.get_mut("items").map(Value::take) {
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .find(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some(&self.name)),
+            _ => None,
+        };
+        if let Some(o) = &object {
+            self.remember(o);
+        }
+        Ok((object, rv))
+    }
+
+    /// The record an object holds, at the object's version.
+    pub(crate) fn read(&self, object: &Value) -> Result<Versioned, LockError> {
+        let version = resource_version(object).map(Version::new);
+        let record = self
+            .kind
+            .decode(object)
+            .map_err(|source| LockError::InvalidRecord {
+                source,
+                version: version.clone(),
+            })?;
+        let version = version.ok_or_else(|| LockError::InvalidRecord {
+            source: InvalidRecord::new(
+                "the object has no metadata.resourceVersion",
+                &object.to_string(),
+            ),
+            version: None,
+        })?;
+        Ok(Versioned { record, version })
+    }
+
+    pub(crate) async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        self.fetch().await?.map(|o| self.read(&o)).transpose()
+    }
+
+    /// POSTs a new object holding `record`.
+    pub(crate) async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
+        let mut object = json!({
+            "apiVersion": self.kind.api_version(),
+            "kind": self.kind.kind(),
+            "metadata": { "name": self.name, "namespace": self.namespace },
+        });
+        self.kind.encode(&mut object, record);
+        let body = serde_json::to_vec(&object).map_err(|e| LockError::unavailable(BACKEND, e))?;
+        let req = self
+            .request()
+            .create(&PostParams::default(), body)
+            .map_err(|e| self.build_error("create", e))?;
+        match self.client.request::<Value>(req).await {
+            Ok(created) => self.written("create", &created),
+            Err(e) => Err(match classify("create", &self.describe(), e) {
+                // A plain 409 on create still means that someone else's object is there.
+                Failure::Conflict => LockError::AlreadyExists,
+                other => other.into_error(),
+            }),
+        }
+    }
+
+    /// PUTs the object as seen at `expected` with `record` in it. The body carries
+    /// `expected` as its resourceVersion, so the API server refuses it with 409 when
+    /// the object changed since.
+    ///
+    /// A version this lock never saw (from another handle) gives
+    /// [`LockError::Conflict`]: without the object at that version, replacing it
+    /// could drop fields someone else wrote. Reading again gives a usable version.
+    pub(crate) async fn update(
+        &self,
+        record: &LeaderElectionRecord,
+        expected: &Version,
+    ) -> Result<Version, LockError> {
+        let Some(mut object) = self.seen_at(expected.as_str()) else {
+            return Err(LockError::Conflict);
+        };
+        self.kind.encode(&mut object, record);
+        let body = serde_json::to_vec(&object).map_err(|e| LockError::unavailable(BACKEND, e))?;
+        let req = self
+            .request()
+            .replace(&self.name, &PostParams::default(), body)
+            .map_err(|e| self.build_error("update", e))?;
+        match self.client.request::<Value>(req).await {
+            Ok(updated) => self.written("update", &updated),
+            Err(e) => Err(match classify("update", &self.describe(), e) {
+                // Deleted since it was read: the version moved.
+                Failure::NotFound(_) | Failure::AlreadyExists => LockError::Conflict,
+                other => other.into_error(),
+            }),
+        }
+    }
+
+    fn written(&self, verb: &str, object: &Value) -> Result<Version, LockError> {
+        self.remember(object);
+        resource_version(object).map(Version::new).ok_or_else(|| {
+            LockError::unavailable(
+                BACKEND,
+                format!(
+                    "{verb} {}: the answer has no metadata.resourceVersion",
+                    self.describe()
+                ),
+            )
+        })
+    }
+}
