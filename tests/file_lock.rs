@@ -75,7 +75,7 @@ async fn create_get_update_compare_and_swap() {
         format!("{{\"version\":2,\"record\":{}}}\n", rec("b").to_json())
     );
     assert!(!dir.path().join("jobs.json.tmp").exists());
-    assert_eq!(lock.describe(), format!("file/{}", path.display()));
+    assert_eq!(lock.describe(), format!("file:{}", path.display()));
 }
 
 #[tokio::test]

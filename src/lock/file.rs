@@ -446,7 +446,7 @@ impl LeaseLock for FileLock {
     }
 
     fn describe(&self) -> String {
-        format!("file/{}", self.paths.path.display())
+        format!("file:{}", self.paths.path.display())
     }
 }
 
