@@ -17,7 +17,7 @@
 //!
 //! | feature | default | what it adds |
 //! | --- | --- | --- |
-//! | `file` | yes | `FileLock`, a lock in a file for replicas on one host |
+//! | `file` | yes | [`FileLock`], a lock in a file for replicas on one host |
 //! | `etcd` | no | etcd locks on the `etcd-client` crate (needs `protoc` to build) |
 //! | `kube` | no | Kubernetes Lease, Endpoints, ConfigMap and Multi locks on the `kube` crate |
 //! | `testkit` | no | helpers that start etcd processes and a Kubernetes API test server |
@@ -70,6 +70,9 @@ pub use config::{default_identity, Config, JITTER_FACTOR};
 pub use elector::{ElectionEvent, HealthError, LeaderElector, Status, MAX_HONOURED_LEASE};
 pub use error::{BoxError, ConfigError, LockError};
 pub use leadership::Leadership;
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub use lock::file::FileLock;
 pub use lock::memory::{MemoryControl, MemoryLock, MemoryStore};
 pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};

@@ -11,6 +11,9 @@ use futures::stream::BoxStream;
 use crate::error::LockError;
 use crate::record::LeaderElectionRecord;
 
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub mod file;
 #[cfg(feature = "kube")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
 pub mod kube;

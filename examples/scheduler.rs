@@ -1,0 +1,380 @@
+//! An active/standby scheduler replica, with kube-scheduler's leader election flags.
+//!
+//! Only the leader assigns pending pods (and logs each assignment with its fencing
+//! token); standbys wait and take over when it stops renewing. With no flags it runs
+//! on a file lock in the temp directory, so the same command in two terminals shows
+//! one active and one standby:
+//!
+//! ```text
+//! cargo run --example scheduler            # terminal 1: ACTIVE
+//! cargo run --example scheduler            # terminal 2: STANDBY
+//! cargo run --example scheduler -- --demo  # three replicas, a crash, a handover
+//! ```
+//!
+//! Each replica prints one line per event on stdout (`<time> <identity> <EVENT>
+//! <details>`), logs to stderr (`RUST_LOG`), and serves `/healthz` and `/metrics`.
+//! SIGTERM or Ctrl-C stops the work, then releases the lease.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use leaderelection::{ElectionEvent, FileLock, LeaderElector, LeaseLock};
+use rand::Rng;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+#[path = "scheduler/demo.rs"]
+mod demo;
+#[path = "scheduler/flags.rs"]
+mod flags;
+#[path = "scheduler/http.rs"]
+mod http;
+
+use flags::{go, LockKind, Options, Parsed};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let opts = match flags::parse(&args) {
+        Ok(Parsed::Help) => {
+            print!("{}", flags::HELP);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Parsed::Run(opts)) => *opts,
+        Err(e) => return usage_error(e),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if opts.demo {
+        runtime.block_on(demo::run())
+    } else {
+        runtime.block_on(replica(opts))
+    }
+}
+
+fn usage_error(e: impl Display) -> ExitCode {
+    eprintln!("error: {e}");
+    eprintln!("Run with --help for usage.");
+    ExitCode::from(2)
+}
+
+/// Prints this replica's event lines: `<time> <identity> <EVENT> <details>`.
+#[derive(Clone)]
+struct Out {
+    identity: Arc<str>,
+}
+
+impl Out {
+    fn say(&self, event: &str, details: impl Display) {
+        let now = jiff::Timestamp::now();
+        println!("{now:.3} {} {event:<8} {details}", self.identity);
+    }
+}
+
+async fn replica(opts: Options) -> ExitCode {
+    let config = opts.config();
+    let out = Out {
+        identity: config.get_identity().into(),
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(on_signals(shutdown.clone(), out.clone()));
+
+    let mut lock_description = String::from("leader election disabled: always active");
+    let elector = if opts.leader_elect {
+        let lock = match build_lock(&opts).await {
+            Ok(lock) => lock,
+            Err(SetupError::Usage(message)) => return usage_error(message),
+            Err(SetupError::Failed(message)) => {
+                eprintln!("error: {message}");
+                return ExitCode::FAILURE;
+            }
+        };
+        lock_description = format!(
+            "lock {}, lease {}, renew deadline {}, retry period {}",
+            lock.describe(),
+            go(opts.lease_duration),
+            go(opts.renew_deadline),
+            go(opts.retry_period)
+        );
+        match LeaderElector::from_boxed(lock, config) {
+            Ok(elector) => Some(elector),
+            Err(e) => return usage_error(e),
+        }
+    } else {
+        None
+    };
+
+    let listener = match bind(&opts).await {
+        Ok(listener) => listener,
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let addr = listener
+        .local_addr()
+        .map_or_else(|_| "?".into(), |a| a.to_string());
+    let state = Arc::new(http::State {
+        elector: elector.clone(),
+        name: opts.resource_name.clone(),
+        assignments: Default::default(),
+    });
+    tokio::spawn(http::serve(listener, state.clone(), shutdown.clone()));
+    out.say(
+        "READY",
+        format!("{lock_description}; serving http://{addr}/healthz and /metrics"),
+    );
+
+    let work = Work {
+        out: out.clone(),
+        interval: opts.assign_interval,
+        state,
+        shutdown: shutdown.clone(),
+    };
+    match elector {
+        None => {
+            let stop = shutdown.clone();
+            work.assign_pods(None, stop, || true).await;
+        }
+        Some(elector) => {
+            tokio::spawn(report_leaders(elector.clone(), out.clone()));
+            elector
+                .run(shutdown.clone(), move |leadership| {
+                    let work = work.clone();
+                    async move {
+                        let stop = leadership.token();
+                        work.assign_pods(Some(leadership.fencing_token()), stop, || {
+                            leadership.is_valid()
+                        })
+                        .await;
+                    }
+                })
+                .await;
+        }
+    }
+    out.say("EXIT", "stopped");
+    ExitCode::SUCCESS
+}
+
+/// The leader's work: assign a pending pod every interval, until told to stop.
+#[derive(Clone)]
+struct Work {
+    out: Out,
+    interval: Duration,
+    state: Arc<http::State>,
+    shutdown: CancellationToken,
+}
+
+impl Work {
+    async fn assign_pods(
+        &self,
+        fencing_token: Option<u64>,
+        stop: CancellationToken,
+        still_valid: impl Fn() -> bool,
+    ) {
+        let token = fencing_token.map_or_else(|| "none".into(), |t| t.to_string());
+        self.out.say(
+            "ACTIVE",
+            format!(
+                "leading with fencing token {token}; assigning a pending pod every {}",
+                go(self.interval)
+            ),
+        );
+        let mut tick = tokio::time::interval(self.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut assigned = 0u64;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {
+                    // Never act on a leadership that may have lapsed, even if the
+                    // elector has not said so yet.
+                    if !still_valid() {
+                        break;
+                    }
+                    let (pod, node) = {
+                        let mut rng = rand::rng();
+                        (rng.random::<u16>(), ["node-a", "node-b", "node-c"][rng.random_range(0..3)])
+                    };
+                    // A real scheduler sends the token with the binding, so the API
+                    // side can refuse a deposed leader's late writes.
+                    self.out.say("ASSIGN", format!("pod-{pod:04x} -> {node} (fencing token {token})"));
+                    assigned += 1;
+                    self.state.assignments.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        let why = if self.shutdown.is_cancelled() {
+            "shutting down; the lease is released next"
+        } else {
+            "leadership lost"
+        };
+        self.out.say(
+            "STOPPED",
+            format!("stopped assigning after {assigned} pods: {why}"),
+        );
+    }
+}
+
+/// Prints who leads whenever that changes and it is not us.
+async fn report_leaders(elector: LeaderElector, out: Out) {
+    let mut events = elector.events();
+    let me = elector.config().get_identity().to_owned();
+    while let Some(event) = events.recv().await {
+        if let ElectionEvent::NewLeader(Some(leader)) = event {
+            if leader != me {
+                out.say("STANDBY", format!("following leader {leader}"));
+            }
+        }
+    }
+}
+
+/// SIGTERM or SIGINT stop the replica gracefully; a second one exits at once.
+async fn on_signals(shutdown: CancellationToken, out: Out) {
+    let name = next_signal().await;
+    out.say(
+        "SHUTDOWN",
+        format!("{name}: stopping the work, then releasing the lease"),
+    );
+    shutdown.cancel();
+    let name = next_signal().await;
+    eprintln!("{name} again: exiting now, without releasing the lease");
+    std::process::exit(130);
+}
+
+#[cfg(unix)]
+async fn next_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        },
+        _ => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+async fn next_signal() -> &'static str {
+    match tokio::signal::ctrl_c().await {
+        Ok(()) => "Ctrl-C",
+        Err(_) => std::future::pending().await,
+    }
+}
+
+/// The health server's socket. A busy default port falls back to a free one, so that
+/// two replicas started with the same command on one host both run.
+async fn bind(opts: &Options) -> Result<TcpListener, String> {
+    let addr = SocketAddr::new(opts.bind_address, opts.port);
+    match TcpListener::bind(addr).await {
+        Ok(listener) => Ok(listener),
+        Err(e) if !opts.port_given && e.kind() == std::io::ErrorKind::AddrInUse => {
+            TcpListener::bind(SocketAddr::new(opts.bind_address, 0))
+                .await
+                .map_err(|e| format!("cannot listen on {}: {e}", opts.bind_address))
+        }
+        Err(e) => Err(format!("--port: cannot listen on {addr}: {e}")),
+    }
+}
+
+/// Why the lock could not be made.
+enum SetupError {
+    /// The flags ask for something this binary cannot do (exit status 2).
+    Usage(String),
+    /// The backend could not be set up (exit status 1): the locks that connect
+    /// somewhere (etcd, Kubernetes) report their connection errors this way.
+    #[allow(dead_code)]
+    Failed(String),
+}
+
+// ---- lock construction -------------------------------------------------------------
+//
+// Every backend the example can run on is built here, each behind its cargo feature,
+// so a binary built without a backend says which feature to build with.
+
+/// Builds the lock `--leader-elect-resource-lock` names.
+async fn build_lock(opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
+    match opts.resource_lock {
+        LockKind::File => file_lock(opts),
+        LockKind::Etcd => etcd_lock(opts).await,
+        kind => kube_lock(kind, opts).await,
+    }
+}
+
+fn file_lock(opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
+    let path = opts.lock_file();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if !dir.is_dir() {
+            return Err(SetupError::Usage(format!(
+                "--lock-file: directory {} does not exist",
+                dir.display()
+            )));
+        }
+    }
+    Ok(Box::new(FileLock::new(path)))
+}
+
+/// The etcd lock: a key holding the record under `--leader-elect-resource-namespace`
+/// and `--leader-elect-resource-name`, on `--etcd-servers`.
+#[cfg(feature = "etcd")]
+async fn etcd_lock(opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
+    let _ = (&opts.etcd_servers, &opts.resource_namespace);
+    Err(SetupError::Usage(
+        "--leader-elect-resource-lock=etcd: the etcd lock is not wired into this example yet; \
+         use --leader-elect-resource-lock=file"
+            .into(),
+    ))
+}
+
+#[cfg(not(feature = "etcd"))]
+async fn etcd_lock(_opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
+    Err(not_built("etcd", "etcd", " (it needs protoc to build)"))
+}
+
+/// The Kubernetes locks: a Lease, or the leader annotation of an Endpoints or
+/// ConfigMap, in `--leader-elect-resource-namespace`, through `--kubeconfig`.
+#[cfg(feature = "kube")]
+async fn kube_lock(kind: LockKind, opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
+    let _ = (&opts.kubeconfig, &opts.resource_namespace);
+    Err(SetupError::Usage(format!(
+        "--leader-elect-resource-lock={}: the Kubernetes locks are not wired into this example \
+         yet; use --leader-elect-resource-lock=file",
+        kind.name()
+    )))
+}
+
+#[cfg(not(feature = "kube"))]
+async fn kube_lock(kind: LockKind, _opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
+    Err(not_built(kind.name(), "kube", ""))
+}
+
+#[cfg(any(not(feature = "etcd"), not(feature = "kube")))]
+fn not_built(kind: &str, feature: &str, note: &str) -> SetupError {
+    SetupError::Usage(format!(
+        "--leader-elect-resource-lock={kind}: this binary was built without the `{feature}` \
+         feature; run it with `cargo run --example scheduler --features {feature} -- ...`{note}"
+    ))
+}

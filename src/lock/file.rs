@@ -1,0 +1,584 @@
+//! A lock in a file, shared by the processes of one host: the embedded default that
+//! runs active/standby with no cluster at all.
+//!
+//! The record lives in `<path>` as `{"version":N,"record":{...client-go's JSON...}}`.
+//! Every operation takes an advisory lock (`flock`) on the side file `<path>.lock`,
+//! reads, compares the counter, and writes a temporary file `<path>.tmp` that it
+//! syncs and renames over `<path>`, so readers see the old state or the new one,
+//! never half of a write. The side file also keeps the highest counter ever written,
+//! so the counter (the fencing token) keeps growing even if `<path>` is deleted or
+//! damaged.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use super::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
+use crate::error::LockError;
+use crate::record::{InvalidRecord, LeaderElectionRecord};
+
+const BACKEND: &str = "file";
+
+/// How often a watch checks the file, unless [`FileLock::poll_interval`] says otherwise.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A watch reads the file at least this often even when its metadata looks unchanged,
+/// in case two writes between polls left the same size, time and inode behind.
+const FORCED_READ_EVERY: Duration = Duration::from_secs(1);
+
+/// The record of one election in a file, for replicas on one host.
+///
+/// Processes (and tasks) that open a `FileLock` on the same path contend for the same
+/// election. Compare-and-swap is on a counter stored with the record; it grows on
+/// every write and is the fencing token. The directory must exist; the lock creates
+/// `<path>`, `<path>.lock` and `<path>.tmp` in it.
+///
+/// [`watch`](LeaseLock::watch) polls the file's metadata locally (every 50 ms by
+/// default, a `stat` call) and reads it when it changed, so standbys notice a
+/// released lease within one poll interval without any load beyond this host.
+///
+/// The advisory lock only binds processes that use it: do not edit the file by hand
+/// while replicas run. A damaged file is reported as
+/// [`LockError::InvalidRecord`] with a version, so the elector overwrites it after a
+/// lease duration; deleting the file is also safe.
+///
+/// # Examples
+///
+/// ```
+/// use leaderelection::{Config, FileLock, LeaderElector};
+///
+/// # fn main() -> Result<(), leaderelection::ConfigError> {
+/// let path = std::env::temp_dir().join("leaderelection-doc-scheduler.json");
+/// // Run this in two processes: one leads, the other stands by.
+/// let elector = LeaderElector::new(FileLock::new(&path), Config::new("scheduler"))?;
+/// # let _ = elector;
+/// # Ok(()) }
+/// ```
+///
+/// One operation at a time:
+///
+/// ```
+/// use leaderelection::{FileLock, LeaseLock, LeaderElectionRecord};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = std::env::temp_dir().join(format!("leaderelection-doc-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let lock = FileLock::new(dir.join("jobs.json"));
+/// # let _ = std::fs::remove_file(lock.path());
+/// assert!(lock.get().await?.is_none());
+/// let record = LeaderElectionRecord { holder_identity: "a".into(), lease_duration_seconds: 15, ..Default::default() };
+/// let v1 = lock.create(&record).await?;
+/// let v2 = lock.update(&record, &v1).await?;
+/// assert!(lock.update(&record, &v1).await.unwrap_err().is_contention());
+/// # let _ = v2; std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct FileLock {
+    paths: Arc<Paths>,
+    poll_interval: Duration,
+    // One blocking call at a time per handle: a call abandoned by a timeout keeps its
+    // thread until the advisory lock is granted, and later calls queue here (async,
+    // cancellable) instead of piling up more blocked threads.
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+#[derive(Debug)]
+struct Paths {
+    path: PathBuf,
+    lock: PathBuf,
+    tmp: PathBuf,
+    dir: PathBuf,
+}
+
+impl FileLock {
+    /// A lock whose record is stored in `path` (created on the first write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let with_suffix = |suffix: &str| {
+            let mut p = path.clone().into_os_string();
+            p.push(suffix);
+            PathBuf::from(p)
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        Self {
+            paths: Arc::new(Paths {
+                lock: with_suffix(".lock"),
+                tmp: with_suffix(".tmp"),
+                dir,
+                path,
+            }),
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            gate: Arc::default(),
+        }
+    }
+
+    /// How often a [`watch`](LeaseLock::watch) checks the file for changes. Default
+    /// [`DEFAULT_POLL_INTERVAL`] (50 ms); a longer one makes standbys notice a released
+    /// lease later. Zero is taken as one millisecond.
+    #[must_use]
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The file that holds the record.
+    pub fn path(&self) -> &Path {
+        &self.paths.path
+    }
+
+    /// Runs `f` on the blocking pool, one call per handle at a time.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, LockError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Paths) -> Result<T, LockError> + Send + 'static,
+    {
+        let gate = self.gate.clone().lock_owned().await;
+        let paths = self.paths.clone();
+        tokio::task::spawn_blocking(move || {
+            let _gate = gate;
+            f(&paths)
+        })
+        .await
+        .map_err(|e| LockError::unavailable(BACKEND, format!("file lock worker failed: {e}")))?
+    }
+}
+
+/// An I/O failure, naming the file, kept as the source of [`LockError::Unavailable`].
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {action} {}: {source}", path.display())]
+struct FileError {
+    action: &'static str,
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+fn io_error<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> LockError + 'a {
+    move |source| {
+        LockError::unavailable(
+            BACKEND,
+            FileError {
+                action,
+                path: path.to_path_buf(),
+                source,
+            },
+        )
+    }
+}
+
+/// What the data file holds.
+#[derive(Debug, Clone, PartialEq)]
+enum Stored {
+    Missing,
+    Valid(Versioned),
+    /// Unreadable; `counter` when the version could still be read.
+    Invalid {
+        counter: Option<u64>,
+        error: InvalidRecord,
+    },
+}
+
+fn parse_stored(bytes: &[u8]) -> Stored {
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            return Stored::Invalid {
+                counter: None,
+                error: InvalidRecord::new(
+                    format!("the file is not UTF-8 text: {e}"),
+                    &String::from_utf8_lossy(bytes),
+                ),
+            }
+        }
+    };
+    let invalid = |counter, reason: String| Stored::Invalid {
+        counter,
+        error: InvalidRecord::new(reason, text),
+    };
+    let map = match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return invalid(None, "the file is not a JSON object".into()),
+        Err(e) => return invalid(None, format!("the file is not JSON: {e}")),
+    };
+    let Some(counter) = map.get("version").and_then(Value::as_u64) else {
+        return invalid(
+            None,
+            "the file has no \"version\" counter (a non-negative integer)".into(),
+        );
+    };
+    let Some(record) = map.get("record") else {
+        return invalid(Some(counter), "the file has no \"record\"".into());
+    };
+    match serde_json::from_value::<LeaderElectionRecord>(record.clone()) {
+        Ok(record) => Stored::Valid(Versioned {
+            record,
+            version: counter.into(),
+        }),
+        Err(e) => invalid(Some(counter), format!("bad \"record\": {e}")),
+    }
+}
+
+fn render(counter: u64, record: &LeaderElectionRecord) -> String {
+    format!(
+        "{{\"version\":{counter},\"record\":{}}}\n",
+        record.to_json()
+    )
+}
+
+/// The side file, locked for the length of one operation.
+struct Guard {
+    file: File,
+    path: PathBuf,
+}
+
+impl Guard {
+    fn acquire(paths: &Paths, exclusive: bool) -> Result<Self, LockError> {
+        let path = &paths.lock;
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io_error("open", path))?;
+        if exclusive {
+            file.lock()
+        } else {
+            file.lock_shared()
+        }
+        .map_err(io_error("lock", path))?;
+        Ok(Self {
+            file,
+            path: path.clone(),
+        })
+    }
+
+    /// The highest counter ever written; 0 when unknown (a new or damaged side file:
+    /// it is a safeguard, and the data file's own counter still counts).
+    fn high_water(&mut self) -> Result<u64, LockError> {
+        let mut text = String::new();
+        self.file
+            .seek(SeekFrom::Start(0))
+            .and_then(|_| self.file.read_to_string(&mut text))
+            .map_err(io_error("read", &self.path))?;
+        Ok(text.trim().parse().unwrap_or(0))
+    }
+
+    fn set_high_water(&mut self, counter: u64) -> Result<(), LockError> {
+        let f = &mut self.file;
+        f.set_len(0)
+            .and_then(|_| f.seek(SeekFrom::Start(0)))
+            .and_then(|_| writeln!(f, "{counter}"))
+            .map_err(io_error("write", &self.path))
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // Closing the file releases the lock too; unlocking first says so plainly.
+        let _ = self.file.unlock();
+    }
+}
+
+impl Paths {
+    fn read(&self) -> Result<Stored, LockError> {
+        match fs::read(&self.path) {
+            Ok(bytes) => Ok(parse_stored(&bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Stored::Missing),
+            Err(e) => Err(io_error("read", &self.path)(e)),
+        }
+    }
+
+    /// Reads under a shared lock and resolves the version of an unreadable file.
+    fn observe(&self) -> Result<Observed, LockError> {
+        let mut guard = Guard::acquire(self, false)?;
+        Ok(match self.read()? {
+            Stored::Missing => Observed::Missing,
+            Stored::Valid(v) => Observed::Valid(v),
+            Stored::Invalid { counter, error } => Observed::Invalid {
+                version: counter.map_or_else(|| guard.high_water(), Ok)?,
+                error,
+            },
+        })
+    }
+
+    /// Writes `counter` and `record`: side file first (so its mark is never behind the
+    /// data), then a synced temporary file renamed over the data file.
+    fn write(
+        &self,
+        guard: &mut Guard,
+        counter: u64,
+        record: &LeaderElectionRecord,
+    ) -> Result<Version, LockError> {
+        guard.set_high_water(counter)?;
+        let result = (|| {
+            let mut tmp = File::create(&self.tmp).map_err(io_error("create", &self.tmp))?;
+            tmp.write_all(render(counter, record).as_bytes())
+                .and_then(|_| tmp.sync_all())
+                .map_err(io_error("write", &self.tmp))?;
+            drop(tmp);
+            fs::rename(&self.tmp, &self.path).map_err(io_error("replace", &self.path))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        result?;
+        sync_dir(&self.dir)?;
+        Ok(counter.into())
+    }
+}
+
+/// Makes the rename durable. Only meaningful (and possible) on Unix.
+fn sync_dir(dir: &Path) -> Result<(), LockError> {
+    if cfg!(unix) {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_error("sync directory", dir))?;
+    }
+    Ok(())
+}
+
+/// A state as a reader reports it; unreadable files carry a version to overwrite.
+#[derive(Debug, Clone, PartialEq)]
+enum Observed {
+    Missing,
+    Valid(Versioned),
+    Invalid { version: u64, error: InvalidRecord },
+}
+
+impl Observed {
+    fn into_result(self) -> Result<Option<Versioned>, LockError> {
+        match self {
+            Observed::Missing => Ok(None),
+            Observed::Valid(v) => Ok(Some(v)),
+            Observed::Invalid { version, error } => Err(LockError::InvalidRecord {
+                source: error,
+                version: Some(version.into()),
+            }),
+        }
+    }
+
+    fn into_event(self) -> Result<LockEvent, LockError> {
+        self.into_result()
+            .map(|v| v.map_or(LockEvent::Deleted, LockEvent::Changed))
+    }
+}
+
+#[async_trait]
+impl LeaseLock for FileLock {
+    /// Reads the record under a shared lock.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidRecord`] when the file is damaged, with its counter if it
+    /// can be read, else the highest counter written so far;
+    /// [`LockError::Unavailable`] on I/O errors, naming the file.
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        self.blocking(|p| p.observe()?.into_result()).await
+    }
+
+    async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
+        let record = record.clone();
+        self.blocking(move |p| {
+            let mut guard = Guard::acquire(p, true)?;
+            if p.read()? != Stored::Missing {
+                return Err(LockError::AlreadyExists);
+            }
+            let counter = guard.high_water()?.saturating_add(1);
+            p.write(&mut guard, counter, &record)
+        })
+        .await
+    }
+
+    async fn update(
+        &self,
+        record: &LeaderElectionRecord,
+        expected: &Version,
+    ) -> Result<Version, LockError> {
+        let record = record.clone();
+        let expected = expected.clone();
+        self.blocking(move |p| {
+            let mut guard = Guard::acquire(p, true)?;
+            let high_water = guard.high_water()?;
+            let current = match p.read()? {
+                Stored::Missing => return Err(LockError::Conflict),
+                Stored::Valid(v) => v.version,
+                Stored::Invalid {
+                    counter: Some(c), ..
+                } => c.into(),
+                Stored::Invalid { counter: None, .. } => high_water.into(),
+            };
+            if current != expected {
+                return Err(LockError::Conflict);
+            }
+            let current: u64 = current.as_str().parse().unwrap_or(0);
+            let counter = current.max(high_water).saturating_add(1);
+            p.write(&mut guard, counter, &record)
+        })
+        .await
+    }
+
+    /// Polls the file's metadata every [`poll_interval`](FileLock::poll_interval) and
+    /// reads it when it changed. The first event is the state when polling began.
+    /// After an I/O error the stream yields it and ends.
+    fn watch(&self) -> Option<WatchStream> {
+        let state = WatchState {
+            paths: self.paths.clone(),
+            interval: self.poll_interval,
+            forced_every: (FORCED_READ_EVERY.as_millis() / self.poll_interval.as_millis().max(1))
+                .max(1) as u32,
+            polls_since_read: 0,
+            first: true,
+            meta: None,
+            last: None,
+            done: false,
+        };
+        Some(Box::pin(futures::stream::unfold(state, watch_step)))
+    }
+
+    fn describe(&self) -> String {
+        format!("file:{}", self.paths.path.display())
+    }
+}
+
+struct WatchState {
+    paths: Arc<Paths>,
+    interval: Duration,
+    forced_every: u32,
+    polls_since_read: u32,
+    first: bool,
+    meta: Option<MetaKey>,
+    last: Option<Observed>,
+    done: bool,
+}
+
+/// What changes whenever the file is replaced: every write renames a new inode in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MetaKey {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    #[cfg(unix)]
+    inode: (u64, u64),
+    #[cfg(unix)]
+    ctime: (i64, i64),
+}
+
+fn meta_key(path: &Path) -> Result<Option<MetaKey>, LockError> {
+    let m = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error("stat", path)(e)),
+    };
+    #[cfg(unix)]
+    use std::os::unix::fs::MetadataExt;
+    Ok(Some(MetaKey {
+        len: m.len(),
+        modified: m.modified().ok(),
+        #[cfg(unix)]
+        inode: (m.dev(), m.ino()),
+        #[cfg(unix)]
+        ctime: (m.ctime(), m.ctime_nsec()),
+    }))
+}
+
+async fn watch_step(mut s: WatchState) -> Option<(Result<LockEvent, LockError>, WatchState)> {
+    if s.done {
+        return None;
+    }
+    loop {
+        if !std::mem::replace(&mut s.first, false) {
+            tokio::time::sleep(s.interval).await;
+        }
+        let force = s.last.is_none() || s.polls_since_read >= s.forced_every;
+        let paths = s.paths.clone();
+        let previous = s.meta.clone();
+        let polled = tokio::task::spawn_blocking(move || {
+            let meta = meta_key(&paths.path)?;
+            if !force && meta == previous {
+                return Ok((meta, None));
+            }
+            Ok((meta, Some(paths.observe()?)))
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(LockError::unavailable(
+                BACKEND,
+                format!("file lock watcher failed: {e}"),
+            ))
+        });
+        match polled {
+            Err(e) => {
+                s.done = true;
+                return Some((Err(e), s));
+            }
+            Ok((meta, None)) => {
+                s.meta = meta;
+                s.polls_since_read += 1;
+            }
+            Ok((meta, Some(observed))) => {
+                s.meta = meta;
+                s.polls_since_read = 0;
+                if s.last.as_ref() != Some(&observed) {
+                    s.last = Some(observed.clone());
+                    return Some((observed.into_event(), s));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_it_renders() {
+        let record = LeaderElectionRecord {
+            holder_identity: "a".into(),
+            lease_duration_seconds: 15,
+            leader_transitions: 3,
+            ..Default::default()
+        };
+        match parse_stored(render(42, &record).as_bytes()) {
+            Stored::Valid(v) => {
+                assert_eq!(v.version, Version::from(42));
+                assert_eq!(v.record, record);
+            }
+            other => panic!("expected a valid record, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn damaged_files_keep_their_counter_when_readable() {
+        let cases: [(&[u8], Option<u64>); 7] = [
+            (b"", None),
+            (b"{not json", None),
+            (b"[1,2]", None),
+            (b"{\"version\":-1,\"record\":{}}", None),
+            (b"\xff\xfe{}", None),
+            (b"{\"version\":7}", Some(7)),
+            (
+                b"{\"version\":9,\"record\":{\"holderIdentity\":5}}",
+                Some(9),
+            ),
+        ];
+        for (bytes, want) in cases {
+            match parse_stored(bytes) {
+                Stored::Invalid { counter, error } => {
+                    assert_eq!(counter, want, "{:?}", String::from_utf8_lossy(bytes));
+                    assert!(!error.reason.is_empty());
+                }
+                other => panic!("{:?} parsed as {other:?}", String::from_utf8_lossy(bytes)),
+            }
+        }
+    }
+}

@@ -1,0 +1,411 @@
+//! The file lock: compare-and-swap, damaged files, watch, and elections between real
+//! processes on one host.
+//!
+//! The process tests re-run this test binary as candidates: with
+//! `LEADERELECTION_FILE_LOCK_CHILD` set, the `child_candidate` test runs an elector on
+//! that file until its stdin closes; without it, it returns at once.
+#![cfg(feature = "file")]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use leaderelection::{
+    Config, FileLock, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, LockEvent, Version,
+};
+use tokio_util::sync::CancellationToken;
+
+const CHILD_PATH_VAR: &str = "LEADERELECTION_FILE_LOCK_CHILD";
+const CHILD_ID_VAR: &str = "LEADERELECTION_FILE_LOCK_CHILD_ID";
+
+// Generous for a loaded machine: a renewal is a flock, a write, two fsyncs and a rename.
+const LEASE: Duration = Duration::from_secs(4);
+const RENEW: Duration = Duration::from_secs(3);
+const RETRY: Duration = Duration::from_millis(500);
+
+fn rec(holder: &str) -> LeaderElectionRecord {
+    LeaderElectionRecord {
+        holder_identity: holder.into(),
+        lease_duration_seconds: 15,
+        ..Default::default()
+    }
+}
+
+fn version(n: u64) -> Version {
+    Version::from(n)
+}
+
+#[tokio::test]
+async fn create_get_update_compare_and_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.json");
+    let lock = FileLock::new(&path);
+
+    assert!(lock.get().await.unwrap().is_none());
+    assert!(matches!(
+        lock.update(&rec("a"), &version(1)).await,
+        Err(LockError::Conflict)
+    ));
+    let v1 = lock.create(&rec("a")).await.unwrap();
+    assert_eq!(v1, version(1));
+    assert!(matches!(
+        lock.create(&rec("b")).await,
+        Err(LockError::AlreadyExists)
+    ));
+    let v2 = lock.update(&rec("b"), &v1).await.unwrap();
+    assert_eq!(v2, version(2));
+    assert!(matches!(
+        lock.update(&rec("c"), &v1).await,
+        Err(LockError::Conflict)
+    ));
+
+    // Another handle (another open file, as another process would have) sees it.
+    let got = FileLock::new(&path).get().await.unwrap().unwrap();
+    assert_eq!(got.record, rec("b"));
+    assert_eq!(got.version, v2);
+    assert_eq!(lock.fencing_token(&got.record, &got.version), 2);
+
+    // The file is the record in client-go's JSON with the counter, readable by people.
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(
+        text,
+        format!("{{\"version\":2,\"record\":{}}}\n", rec("b").to_json())
+    );
+    assert!(!dir.path().join("jobs.json.tmp").exists());
+    assert_eq!(lock.describe(), format!("file:{}", path.display()));
+}
+
+#[tokio::test]
+async fn counter_keeps_growing_after_the_file_is_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.json");
+    let lock = FileLock::new(&path);
+    let v1 = lock.create(&rec("a")).await.unwrap();
+    let v2 = lock.update(&rec("a"), &v1).await.unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(lock.get().await.unwrap().is_none());
+    // A fencing token must never repeat: the side file remembers the highest counter.
+    let v3 = lock.create(&rec("b")).await.unwrap();
+    assert_eq!((v2, v3), (version(2), version(3)));
+}
+
+#[tokio::test]
+async fn damaged_file_with_a_readable_counter_is_overwritten_by_compare_and_swap() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.json");
+    std::fs::write(&path, r#"{"version":7,"record":{"holderIdentity":5}}"#).unwrap();
+    let lock = FileLock::new(&path);
+
+    let (source, v) = match lock.get().await {
+        Err(LockError::InvalidRecord { source, version }) => (source, version),
+        other => panic!("expected InvalidRecord, got {other:?}"),
+    };
+    assert_eq!(v, Some(version(7)));
+    assert!(source.reason.contains("record"), "{source}");
+    assert!(source.text.contains("holderIdentity"), "{source}");
+
+    assert!(matches!(
+        lock.create(&rec("a")).await,
+        Err(LockError::AlreadyExists)
+    ));
+    assert!(matches!(
+        lock.update(&rec("a"), &version(6)).await,
+        Err(LockError::Conflict)
+    ));
+    assert_eq!(
+        lock.update(&rec("a"), &version(7)).await.unwrap(),
+        version(8)
+    );
+    assert_eq!(lock.get().await.unwrap().unwrap().record, rec("a"));
+}
+
+#[tokio::test]
+async fn garbage_file_gets_the_highest_counter_written_so_it_can_be_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.json");
+    let lock = FileLock::new(&path);
+    let v1 = lock.create(&rec("a")).await.unwrap();
+    let v2 = lock.update(&rec("a"), &v1).await.unwrap();
+
+    for garbage in [&b""[..], b"\x00\x01 not json", b"{\"version\":\"two\"}"] {
+        std::fs::write(&path, garbage).unwrap();
+        match lock.get().await {
+            Err(LockError::InvalidRecord { version: v, .. }) => assert_eq!(v, Some(v2.clone())),
+            other => panic!("expected InvalidRecord, got {other:?}"),
+        }
+    }
+    let v3 = lock.update(&rec("b"), &v2).await.unwrap();
+    assert_eq!(v3, version(3));
+    assert_eq!(lock.get().await.unwrap().unwrap().record, rec("b"));
+}
+
+#[tokio::test]
+async fn io_errors_are_unavailable_and_name_the_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_dir = dir.path().join("no-such-dir");
+    let lock = FileLock::new(missing_dir.join("e.json"));
+    for err in [
+        lock.get().await.unwrap_err(),
+        lock.create(&rec("a")).await.unwrap_err(),
+        lock.update(&rec("a"), &version(1)).await.unwrap_err(),
+    ] {
+        match &err {
+            LockError::Unavailable { backend, .. } => assert_eq!(*backend, "file"),
+            other => panic!("expected Unavailable, got {other:?}"),
+        }
+        let message = err.to_string();
+        assert!(
+            message.contains(&missing_dir.display().to_string()),
+            "{message}"
+        );
+    }
+
+    // A directory where the record should be: reading it fails, and says where.
+    std::fs::create_dir(dir.path().join("d.json")).unwrap();
+    let err = FileLock::new(dir.path().join("d.json"))
+        .get()
+        .await
+        .unwrap_err();
+    assert!(matches!(err, LockError::Unavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("d.json"), "{err}");
+}
+
+#[tokio::test]
+async fn watch_reports_the_current_state_then_every_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.json");
+    let lock = FileLock::new(&path).poll_interval(Duration::from_millis(10));
+    let writer = FileLock::new(&path);
+    let mut watch = lock.watch().expect("the file lock can watch");
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("a watch event within 10s")
+            .expect("the watch stream does not end")
+    };
+
+    assert!(matches!(next().await, Ok(LockEvent::Deleted)));
+    let v1 = writer.create(&rec("a")).await.unwrap();
+    match next().await {
+        Ok(LockEvent::Changed(v)) => assert_eq!((v.version, v.record), (v1.clone(), rec("a"))),
+        other => panic!("{other:?}"),
+    }
+    let v2 = writer.update(&rec("b"), &v1).await.unwrap();
+    match next().await {
+        Ok(LockEvent::Changed(v)) => assert_eq!((v.version, v.record), (v2.clone(), rec("b"))),
+        other => panic!("{other:?}"),
+    }
+    std::fs::write(&path, "{oops").unwrap();
+    match next().await {
+        Err(LockError::InvalidRecord { version, .. }) => assert_eq!(version, Some(v2)),
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(next().await, Ok(LockEvent::Deleted)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_through_separate_handles_never_lose_an_update() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.json");
+    FileLock::new(&path).create(&rec("init")).await.unwrap();
+
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let lock = FileLock::new(&path);
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            for i in 0..20 {
+                let current = lock.get().await.unwrap().unwrap();
+                match lock
+                    .update(&rec(&format!("w{w}-{i}")), &current.version)
+                    .await
+                {
+                    Ok(v) => won.push(v.as_str().parse::<u64>().unwrap()),
+                    Err(LockError::Conflict) => {}
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            won
+        }));
+    }
+    let mut won: Vec<u64> = Vec::new();
+    for t in tasks {
+        won.extend(t.await.unwrap());
+    }
+    won.sort_unstable();
+    // Every successful swap got its own version, with no gap and no repeat: no
+    // write was lost or applied on top of a state its writer had not read.
+    let expected: Vec<u64> = (2..2 + won.len() as u64).collect();
+    assert_eq!(won, expected);
+    let last = FileLock::new(&path).get().await.unwrap().unwrap();
+    assert_eq!(last.version, version(1 + won.len() as u64));
+}
+
+// ---- elections between processes ---------------------------------------------------
+
+/// A candidate process: runs only when re-executed by the tests below.
+#[test]
+fn child_candidate() {
+    let Ok(path) = std::env::var(CHILD_PATH_VAR) else {
+        return;
+    };
+    let id = std::env::var(CHILD_ID_VAR).unwrap_or_else(|_| "candidate".into());
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async move {
+        let config = Config::new("file-lock-test")
+            .identity(id.clone())
+            .lease_duration(LEASE)
+            .renew_deadline(RENEW)
+            .retry_period(RETRY);
+        let elector = LeaderElector::new(FileLock::new(path), config).unwrap();
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        // The parent closes our stdin to ask for a graceful shutdown.
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            stop.cancel();
+        });
+        elector
+            .run(shutdown, move |leadership| {
+                let id = id.clone();
+                async move {
+                    say(&format!("LEADING {id} {}", leadership.fencing_token()));
+                    leadership.lost().await;
+                    say(&format!("STOPPED {id}"));
+                }
+            })
+            .await;
+    });
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+struct Candidate {
+    child: Child,
+    stdin: Option<ChildStdin>,
+}
+
+impl Drop for Candidate {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One line a candidate printed: who, what, the token, and when it arrived.
+#[derive(Debug)]
+struct Line {
+    from: usize,
+    words: Vec<String>,
+}
+
+fn spawn_candidates(path: &Path, n: usize) -> (Vec<Candidate>, mpsc::Receiver<Line>) {
+    let exe = std::env::current_exe().unwrap();
+    let (tx, rx) = mpsc::channel();
+    let mut candidates = Vec::new();
+    for i in 0..n {
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "child_candidate",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_PATH_VAR, path)
+            .env(CHILD_ID_VAR, format!("c{i}"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("re-run the test binary as a candidate");
+        let stdout = child.stdout.take().unwrap();
+        let stdin = child.stdin.take();
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                // The harness may print "test child_candidate ... " before our words.
+                let words: Vec<String> = line
+                    .split_whitespace()
+                    .skip_while(|w| !matches!(*w, "LEADING" | "STOPPED"))
+                    .map(str::to_owned)
+                    .collect();
+                if !words.is_empty() && tx.send(Line { from: i, words }).is_err() {
+                    return;
+                }
+            }
+        });
+        candidates.push(Candidate { child, stdin });
+    }
+    (candidates, rx)
+}
+
+fn next_line(rx: &mpsc::Receiver<Line>, within: Duration) -> Line {
+    rx.recv_timeout(within)
+        .unwrap_or_else(|_| panic!("no candidate reported within {within:?}"))
+}
+
+fn expect_leading(rx: &mpsc::Receiver<Line>, within: Duration) -> (usize, u64) {
+    let line = next_line(rx, within);
+    assert_eq!(line.words[0], "LEADING", "{line:?}");
+    (line.from, line.words[2].parse().unwrap())
+}
+
+#[test]
+fn processes_elect_one_leader_fail_over_on_crash_and_hand_over_on_release() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("election.json");
+    let (mut candidates, rx) = spawn_candidates(&path, 3);
+
+    // Exactly one of three leads, and nobody else starts leading while it renews.
+    let (first, t1) = expect_leading(&rx, Duration::from_secs(60));
+    if let Ok(line) = rx.recv_timeout(LEASE) {
+        panic!("only c{first} should lead, but got {line:?}");
+    }
+
+    // A crash: SIGKILL, no release. Another candidate takes over once the lease ran
+    // out on its clock, not before.
+    let killed_at = Instant::now();
+    candidates[first].child.kill().unwrap();
+    let _ = candidates[first].child.wait();
+    let (second, t2) = expect_leading(&rx, Duration::from_secs(60));
+    let gap = killed_at.elapsed();
+    assert_ne!(second, first);
+    assert!(t2 > t1, "fencing tokens must grow: {t1} then {t2}");
+    assert!(
+        gap >= LEASE / 2,
+        "c{second} took over {gap:?} after the kill, before the {LEASE:?} lease could run out"
+    );
+
+    // A graceful stop releases the lease: the last candidate takes over long before
+    // the lease would have expired.
+    let asked_at = Instant::now();
+    drop(candidates[second].stdin.take());
+    let stopped = next_line(&rx, Duration::from_secs(60));
+    assert_eq!(
+        (stopped.words[0].as_str(), stopped.from),
+        ("STOPPED", second)
+    );
+    let (third, t3) = expect_leading(&rx, Duration::from_secs(60));
+    let handover = asked_at.elapsed();
+    assert!(third != first && third != second);
+    assert!(t3 > t2, "fencing tokens must grow: {t2} then {t3}");
+    assert!(
+        handover < LEASE,
+        "a released lease should be taken at once, took {handover:?}"
+    );
+    assert!(candidates[second].child.wait().unwrap().success());
+
+    drop(candidates[third].stdin.take());
+    assert!(candidates[third].child.wait().unwrap().success());
+    // Released on the way out: nobody holds the lease.
+    let record = std::fs::read_to_string(&path).unwrap();
+    assert!(record.contains(r#""holderIdentity":"""#), "{record}");
+}
