@@ -13,6 +13,8 @@
 //! Without `--bench` (as `cargo test --all-targets` runs it) it prints how to run it and
 //! exits, so the test suite never runs the benchmark.
 
+#[cfg(all(feature = "kube", feature = "testkit"))]
+mod k8s;
 mod ours;
 mod procstat;
 mod scale;
@@ -24,10 +26,12 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use leaderelection::{LeaseLock, MemoryStore};
+#[cfg(all(feature = "kube", feature = "testkit"))]
+use tokio::time::Instant;
 
 use crate::ours::{MakeLock, Ours};
 use crate::scenario::{Departure, Library, Outcome, Timings};
-use crate::stats::{fmt_opt_secs, fmt_secs, ratio, Table};
+use crate::stats::{fmt_opt_secs, fmt_secs, ratio, Samples, Table};
 
 /// What a run measures and for how long.
 #[derive(Clone, Debug)]
@@ -213,12 +217,32 @@ impl Figure {
     }
 }
 
-/// The backends and libraries compared on each.
+/// How a contender's scenarios run: in this process, or in the peer program.
+enum Runner {
+    InProcess(Arc<dyn Library>),
+    #[cfg(all(feature = "kube", feature = "testkit"))]
+    KubeLeaderElection(std::path::PathBuf),
+    /// Not measured, and why.
+    Skipped(String),
+}
+
+/// A library on a backend, compared with ours on the same backend.
 struct Contender {
     backend: String,
     library: String,
     ours: bool,
-    lib: Arc<dyn Library>,
+    runner: Runner,
+}
+
+impl Contender {
+    fn ours(backend: &str, lib: impl Library + 'static) -> Self {
+        Self {
+            backend: backend.into(),
+            library: "leaderelection".into(),
+            ours: true,
+            runner: Runner::InProcess(Arc::new(lib)),
+        }
+    }
 }
 
 fn memory_make_lock() -> MakeLock {
@@ -227,6 +251,166 @@ fn memory_make_lock() -> MakeLock {
         let lock: Box<dyn LeaseLock> = Box::new(store.lock(name));
         async move { Ok(lock) }.boxed()
     })
+}
+
+#[cfg(feature = "file")]
+fn file_make_lock() -> MakeLock {
+    let dir = std::env::temp_dir().join(format!("leaderelection-bench-{}", std::process::id()));
+    Arc::new(move |name: String| {
+        let dir = dir.clone();
+        async move {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            let lock: Box<dyn LeaseLock> = Box::new(leaderelection::FileLock::new(dir.join(name)));
+            Ok(lock)
+        }
+        .boxed()
+    })
+}
+
+/// The servers and programs the backends' sections share.
+struct Env {
+    #[cfg(all(feature = "kube", feature = "testkit"))]
+    kube: Option<KubeEnv>,
+    /// Why the Kubernetes comparisons are missing, when they are.
+    notes: Vec<String>,
+}
+
+#[cfg(all(feature = "kube", feature = "testkit"))]
+struct KubeEnv {
+    server: leaderelection::testkit::apiserver::ApiServer,
+    /// The peer program, or why it is missing.
+    peers: Result<std::path::PathBuf, String>,
+    /// Why kube-lease-manager cannot run against the server, if it cannot.
+    klm: Result<(), String>,
+}
+
+impl Env {
+    async fn start(plan: &Plan) -> Self {
+        #[allow(unused_mut)]
+        let mut notes = Vec::new();
+        #[cfg(not(all(feature = "kube", feature = "testkit")))]
+        notes.push(
+            "Kubernetes: not measured (build with --features kube,testkit, or --all-features)"
+                .to_string(),
+        );
+        #[cfg(all(feature = "kube", feature = "testkit"))]
+        let kube = if plan.wants("renew") || plan.wants("failover") || plan.wants("load") {
+            match k8s::start_server().await {
+                Ok(server) => {
+                    eprintln!("building the peer program (benches/peers)");
+                    let peers = tokio::task::spawn_blocking(k8s::build_peers)
+                        .await
+                        .unwrap_or_else(|e| Err(e.to_string()));
+                    if let Err(e) = &peers {
+                        notes.push(format!("{}: not measured: {e}", k8s::KLE));
+                    }
+                    let klm = k8s::apply_supported(&server).await;
+                    if let Err(e) = &klm {
+                        notes.push(format!("{}: not measured: {e}", k8s::KLM));
+                    }
+                    Some(KubeEnv { server, peers, klm })
+                }
+                Err(e) => {
+                    notes.push(format!("Kubernetes: not measured: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let _ = plan;
+        Env {
+            #[cfg(all(feature = "kube", feature = "testkit"))]
+            kube,
+            notes,
+        }
+    }
+
+    /// Every library on every backend, for the handover and failover scenarios.
+    fn contenders(&self, timings: Timings) -> Vec<Contender> {
+        #[allow(unused_mut)]
+        let mut v = vec![Contender::ours(
+            "memory",
+            Ours {
+                make_lock: memory_make_lock(),
+                timings,
+            },
+        )];
+        #[cfg(feature = "file")]
+        v.push(Contender::ours(
+            "file",
+            Ours {
+                make_lock: file_make_lock(),
+                timings,
+            },
+        ));
+        #[cfg(all(feature = "kube", feature = "testkit"))]
+        if let Some(k) = &self.kube {
+            v.push(Contender::ours(KUBE, k8s::ours(&k.server, timings)));
+            v.push(Contender {
+                backend: KUBE.into(),
+                library: k8s::KLE.into(),
+                ours: false,
+                runner: match &k.peers {
+                    Ok(bin) => Runner::KubeLeaderElection(bin.clone()),
+                    Err(e) => Runner::Skipped(e.clone()),
+                },
+            });
+            v.push(Contender {
+                backend: KUBE.into(),
+                library: k8s::KLM.into(),
+                ours: false,
+                runner: match &k.klm {
+                    Ok(()) => Runner::InProcess(Arc::new(k8s::KubeLeaseManager {
+                        config: k.server.config(),
+                        timings,
+                    })),
+                    Err(e) => Runner::Skipped(e.clone()),
+                },
+            });
+        }
+        v
+    }
+
+    /// Our lock factories per backend, for the renew latency.
+    fn make_locks(&self) -> Vec<(String, MakeLock)> {
+        #[allow(unused_mut)]
+        let mut v = vec![("memory".to_string(), memory_make_lock())];
+        #[cfg(feature = "file")]
+        v.push(("file".to_string(), file_make_lock()));
+        #[cfg(all(feature = "kube", feature = "testkit"))]
+        if let Some(k) = &self.kube {
+            v.push((
+                KUBE.to_string(),
+                k8s::ours_make_lock(&k.server, leaderelection::testkit::apiserver::ADMIN_TOKEN),
+            ));
+        }
+        v
+    }
+}
+
+#[cfg(all(feature = "kube", feature = "testkit"))]
+const KUBE: &str = "Kubernetes Lease (API test server)";
+
+async fn run_contender(
+    c: &Contender,
+    env: &Env,
+    prefix: &str,
+    n: usize,
+    timings: Timings,
+    departure: Departure,
+) -> Outcome {
+    let _ = env;
+    match &c.runner {
+        Runner::InProcess(lib) => scenario::run(lib.clone(), prefix, n, timings, departure).await,
+        #[cfg(all(feature = "kube", feature = "testkit"))]
+        Runner::KubeLeaderElection(bin) => match &env.kube {
+            Some(k) => k8s::peer_scenario(bin, &k.server, departure, n, prefix).await,
+            None => Outcome::failed("no API server".into()),
+        },
+        Runner::Skipped(why) => Outcome::failed(format!("not measured: {why}")),
+    }
 }
 
 async fn run(plan: Plan) -> String {
@@ -239,60 +423,15 @@ async fn run(plan: Plan) -> String {
         out.push_str(&scale_section(&plan));
     }
 
+    let env = Env::start(&plan).await;
+
     if plan.wants("renew") {
         eprintln!("renew latency");
-        let mut t = Table::new(&[
-            "backend",
-            "raw update p50",
-            "raw p99",
-            "elector renew p50",
-            "renew p99",
-            "added p50",
-            "requests per renewal",
-        ]);
-        let backends: Vec<(&str, MakeLock)> = vec![("memory", memory_make_lock())];
-        for (backend, make) in backends {
-            match ours::renew_latency(
-                &make,
-                &format!("renew-{backend}"),
-                Duration::from_millis(50),
-                plan.renew_window,
-            )
-            .await
-            {
-                Ok(r) => t.row(vec![
-                    backend.to_string(),
-                    fmt_opt_secs(r.raw.p50()),
-                    fmt_opt_secs(r.raw.p99()),
-                    fmt_opt_secs(r.renew.p50()),
-                    fmt_opt_secs(r.renew.p99()),
-                    match (r.renew.p50(), r.raw.p50()) {
-                        (Some(a), Some(b)) => fmt_secs(a - b),
-                        _ => "–".into(),
-                    },
-                    "1 (compare-and-swap update)".into(),
-                ]),
-                Err(e) => t.row(vec![backend.to_string(), format!("failed: {e}")]),
-            }
-        }
-        out.push_str(&format!(
-            "### Renew latency added by the library\n\nThe elector's renewals (timed around its lock call) against raw `update` calls on another record, both every 50 ms for {:?}.\n\n{}\n",
-            plan.renew_window,
-            t.render()
-        ));
+        out.push_str(&renew_section(&plan, &env).await);
     }
 
     if plan.wants("failover") {
         let timings = Timings::SHORT;
-        let contenders = vec![Contender {
-            backend: "memory".into(),
-            library: "leaderelection".into(),
-            ours: true,
-            lib: Arc::new(Ours {
-                make_lock: memory_make_lock(),
-                timings,
-            }),
-        }];
         let mut handover = Figure::new(format!(
             "Graceful handover gap: release asked → standby leading ({})",
             timings.describe()
@@ -301,10 +440,11 @@ async fn run(plan: Plan) -> String {
             "Crash failover: leader's last renewal → standby leading, minus the lease ({})",
             timings.describe()
         ));
-        for (i, c) in contenders.iter().enumerate() {
+        for (i, c) in env.contenders(timings).iter().enumerate() {
             eprintln!("handover: {} / {}", c.backend, c.library);
-            let o = scenario::run(
-                c.lib.clone(),
+            let o = run_contender(
+                c,
+                &env,
                 &format!("ho{i}"),
                 plan.reps,
                 timings,
@@ -313,8 +453,9 @@ async fn run(plan: Plan) -> String {
             .await;
             handover.add(&c.backend, &c.library, c.ours, o);
             eprintln!("crash failover: {} / {}", c.backend, c.library);
-            let o = scenario::run(
-                c.lib.clone(),
+            let o = run_contender(
+                c,
+                &env,
                 &format!("cf{i}"),
                 plan.reps,
                 timings,
@@ -329,11 +470,244 @@ async fn run(plan: Plan) -> String {
         out.push('\n');
     }
 
+    #[cfg(all(feature = "kube", feature = "testkit"))]
+    if plan.wants("load") {
+        if let Some(k) = &env.kube {
+            eprintln!(
+                "backend load at the default timings for {:?}",
+                plan.load_window
+            );
+            out.push_str(&kube_load_section(&plan, k).await);
+        }
+    }
+
+    if !env.notes.is_empty() {
+        out.push_str("Notes:\n\n");
+        for n in &env.notes {
+            out.push_str(&format!("- {n}\n"));
+        }
+        out.push('\n');
+    }
     out.push_str(&format!(
         "Total run time: {:.0} s.\n",
         started.elapsed().as_secs_f64()
     ));
     out
+}
+
+async fn renew_section(plan: &Plan, env: &Env) -> String {
+    let period = Duration::from_millis(50);
+    let mut t = Table::new(&[
+        "backend",
+        "library: what a renewal is",
+        "n",
+        "renewal p50",
+        "renewal p99",
+        "raw request p50",
+        "added over raw p50",
+        "p50 peer/ours",
+        "notes",
+    ]);
+    for (backend, make) in env.make_locks() {
+        let prefix = format!("renew-{}", backend.len());
+        let (ours, raw) = match ours::renew_latency(&make, &prefix, period, plan.renew_window).await
+        {
+            Ok(r) => (Some(r.renew), Some(r.raw)),
+            Err(e) => {
+                t.row(vec![
+                    backend.clone(),
+                    "leaderelection".into(),
+                    "0".into(),
+                    format!("failed: {e}"),
+                ]);
+                (None, None)
+            }
+        };
+        let raw_p50 = raw.as_ref().and_then(|r| r.p50());
+        let mut row = |library: &str, s: &Samples, base: Option<&Samples>, note: String| {
+            t.row(vec![
+                backend.clone(),
+                library.to_string(),
+                s.len().to_string(),
+                fmt_opt_secs(s.p50()),
+                fmt_opt_secs(s.p99()),
+                fmt_opt_secs(raw_p50),
+                match (s.p50(), raw_p50) {
+                    (Some(a), Some(b)) => fmt_secs(a - b),
+                    _ => "–".into(),
+                },
+                base.map_or(String::new(), |b| ratio(s.p50(), b.p50())),
+                note,
+            ]);
+        };
+        if let Some(o) = &ours {
+            row(
+                "leaderelection: one compare-and-swap update",
+                o,
+                None,
+                String::new(),
+            );
+        }
+        #[cfg(all(feature = "kube", feature = "testkit"))]
+        if backend == KUBE {
+            if let Some(KubeEnv {
+                server,
+                peers: Ok(bin),
+                ..
+            }) = &env.kube
+            {
+                match k8s::peer_renewals(bin, server, plan.renew_window, "renew-kle").await {
+                    Ok(s) => row(
+                        &format!("{}: GET, then PATCH", k8s::KLE),
+                        &s,
+                        ours.as_ref(),
+                        String::new(),
+                    ),
+                    Err(e) => row(k8s::KLE, &Samples::new(), None, format!("failed: {e}")),
+                }
+            }
+        }
+    }
+    format!(
+        "### Renew latency: a lone leader renewing every {period:?} for {:?}, beside the same raw request sent at the same rate\n\n{}\n",
+        plan.renew_window,
+        t.render()
+    )
+}
+
+#[cfg(all(feature = "kube", feature = "testkit"))]
+async fn kube_load_section(plan: &Plan, k: &KubeEnv) -> String {
+    use crate::stats::fmt_rate;
+    let timings = Timings::DEFAULT;
+    let server = &k.server;
+    let mut running_ours = Vec::new();
+    let mut running_klm = Vec::new();
+    let mut running_kle = None;
+    let mut rows: Vec<(String, Vec<String>, Option<String>)> = Vec::new();
+
+    let users = k8s::load_users("leaderelection");
+    match k8s::ours_steady(server, "load-ours", &users, timings).await {
+        Ok(r) => {
+            running_ours = r;
+            rows.push(("leaderelection".into(), users, None));
+        }
+        Err(e) => rows.push(("leaderelection".into(), users, Some(e))),
+    }
+    let users = k8s::load_users("kube-leader-election");
+    match &k.peers {
+        Ok(bin) => match k8s::SteadyPeer::start(bin, server, "load-kle", &users).await {
+            Ok(p) => {
+                running_kle = Some(p);
+                rows.push((k8s::KLE.into(), users, None));
+            }
+            Err(e) => rows.push((k8s::KLE.into(), users, Some(e))),
+        },
+        Err(e) => rows.push((k8s::KLE.into(), users, Some(e.clone()))),
+    }
+    let users = k8s::load_users("kube-lease-manager");
+    match &k.klm {
+        Ok(()) => match k8s::klm_steady(server, "load-klm", &users, timings).await {
+            Ok(r) => {
+                running_klm = r;
+                rows.push((k8s::KLM.into(), users, None));
+            }
+            Err(e) => rows.push((k8s::KLM.into(), users, Some(e))),
+        },
+        Err(e) => rows.push((k8s::KLM.into(), users, Some(e.clone()))),
+    }
+
+    // Let the standbys settle (first read, watch opened), then count.
+    tokio::time::sleep(timings.retry * 2).await;
+    let before = server.requests();
+    let t0 = Instant::now();
+    tokio::time::sleep(plan.load_window).await;
+    let load = server.requests().since(&before);
+    let minutes = t0.elapsed().as_secs_f64() / 60.0;
+
+    k8s::stop_all(running_ours).await;
+    k8s::stop_all(running_klm).await;
+    if let Some(p) = running_kle {
+        p.stop().await;
+    }
+
+    let per_min = |user: &str| load.user(user) as f64 / minutes;
+    let detail = |user: &str| {
+        let mut verbs: Vec<String> = load
+            .iter()
+            .filter(|(key, _)| key.user == user)
+            .map(|(key, n)| (key.verb.clone(), n))
+            .fold(
+                std::collections::BTreeMap::<String, u64>::new(),
+                |mut m, (v, n)| {
+                    *m.entry(v).or_default() += n;
+                    m
+                },
+            )
+            .into_iter()
+            .map(|(v, n)| format!("{v} {n}"))
+            .collect();
+        if verbs.is_empty() {
+            verbs.push("none".into());
+        }
+        verbs.join(", ")
+    };
+    let ours_users = k8s::load_users("leaderelection");
+    let ours_leader = per_min(&ours_users[0]);
+    let ours_standby = (per_min(&ours_users[1]) + per_min(&ours_users[2])) / 2.0;
+    let mut t = Table::new(&[
+        "library",
+        "leader req/min",
+        "leader peer/ours",
+        "each standby req/min",
+        "standby peer/ours",
+        "requests in the window (leader; standbys)",
+        "notes",
+    ]);
+    for (library, users, err) in &rows {
+        if let Some(e) = err {
+            t.row(vec![
+                library.clone(),
+                "–".into(),
+                "".into(),
+                "–".into(),
+                "".into(),
+                "".into(),
+                format!("not measured: {e}"),
+            ]);
+            continue;
+        }
+        let leader = per_min(&users[0]);
+        let standby = (per_min(&users[1]) + per_min(&users[2])) / 2.0;
+        let ours = library == "leaderelection";
+        t.row(vec![
+            library.clone(),
+            fmt_rate(leader),
+            if ours {
+                "".into()
+            } else {
+                ratio(Some(leader), Some(ours_leader))
+            },
+            fmt_rate(standby),
+            if ours {
+                "".into()
+            } else {
+                ratio(Some(standby), Some(ours_standby))
+            },
+            format!(
+                "{}; {} / {}",
+                detail(&users[0]),
+                detail(&users[1]),
+                detail(&users[2])
+            ),
+            String::new(),
+        ]);
+    }
+    format!(
+        "### Requests to the Kubernetes API server per minute ({}; one leader and two standbys per library, counted at the server per user over {:.0} s)\n\n{}\n",
+        timings.describe(),
+        minutes * 60.0,
+        t.render()
+    )
 }
 
 fn scale_section(plan: &Plan) -> String {
@@ -350,7 +724,10 @@ fn scale_section(plan: &Plan) -> String {
         "renewals/s",
         "target",
     ]);
-    let backends = vec!["memory"];
+    #[allow(unused_mut)]
+    let mut backends = vec!["memory"];
+    #[cfg(feature = "file")]
+    backends.push("file");
     for backend in backends {
         for &k in &plan.scale_ks {
             eprintln!("  {backend} K={k}");

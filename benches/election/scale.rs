@@ -111,6 +111,11 @@ async fn hold(
     for i in 0..k {
         let lock: Box<dyn LeaseLock> = match backend {
             "memory" => Box::new(store.lock(format!("e{i}"))),
+            #[cfg(feature = "file")]
+            "file" => {
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                Box::new(leaderelection::FileLock::new(dir.join(format!("e{i}"))))
+            }
             other => return Err(format!("unknown scale backend {other:?}")),
         };
         let lock = Counted {

@@ -106,9 +106,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    pub fn failed(why: String) -> Self {
+        Self {
+            samples: Samples::new(),
+            failures: vec![why],
+        }
+    }
+
     pub fn note(&self) -> String {
         if self.failures.is_empty() {
             String::new()
+        } else if self.samples.len() == 0 && self.failures.len() == 1 {
+            self.failures[0].clone()
         } else {
             format!(
                 "{} of {} runs failed (first: {})",
@@ -170,6 +179,9 @@ async fn one(
     a.wait_leading(t.lease * 3 + Duration::from_secs(5))
         .await
         .ok_or_else(|| format!("{election}: the first candidate never led"))?;
+    // Replicas start at unrelated moments: a standby that polls does so at a random
+    // phase of the leader's renewals.
+    sleep(random_within(t.retry)).await;
     let mut b = lib.start(election.clone(), "candidate-b".into()).await?;
     // Let the standby settle (read the record, open its watch), then leave at a random
     // phase of the lease.

@@ -23,6 +23,12 @@ impl Samples {
         self.values.push(s);
     }
 
+    /// The samples in seconds, in the order taken.
+    #[allow(dead_code)]
+    pub fn values(&self) -> &[f64] {
+        &self.values
+    }
+
     /// Forgets the first sample (a warm-up).
     pub fn drop_first(&mut self) {
         if !self.values.is_empty() {
@@ -123,5 +129,15 @@ impl Table {
             let _ = writeln!(out, "| {} |", r.join(" | "));
         }
         out
+    }
+}
+
+/// A rate per minute.
+#[allow(dead_code)]
+pub fn fmt_rate(per_min: f64) -> String {
+    if per_min >= 10.0 {
+        format!("{per_min:.0}")
+    } else {
+        format!("{per_min:.1}")
     }
 }
