@@ -1,10 +1,10 @@
-#![cfg(all(feature = "etcd", feature = "testkit"))]
 //! The etcd backends against real etcd processes: the lock, its native lease mode,
 //! etcd's own election protocol (with `etcdctl elect`), member and process failures,
 //! TLS and authentication.
 //!
 //! Leader processes that are killed or frozen are this test binary itself, re-run as
 //! the `child_candidate` test with `LE_CHILD_*` variables set; they report on stdout.
+#![cfg(all(feature = "etcd", feature = "testkit"))]
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};

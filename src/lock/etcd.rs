@@ -594,7 +594,7 @@ impl EtcdLock {
 
     /// A lock for election `name` on an existing client, under [`DEFAULT_PREFIX`],
     /// without native lease. Build the client with [`connect`] or etcd-client's own
-    /// `Client::connect` (re-exported as [`etcd_client`](crate::lock::etcd::etcd_client)).
+    /// `Client::connect` (re-exported as [`etcd_client`]).
     ///
     /// # Examples
     ///
@@ -870,7 +870,7 @@ struct WatchCtx {
 
 enum WatchState {
     Open,
-    Watching(etcd_client::WatchStream),
+    Watching(Box<etcd_client::WatchStream>),
     Done,
 }
 
@@ -909,7 +909,7 @@ impl WatchCtx {
                     .watch(self.key.as_str(), Some(options))
                     .await
                 {
-                    Ok(w) => Some((current, (self, WatchState::Watching(w)))),
+                    Ok(w) => Some((current, (self, WatchState::Watching(Box::new(w))))),
                     Err(e) => Some((Err(self.err(e)), (self, WatchState::Done))),
                 }
             }

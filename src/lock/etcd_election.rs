@@ -636,7 +636,7 @@ impl EtcdElection {
             .watch(key, Some(options))
             .await
         {
-            Ok(w) => Some(OwnKey::Watching(w)),
+            Ok(w) => Some(OwnKey::Watching(Box::new(w))),
             Err(e) => {
                 debug!(error = %self.err("watch", e), "cannot watch our key; checking it after each keep-alive");
                 None
@@ -812,7 +812,7 @@ impl From<LockError> for KeepAliveError {
 
 /// What the leader knows of its own key.
 enum OwnKey {
-    Watching(etcd_client::WatchStream),
+    Watching(Box<etcd_client::WatchStream>),
     Gone,
 }
 
