@@ -73,6 +73,12 @@ pub use leadership::Leadership;
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub use lock::file::FileLock;
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use lock::etcd::{EtcdLock, EtcdOptions};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use lock::etcd_election::EtcdElection;
 pub use lock::memory::{MemoryControl, MemoryLock, MemoryStore};
 pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};

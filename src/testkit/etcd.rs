@@ -3,7 +3,7 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -34,6 +34,49 @@ pub struct EtcdCluster {
     dir: PathBuf,
     members: Vec<Member>,
     initial_cluster: String,
+    options: EtcdClusterOptions,
+}
+
+/// How [`EtcdCluster::start_with`] runs its members: TLS on the client port, extra
+/// etcd flags.
+///
+/// # Examples
+///
+/// ```no_run
+/// use leaderelection::testkit::etcd::{EtcdCluster, EtcdClusterOptions, TestCerts};
+///
+/// let dir = std::env::temp_dir().join("certs-for-my-test");
+/// let certs = TestCerts::generate(&dir)?;
+/// let cluster = EtcdCluster::start_with(1, EtcdClusterOptions::new().tls(&certs).arg("--auth-token-ttl=2"))?;
+/// assert!(cluster.endpoint(0).starts_with("https://"));
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct EtcdClusterOptions {
+    tls: Option<TestCerts>,
+    args: Vec<String>,
+}
+
+impl EtcdClusterOptions {
+    /// Plain HTTP, no extra flags.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serve clients over HTTPS with the server certificate of `certs`, and require
+    /// client certificates signed by its CA (`--client-cert-auth`).
+    #[must_use]
+    pub fn tls(mut self, certs: &TestCerts) -> Self {
+        self.tls = Some(certs.clone());
+        self
+    }
+
+    /// One more flag for every member, like `--auth-token-ttl=2`.
+    #[must_use]
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.args.push(arg.into());
+        self
+    }
 }
 
 #[derive(Debug)]
@@ -41,6 +84,8 @@ struct Member {
     name: String,
     client: SocketAddr,
     peer: SocketAddr,
+    /// Plain-HTTP `/health`, whatever the client port speaks.
+    metrics: SocketAddr,
     child: Option<Child>,
 }
 
@@ -54,6 +99,15 @@ impl EtcdCluster {
     /// When `etcd` is not installed, a port cannot be found, or a member does not
     /// become healthy within 30 seconds (its log is quoted).
     pub fn start(size: usize) -> io::Result<Self> {
+        Self::start_with(size, EtcdClusterOptions::new())
+    }
+
+    /// Like [`start`](Self::start), with TLS or extra flags.
+    ///
+    /// # Errors
+    ///
+    /// As [`start`](Self::start).
+    pub fn start_with(size: usize, options: EtcdClusterOptions) -> io::Result<Self> {
         let dir = std::env::temp_dir().join(format!(
             "leaderelection-etcd-{}-{}",
             std::process::id(),
@@ -66,6 +120,7 @@ impl EtcdCluster {
                 name: format!("m{i}"),
                 client: free_port()?,
                 peer: free_port()?,
+                metrics: free_port()?,
                 child: None,
             });
         }
@@ -78,6 +133,7 @@ impl EtcdCluster {
             dir,
             members,
             initial_cluster,
+            options,
         };
         for i in 0..size {
             cluster.spawn(i)?;
@@ -95,7 +151,15 @@ impl EtcdCluster {
 
     /// Client URL of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
-        format!("http://{}", self.members[i].client)
+        format!("{}://{}", self.scheme(), self.members[i].client)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// Number of members.
@@ -142,7 +206,7 @@ impl EtcdCluster {
     pub fn wait_healthy(&mut self, i: usize) -> io::Result<()> {
         let start = Instant::now();
         loop {
-            if health(self.members[i].client) {
+            if health(self.members[i].metrics) {
                 return Ok(());
             }
             if let Some(child) = self.members[i].child.as_mut() {
@@ -211,15 +275,29 @@ impl EtcdCluster {
             .append(true)
             .open(data.with_extension("log"))?;
         let m = &self.members[i];
-        let child = Command::new("etcd")
+        let client_url = format!("{}://{}", self.scheme(), m.client);
+        let mut command = Command::new("etcd");
+        if let Some(certs) = &self.options.tls {
+            command
+                .arg("--cert-file")
+                .arg(&certs.server_cert)
+                .arg("--key-file")
+                .arg(&certs.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&certs.ca_file)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .arg("--name")
             .arg(&m.name)
             .arg("--data-dir")
             .arg(&data)
             .arg("--listen-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(&client_url)
             .arg("--advertise-client-urls")
-            .arg(format!("http://{}", m.client))
+            .arg(&client_url)
+            .arg("--listen-metrics-urls")
+            .arg(format!("http://{}", m.metrics))
             .arg("--listen-peer-urls")
             .arg(format!("http://{}", m.peer))
             .arg("--initial-advertise-peer-urls")
@@ -233,6 +311,7 @@ impl EtcdCluster {
             // Loopback: fast heartbeats make member failure and recovery quick.
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
             .args(["--log-level", "warn"])
+            .args(&self.options.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -308,4 +387,121 @@ fn health(addr: SocketAddr) -> bool {
     let mut body = String::new();
     let _ = s.read_to_string(&mut body);
     body.contains("\"health\":\"true\"")
+}
+
+/// A throwaway CA with a server certificate for `127.0.0.1`/`localhost` and a client
+/// certificate, made with the `openssl` command, for tests of TLS connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TestCerts {
+    /// The CA certificate (PEM).
+    pub ca_file: PathBuf,
+    /// The server certificate (PEM), for `IP:127.0.0.1` and `DNS:localhost`.
+    pub server_cert: PathBuf,
+    /// The server's private key (PEM).
+    pub server_key: PathBuf,
+    /// A client certificate (PEM), CN `leaderelection-client`.
+    pub client_cert: PathBuf,
+    /// The client's private key (PEM).
+    pub client_key: PathBuf,
+}
+
+impl TestCerts {
+    /// Writes a fresh CA and certificates (P-256 keys, valid for a day) into `dir`.
+    ///
+    /// # Errors
+    ///
+    /// When `openssl` is not installed (the message says so) or fails (its output is
+    /// quoted).
+    pub fn generate(dir: &Path) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        let p = |name: &str| dir.join(name);
+        let certs = Self {
+            ca_file: p("ca.crt"),
+            server_cert: p("server.crt"),
+            server_key: p("server.key"),
+            client_cert: p("client.crt"),
+            client_key: p("client.key"),
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            Command::new("openssl")
+                .args(["req", "-x509"])
+                .args(ec)
+                .arg("-keyout")
+                .arg(p("ca.key"))
+                .arg("-out")
+                .arg(&certs.ca_file)
+                .args(["-days", "1", "-subj", "/CN=leaderelection test CA"])
+                .args(["-addext", "basicConstraints=critical,CA:TRUE"])
+                .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]),
+        )?;
+        for (name, cn, ext) in [
+            (
+                "server",
+                "127.0.0.1",
+                "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+            ),
+            (
+                "client",
+                "leaderelection-client",
+                "extendedKeyUsage=clientAuth\n",
+            ),
+        ] {
+            let ext_file = p(&format!("{name}.ext"));
+            fs::write(
+                &ext_file,
+                format!("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\n{ext}"),
+            )?;
+            openssl(
+                Command::new("openssl")
+                    .arg("req")
+                    .args(ec)
+                    .arg("-keyout")
+                    .arg(p(&format!("{name}.key")))
+                    .arg("-out")
+                    .arg(p(&format!("{name}.csr")))
+                    .args(["-subj", &format!("/CN={cn}")]),
+            )?;
+            openssl(
+                Command::new("openssl")
+                    .args(["x509", "-req", "-days", "1", "-set_serial"])
+                    .arg(if name == "server" { "2" } else { "3" })
+                    .arg("-in")
+                    .arg(p(&format!("{name}.csr")))
+                    .arg("-CA")
+                    .arg(&certs.ca_file)
+                    .arg("-CAkey")
+                    .arg(p("ca.key"))
+                    .arg("-extfile")
+                    .arg(&ext_file)
+                    .arg("-out")
+                    .arg(p(&format!("{name}.crt"))),
+            )?;
+        }
+        Ok(certs)
+    }
+}
+
+fn openssl(command: &mut Command) -> io::Result<()> {
+    let out = command.stdin(Stdio::null()).output().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot run openssl ({e}); install it, e.g. `apt-get install openssl`"),
+        )
+    })?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "openssl failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
 }
