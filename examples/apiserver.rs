@@ -1,7 +1,7 @@
 //! The Kubernetes API test server on its own, for kubectl and the example scheduler.
 //!
 //! ```text
-//! cargo run --features kube,testkit --example apiserver -- [--port 6443] [--auth]
+//! cargo run --features kube,testkit --example apiserver -- [--port 6443] [--auth] [--tls]
 //!     [--kubeconfig /tmp/apiserver.kubeconfig] [--etcd http://127.0.0.1:2379,... [--prefix /registry]]
 //! ```
 //!
@@ -11,7 +11,9 @@
 //! kubectl --kubeconfig /tmp/apiserver.kubeconfig get leases -A
 //! ```
 //!
-//! `--etcd` needs the `etcd` feature; with it, several of these servers over one etcd
+//! With `--auth`, only the admin token of the kubeconfig is let in; kubectl sends it
+//! only over TLS, so add `--tls` (a fixed test certificate, which the kubeconfig
+//! trusts). `--etcd` needs the `etcd` feature; with it, several of these servers over one etcd
 //! cluster serve the same objects, active/active.
 
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use leaderelection::testkit::apiserver::{ApiServer, ApiServerOptions};
 fn usage(problem: &str) -> ! {
     eprintln!("{problem}");
     eprintln!(
-        "usage: apiserver [--port PORT] [--auth] [--kubeconfig PATH] [--etcd URL,URL,... [--prefix PREFIX]]"
+        "usage: apiserver [--port PORT] [--auth] [--tls] [--kubeconfig PATH] [--etcd URL,URL,... [--prefix PREFIX]]"
     );
     std::process::exit(2)
 }
@@ -51,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     }));
             }
             "--auth" => options = options.auth(),
+            "--tls" => options = options.tls(),
             "--kubeconfig" => kubeconfig = PathBuf::from(value("--kubeconfig")),
             "--etcd" => etcd = Some(value("--etcd")),
             "--prefix" => prefix = value("--prefix"),

@@ -47,7 +47,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let lost = leadership.token();
                 Controller::new(api, watcher::Config::default())
                     .graceful_shutdown_on(lost.cancelled_owned())
-                    .run(reconcile, |_, e: &Infallible, _| match *e {}, Arc::new(leadership))
+                    .run(
+                        reconcile,
+                        |_, e: &Infallible, _| match *e {},
+                        Arc::new(leadership),
+                    )
                     .for_each(|_| async {})
                     .await;
                 tracing::info!("controller stopped");

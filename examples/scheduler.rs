@@ -96,7 +96,7 @@ async fn replica(opts: Options) -> ExitCode {
         identity: config.get_identity().into(),
     };
     let shutdown = CancellationToken::new();
-    tokio::spawn(on_signals(shutdown.clone(), out.clone()));
+    tokio::spawn(on_signals(shutdown.clone(), out.clone(), opts.leader_elect));
 
     let mut lock_description = String::from("leader election disabled: always active");
     let elector = if opts.leader_elect {
@@ -191,11 +191,20 @@ impl Work {
         stop: CancellationToken,
         still_valid: impl Fn() -> bool,
     ) {
-        let token = fencing_token.map_or_else(|| "none".into(), |t| t.to_string());
+        let (role, token) = match fencing_token {
+            Some(t) => (
+                format!("leading with fencing token {t}"),
+                format!("fencing token {t}"),
+            ),
+            None => (
+                "active without an election".into(),
+                "no fencing token".into(),
+            ),
+        };
         self.out.say(
             "ACTIVE",
             format!(
-                "leading with fencing token {token}; assigning a pending pod every {}",
+                "{role}; assigning a pending pod every {}",
                 go(self.interval)
             ),
         );
@@ -218,20 +227,25 @@ impl Work {
                     };
                     // A real scheduler sends the token with the binding, so the API
                     // side can refuse a deposed leader's late writes.
-                    self.out.say("ASSIGN", format!("pod-{pod:04x} -> {node} (fencing token {token})"));
+                    self.out.say("ASSIGN", format!("pod-{pod:04x} -> {node} ({token})"));
                     assigned += 1;
                     self.state.assignments.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
-        let why = if self.shutdown.is_cancelled() {
+        let why = if !self.shutdown.is_cancelled() {
+            "leadership lost"
+        } else if fencing_token.is_some() {
             "shutting down; the lease is released next"
         } else {
-            "leadership lost"
+            "shutting down"
         };
         self.out.say(
             "STOPPED",
-            format!("stopped assigning after {assigned} pods: {why}"),
+            format!(
+                "stopped assigning after {assigned} pod{}: {why}",
+                if assigned == 1 { "" } else { "s" }
+            ),
         );
     }
 }
@@ -250,15 +264,17 @@ async fn report_leaders(elector: LeaderElector, out: Out) {
 }
 
 /// SIGTERM or SIGINT stop the replica gracefully; a second one exits at once.
-async fn on_signals(shutdown: CancellationToken, out: Out) {
+async fn on_signals(shutdown: CancellationToken, out: Out, elected: bool) {
     let name = next_signal().await;
-    out.say(
-        "SHUTDOWN",
-        format!("{name}: stopping the work, then releasing the lease"),
-    );
+    let then = if elected {
+        ", then releasing the lease"
+    } else {
+        ""
+    };
+    out.say("SHUTDOWN", format!("{name}: stopping the work{then}"));
     shutdown.cancel();
     let name = next_signal().await;
-    eprintln!("{name} again: exiting now, without releasing the lease");
+    eprintln!("{name} again: exiting now, without waiting for the work or the release");
     std::process::exit(130);
 }
 

@@ -506,9 +506,11 @@ async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
 
 #[tokio::test]
 async fn kubectl_gets_describes_and_deletes_a_lease() {
-    // kubectl sends credentials only over TLS, so against this plain-HTTP server it
-    // works without authentication.
-    let server = ApiServer::start().await.unwrap();
+    // kubectl sends credentials only over TLS.
+    let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
+        .await
+        .unwrap();
+    assert!(server.url().starts_with("https://127.0.0.1:"));
     let dir = std::env::temp_dir().join(format!("apiserver-kubectl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
@@ -724,5 +726,51 @@ mod etcd {
         .unwrap();
         let err = status(leases.get("a").await.unwrap_err());
         assert_eq!((err.code, err.reason.as_str()), (500, "ServerTimeout"));
+    }
+}
+
+#[tokio::test]
+async fn a_client_from_before_a_restart_works_again() {
+    let mut server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    server.restart().await;
+    // A pooled connection may be found dead once; then the client connects anew.
+    let mut failures = 0;
+    while leases.get("a").await.is_err() {
+        failures += 1;
+        assert!(failures < 3, "the client reconnects");
+    }
+}
+
+#[tokio::test]
+async fn streaming_lists_send_the_state_then_a_marked_bookmark() {
+    let server = ApiServer::start().await.unwrap();
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let created = leases
+        .create(&PostParams::default(), &lease("a", "x"))
+        .await
+        .unwrap();
+    let params = WatchParams::streaming_lists().timeout(30);
+    let mut stream: Events = leases.watch(&params, "0").await.unwrap().boxed();
+    match next(&mut stream).await {
+        WatchEvent::Added(l) => assert_eq!(l, created),
+        other => panic!("expected ADDED, got {other:?}"),
+    }
+    match next(&mut stream).await {
+        WatchEvent::Bookmark(b) => {
+            assert_eq!(
+                b.metadata
+                    .annotations
+                    .get("k8s.io/initial-events-end")
+                    .map(String::as_str),
+                Some("true")
+            );
+            assert_eq!(b.metadata.resource_version, rv(&created).to_string());
+        }
+        other => panic!("expected the initial-events-end BOOKMARK, got {other:?}"),
     }
 }

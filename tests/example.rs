@@ -17,57 +17,48 @@ use std::time::{Duration, Instant};
 #[path = "../examples/scheduler/flags.rs"]
 mod flags;
 
+/// The example binary, built with this test's features by the cargo running the
+/// test (`cargo test --test example` alone does not build examples), so the binary
+/// always matches the sources. An up-to-date build costs a fraction of a second.
 fn scheduler() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/example-<hash> -> target/<profile>/examples/scheduler
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary lives in target/<profile>/deps");
-    let bin = profile_dir
-        .join("examples")
-        .join(format!("scheduler{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        bin.exists(),
-        "the example binary {} is missing: run `cargo test` (which builds examples) or \
-         `cargo build --example scheduler` first",
-        bin.display()
-    );
-    // `cargo test --test example` alone does not rebuild examples: refuse a stale one.
-    let built = modified(&bin);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for source in sources(&[root.join("src"), root.join("examples")]) {
-        assert!(
-            modified(&source) <= built,
-            "the example binary {} is older than {}: run `cargo build --example scheduler` \
-             (or plain `cargo test`, which builds examples) first",
-            bin.display(),
-            source.display()
-        );
-    }
-    bin
-}
-
-fn modified(path: &Path) -> std::time::SystemTime {
-    std::fs::metadata(path)
-        .and_then(|m| m.modified())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-fn sources(dirs: &[PathBuf]) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut stack = dirs.to_vec();
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") {
-                found.push(path);
-            }
-        }
-    }
-    found
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let features: Vec<&str> = [
+                ("file", cfg!(feature = "file")),
+                ("etcd", cfg!(feature = "etcd")),
+                ("kube", cfg!(feature = "kube")),
+                ("testkit", cfg!(feature = "testkit")),
+            ]
+            .into_iter()
+            .filter_map(|(name, on)| on.then_some(name))
+            .collect();
+            let out = Command::new(env!("CARGO"))
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .args([
+                    "build",
+                    "--quiet",
+                    "--example",
+                    "scheduler",
+                    "--no-default-features",
+                ])
+                .args(["--features", &features.join(",")])
+                .output()
+                .expect("run cargo to build the example scheduler");
+            assert!(
+                out.status.success(),
+                "cargo build --example scheduler failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let exe = std::env::current_exe().expect("the test binary's path");
+            // target/<profile>/deps/example-<hash> -> target/<profile>/examples/scheduler
+            exe.parent()
+                .and_then(Path::parent)
+                .expect("the test binary lives in target/<profile>/deps")
+                .join("examples")
+                .join(format!("scheduler{}", std::env::consts::EXE_SUFFIX))
+        })
+        .clone()
 }
 
 fn run_to_end(args: &[&str]) -> Output {

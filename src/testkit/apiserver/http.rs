@@ -17,8 +17,10 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use super::auth::{bearer, Auth, User, ANONYMOUS};
@@ -50,8 +52,16 @@ pub(crate) struct State {
     pub bookmark_interval: Duration,
 }
 
+/// How long a client may take over its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Serves connections until `stop` fires, then drops every connection at once.
-pub(crate) async fn serve(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    tls: Option<TlsAcceptor>,
+    stop: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -69,21 +79,39 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<State>, stop: Cancel
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
+                let tls = tls.clone();
                 connections.spawn(async move {
-                    let service = service_fn(move |request| {
-                        let state = state.clone();
-                        async move { Ok::<_, Infallible>(handle(&state, request).await) }
-                    });
-                    // A client that goes away mid-request is not the server's problem.
-                    let _ = http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    match tls {
+                        None => serve_connection(stream, state).await,
+                        Some(tls) => {
+                            // A client that fails its handshake is the client's problem.
+                            if let Ok(Ok(stream)) =
+                                tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
+                            {
+                                serve_connection(stream, state).await;
+                            }
+                        }
+                    }
                 });
             }
         }
     }
     drop(listener);
     connections.shutdown().await;
+}
+
+async fn serve_connection<I>(io: I, state: Arc<State>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(&state, request).await) }
+    });
+    // A client that goes away mid-request is not the server's problem.
+    let _ = http1::Builder::new()
+        .serve_connection(TokioIo::new(io), service)
+        .await;
 }
 
 /// Where a request goes.

@@ -18,7 +18,12 @@
 //!   BadRequest for fields of the wrong type, 401, 403;
 //! - watches from a resourceVersion with field and label selectors, bookmarks,
 //!   `timeoutSeconds`, and 410 Expired (an ERROR event) past the kept history;
-//! - server-side printing (the Table `kubectl get` asks for).
+//! - server-side printing (the Table `kubectl get` asks for);
+//! - optionally bearer tokens with RBAC-like rules, HTTPS with a fixed test
+//!   certificate, and storage in etcd shared by several servers.
+//!
+//! Tests steer it with [`ApiServer::faults`] (latency, injected errors),
+//! [`ApiServer::restart`] and [`ApiServer::requests`] (request counts).
 //!
 //! Not served: other kinds, namespaces as objects (every namespace exists), server-side
 //! apply, `deletecollection`, list paging (`limit` is ignored: lists are whole),
@@ -56,6 +61,7 @@ mod stats;
 mod status;
 mod storage;
 mod table;
+mod tls;
 mod validation;
 mod watch;
 
@@ -130,6 +136,7 @@ pub struct ApiServerOptions {
     port: Option<u16>,
     watch_history: usize,
     bookmark_interval: Duration,
+    tls: bool,
 }
 
 impl Default for ApiServerOptions {
@@ -140,6 +147,7 @@ impl Default for ApiServerOptions {
             port: None,
             watch_history: 1000,
             bookmark_interval: Duration::from_secs(60),
+            tls: false,
         }
     }
 }
@@ -204,6 +212,16 @@ impl ApiServerOptions {
         self
     }
 
+    /// Serves HTTPS instead of HTTP, with a fixed test certificate for 127.0.0.1
+    /// signed by the CA of [`ApiServer::ca_certificate_pem`]. The server's clients and
+    /// kubeconfigs trust that CA. Needed for kubectl with authentication on: kubectl
+    /// sends credentials only over TLS.
+    #[must_use]
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// How often watches that allow bookmarks get one (default 60 seconds, about
     /// kube-apiserver's pace).
     #[must_use]
@@ -216,11 +234,11 @@ impl ApiServerOptions {
 /// A running test API server; see the [module docs](self).
 ///
 /// Dropping it stops serving (without waiting; [`stop`](Self::stop) waits).
-#[derive(Debug)]
 pub struct ApiServer {
     addr: SocketAddr,
     state: Arc<State>,
     auth: bool,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     running: Option<Running>,
 }
 
@@ -228,6 +246,16 @@ pub struct ApiServer {
 struct Running {
     stop: CancellationToken,
     task: JoinHandle<()>,
+}
+
+impl std::fmt::Debug for ApiServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiServer")
+            .field("url", &self.url())
+            .field("auth", &self.auth)
+            .field("serving", &self.running.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for State {
@@ -276,6 +304,11 @@ impl ApiServer {
             tokens.insert(ADMIN_TOKEN.to_string(), User::admin(ADMIN_USER));
             tokens
         });
+        let tls = if options.tls {
+            Some(tls::acceptor()?)
+        } else {
+            None
+        };
         let listener = bind(options.port.unwrap_or(0))?;
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
@@ -290,6 +323,7 @@ impl ApiServer {
             addr,
             state,
             auth,
+            tls,
             running: None,
         };
         server.serve(listener);
@@ -298,13 +332,25 @@ impl ApiServer {
 
     fn serve(&mut self, listener: TcpListener) {
         let stop = CancellationToken::new();
-        let task = tokio::spawn(http::serve(listener, self.state.clone(), stop.clone()));
+        let task = tokio::spawn(http::serve(
+            listener,
+            self.state.clone(),
+            self.tls.clone(),
+            stop.clone(),
+        ));
         self.running = Some(Running { stop, task });
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT`, or `https://` with [`ApiServerOptions::tls`].
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The PEM of the CA that signs the certificate of servers started with
+    /// [`ApiServerOptions::tls`], for clients other than the ones made here.
+    pub fn ca_certificate_pem() -> &'static str {
+        tls::CA_PEM
     }
 
     /// The address the server listens on.
@@ -336,6 +382,9 @@ impl ApiServer {
             .expect("http://127.0.0.1:PORT is a valid URI");
         let mut config = kube::Config::new(uri);
         config.auth_info.token = token.map(|t| t.to_string().into());
+        if self.tls.is_some() {
+            config.root_cert = Some(vec![tls::ca_der()]);
+        }
         config
     }
 
@@ -361,10 +410,10 @@ impl ApiServer {
     /// Writes a kubeconfig for `kubectl --kubeconfig <path>`: the server, the admin
     /// token when authentication is on, namespace `default`.
     ///
-    /// kubectl (client-go) sends credentials only over TLS, and this server speaks
-    /// plain HTTP: with authentication on, kubectl is refused with 401. Use a server
-    /// without authentication for kubectl; `kube::Config::from_custom_kubeconfig`
-    /// does send the token.
+    /// With [`ApiServerOptions::tls`], the kubeconfig trusts the test CA. kubectl
+    /// (client-go) sends credentials only over TLS: with authentication on and plain
+    /// HTTP, kubectl is refused with 401 (`kube::Config::from_custom_kubeconfig` does
+    /// send the token over HTTP).
     ///
     /// `kubectl create` and `apply` validate against OpenAPI documents this server
     /// does not serve: give them `--validate=false`.
@@ -378,11 +427,15 @@ impl ApiServer {
         } else {
             "  user: {}\n".to_string()
         };
+        let ca = match self.tls {
+            Some(_) => format!("    certificate-authority-data: {}\n", tls::ca_base64()),
+            None => String::new(),
+        };
         let text = format!(
             "apiVersion: v1\n\
              kind: Config\n\
              clusters:\n\
-             - name: leaderelection-testkit\n  cluster:\n    server: {url}\n\
+             - name: leaderelection-testkit\n  cluster:\n    server: {url}\n{ca}\
              users:\n\
              - name: {ADMIN_USER}\n{user_block}\
              contexts:\n\

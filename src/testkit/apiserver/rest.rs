@@ -105,7 +105,8 @@ pub(crate) async fn create(
     }
     let mut obj = validation::decode(target.resource, body)?;
     check_namespace(&mut obj, namespace)?;
-    if rv_of(&obj) != 0 || meta_str(&obj, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
+    // kube-apiserver's etcd store refuses this with a 500, as here.
+    if meta_str(&obj, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
         return Err(ApiError::internal(
             "resourceVersion should not be set on objects to be created",
         ));
