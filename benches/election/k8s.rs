@@ -26,17 +26,14 @@ pub const NAMESPACE: &str = "default";
 pub const KLE: &str = "kube-leader-election 0.44";
 pub const KLM: &str = "kube-lease-manager 0.13";
 
-/// Candidates per library in the load measurement: one leader, two standbys.
-pub const LOAD_REPLICAS: usize = 3;
-
 /// The users the load measurement counts requests of, one per replica.
 pub fn load_users(library: &str) -> Vec<String> {
-    (0..LOAD_REPLICAS)
+    (0..crate::load::LOAD_REPLICAS)
         .map(|i| format!("{library}-{i}"))
         .collect()
 }
 
-fn token_of(user: &str) -> String {
+pub fn token_of(user: &str) -> String {
     format!("token-{user}")
 }
 
@@ -414,77 +411,4 @@ impl SteadyPeer {
         drop(self.child.stdin.take());
         let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
     }
-}
-
-/// One replica per user of our elector at `timings`, the first leading, for the load
-/// measurement.
-pub async fn ours_steady(
-    server: &ApiServer,
-    election: &str,
-    users: &[String],
-    timings: Timings,
-) -> Result<Vec<Replica>, String> {
-    let mut replicas = Vec::new();
-    for (i, user) in users.iter().enumerate() {
-        let ours = Ours {
-            make_lock: ours_make_lock(server, &token_of(user)),
-            timings,
-        };
-        let mut r = ours
-            .start(election.to_string(), format!("candidate-{i}"))
-            .await?;
-        if i == 0 {
-            wait_leading(&mut r, Duration::from_secs(30)).await?;
-        }
-        replicas.push(r);
-    }
-    Ok(replicas)
-}
-
-/// kube-lease-manager, one replica per user, the first leading.
-pub async fn klm_steady(
-    server: &ApiServer,
-    election: &str,
-    users: &[String],
-    timings: Timings,
-) -> Result<Vec<Replica>, String> {
-    let mut replicas = Vec::new();
-    for (i, user) in users.iter().enumerate() {
-        let lib = KubeLeaseManager {
-            config: server.config_with_token(&token_of(user)),
-            timings,
-        };
-        let mut r = lib
-            .start(election.to_string(), format!("candidate-{i}"))
-            .await?;
-        if i == 0 {
-            wait_leading(&mut r, Duration::from_secs(60)).await?;
-        }
-        replicas.push(r);
-    }
-    Ok(replicas)
-}
-
-async fn wait_leading(r: &mut Replica, limit: Duration) -> Result<(), String> {
-    let deadline = Instant::now() + limit;
-    while r.leading.borrow_and_update().is_none() {
-        if tokio::time::timeout_at(deadline, r.leading.changed())
-            .await
-            .is_err()
-        {
-            return Err(format!("the first candidate did not lead within {limit:?}"));
-        }
-    }
-    Ok(())
-}
-
-/// Stops replicas gracefully, bounded in time.
-pub async fn stop_all(replicas: Vec<Replica>) {
-    let stops = replicas.into_iter().map(|r| async move {
-        if let Some(release) = r.release {
-            release();
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), r.stopped).await;
-    });
-    futures::future::join_all(stops).await;
 }

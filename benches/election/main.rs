@@ -13,10 +13,15 @@
 //! Without `--bench` (as `cargo test --all-targets` runs it) it prints how to run it and
 //! exits, so the test suite never runs the benchmark.
 
+#[cfg(all(feature = "etcd", feature = "testkit"))]
+mod etcd;
 #[cfg(all(feature = "kube", feature = "testkit"))]
 mod k8s;
+mod load;
 mod ours;
 mod procstat;
+#[cfg(all(feature = "etcd", feature = "testkit"))]
+mod proxy;
 mod scale;
 mod scenario;
 mod stats;
@@ -26,8 +31,6 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use leaderelection::{LeaseLock, MemoryStore};
-#[cfg(all(feature = "kube", feature = "testkit"))]
-use tokio::time::Instant;
 
 use crate::ours::{MakeLock, Ours};
 use crate::scenario::{Departure, Library, Outcome, Timings};
@@ -35,15 +38,15 @@ use crate::stats::{fmt_opt_secs, fmt_secs, ratio, Samples, Table};
 
 /// What a run measures and for how long.
 #[derive(Clone, Debug)]
-struct Plan {
-    sections: Vec<String>,
+pub(crate) struct Plan {
+    pub sections: Vec<String>,
     /// Elections per handover or failover scenario (one sample each).
     reps: usize,
     scale_ks: Vec<usize>,
     scale_warmup: Duration,
     scale_window: Duration,
     renew_window: Duration,
-    load_window: Duration,
+    pub load_window: Duration,
 }
 
 const SECTIONS: [&str; 4] = ["scale", "renew", "failover", "load"];
@@ -269,20 +272,22 @@ fn file_make_lock() -> MakeLock {
 }
 
 /// The servers and programs the backends' sections share.
-struct Env {
+pub(crate) struct Env {
     #[cfg(all(feature = "kube", feature = "testkit"))]
-    kube: Option<KubeEnv>,
+    pub kube: Option<KubeEnv>,
+    #[cfg(all(feature = "etcd", feature = "testkit"))]
+    pub etcd: Option<etcd::EtcdEnv>,
     /// Why the Kubernetes comparisons are missing, when they are.
     notes: Vec<String>,
 }
 
 #[cfg(all(feature = "kube", feature = "testkit"))]
-struct KubeEnv {
-    server: leaderelection::testkit::apiserver::ApiServer,
+pub(crate) struct KubeEnv {
+    pub server: leaderelection::testkit::apiserver::ApiServer,
     /// The peer program, or why it is missing.
-    peers: Result<std::path::PathBuf, String>,
+    pub peers: Result<std::path::PathBuf, String>,
     /// Why kube-lease-manager cannot run against the server, if it cannot.
-    klm: Result<(), String>,
+    pub klm: Result<(), String>,
 }
 
 impl Env {
@@ -319,10 +324,29 @@ impl Env {
         } else {
             None
         };
+        #[cfg(not(all(feature = "etcd", feature = "testkit")))]
+        notes.push(
+            "etcd: not measured (build with --features etcd,testkit, or --all-features)"
+                .to_string(),
+        );
+        #[cfg(all(feature = "etcd", feature = "testkit"))]
+        let etcd = if plan.wants("renew") || plan.wants("failover") || plan.wants("load") {
+            match etcd::EtcdEnv::start() {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    notes.push(format!("etcd: not measured: {e}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let _ = plan;
         Env {
             #[cfg(all(feature = "kube", feature = "testkit"))]
             kube,
+            #[cfg(all(feature = "etcd", feature = "testkit"))]
+            etcd,
             notes,
         }
     }
@@ -370,6 +394,35 @@ impl Env {
                 },
             });
         }
+        #[cfg(all(feature = "etcd", feature = "testkit"))]
+        if let Some(e) = &self.etcd {
+            v.push(Contender::ours(
+                ETCD_RECORD,
+                etcd::ours_lock(e.target, false, timings),
+            ));
+            v.push(Contender::ours(
+                ETCD_NATIVE,
+                etcd::ours_lock(e.target, true, timings),
+            ));
+            v.push(Contender::ours(
+                ETCD_ELECTION,
+                etcd::OursElection {
+                    target: e.target,
+                    timings,
+                    stats: None,
+                },
+            ));
+            v.push(Contender {
+                backend: ETCD_ELECTION.into(),
+                library: etcd::PEER.into(),
+                ours: false,
+                runner: Runner::InProcess(Arc::new(etcd::EtcdClientElection {
+                    target: e.target,
+                    timings,
+                    stats: None,
+                })),
+            });
+        }
         v
     }
 
@@ -386,12 +439,29 @@ impl Env {
                 k8s::ours_make_lock(&k.server, leaderelection::testkit::apiserver::ADMIN_TOKEN),
             ));
         }
+        #[cfg(all(feature = "etcd", feature = "testkit"))]
+        if let Some(e) = &self.etcd {
+            v.push((
+                ETCD_RECORD.to_string(),
+                etcd::lock_maker(e.target, false, None),
+            ));
+            v.push((
+                ETCD_NATIVE.to_string(),
+                etcd::lock_maker(e.target, true, None),
+            ));
+        }
         v
     }
 }
 
 #[cfg(all(feature = "kube", feature = "testkit"))]
-const KUBE: &str = "Kubernetes Lease (API test server)";
+pub(crate) const KUBE: &str = "Kubernetes Lease (API test server)";
+#[cfg(all(feature = "etcd", feature = "testkit"))]
+pub(crate) const ETCD_RECORD: &str = "etcd record (EtcdLock)";
+#[cfg(all(feature = "etcd", feature = "testkit"))]
+pub(crate) const ETCD_NATIVE: &str = "etcd record, native lease";
+#[cfg(all(feature = "etcd", feature = "testkit"))]
+pub(crate) const ETCD_ELECTION: &str = "etcd election protocol";
 
 async fn run_contender(
     c: &Contender,
@@ -470,15 +540,12 @@ async fn run(plan: Plan) -> String {
         out.push('\n');
     }
 
-    #[cfg(all(feature = "kube", feature = "testkit"))]
     if plan.wants("load") {
-        if let Some(k) = &env.kube {
-            eprintln!(
-                "backend load at the default timings for {:?}",
-                plan.load_window
-            );
-            out.push_str(&kube_load_section(&plan, k).await);
-        }
+        eprintln!(
+            "backend load at the default timings for {:?}",
+            plan.load_window
+        );
+        out.push_str(&load::section(&plan, &env).await);
     }
 
     if !env.notes.is_empty() {
@@ -571,141 +638,6 @@ async fn renew_section(plan: &Plan, env: &Env) -> String {
     format!(
         "### Renew latency: a lone leader renewing every {period:?} for {:?}, beside the same raw request sent at the same rate\n\n{}\n",
         plan.renew_window,
-        t.render()
-    )
-}
-
-#[cfg(all(feature = "kube", feature = "testkit"))]
-async fn kube_load_section(plan: &Plan, k: &KubeEnv) -> String {
-    use crate::stats::fmt_rate;
-    let timings = Timings::DEFAULT;
-    let server = &k.server;
-    let mut running_ours = Vec::new();
-    let mut running_klm = Vec::new();
-    let mut running_kle = None;
-    let mut rows: Vec<(String, Vec<String>, Option<String>)> = Vec::new();
-
-    let users = k8s::load_users("leaderelection");
-    match k8s::ours_steady(server, "load-ours", &users, timings).await {
-        Ok(r) => {
-            running_ours = r;
-            rows.push(("leaderelection".into(), users, None));
-        }
-        Err(e) => rows.push(("leaderelection".into(), users, Some(e))),
-    }
-    let users = k8s::load_users("kube-leader-election");
-    match &k.peers {
-        Ok(bin) => match k8s::SteadyPeer::start(bin, server, "load-kle", &users).await {
-            Ok(p) => {
-                running_kle = Some(p);
-                rows.push((k8s::KLE.into(), users, None));
-            }
-            Err(e) => rows.push((k8s::KLE.into(), users, Some(e))),
-        },
-        Err(e) => rows.push((k8s::KLE.into(), users, Some(e.clone()))),
-    }
-    let users = k8s::load_users("kube-lease-manager");
-    match &k.klm {
-        Ok(()) => match k8s::klm_steady(server, "load-klm", &users, timings).await {
-            Ok(r) => {
-                running_klm = r;
-                rows.push((k8s::KLM.into(), users, None));
-            }
-            Err(e) => rows.push((k8s::KLM.into(), users, Some(e))),
-        },
-        Err(e) => rows.push((k8s::KLM.into(), users, Some(e.clone()))),
-    }
-
-    // Let the standbys settle (first read, watch opened), then count.
-    tokio::time::sleep(timings.retry * 2).await;
-    let before = server.requests();
-    let t0 = Instant::now();
-    tokio::time::sleep(plan.load_window).await;
-    let load = server.requests().since(&before);
-    let minutes = t0.elapsed().as_secs_f64() / 60.0;
-
-    k8s::stop_all(running_ours).await;
-    k8s::stop_all(running_klm).await;
-    if let Some(p) = running_kle {
-        p.stop().await;
-    }
-
-    let per_min = |user: &str| load.user(user) as f64 / minutes;
-    let detail = |user: &str| {
-        let mut verbs: Vec<String> = load
-            .iter()
-            .filter(|(key, _)| key.user == user)
-            .map(|(key, n)| (key.verb.clone(), n))
-            .fold(
-                std::collections::BTreeMap::<String, u64>::new(),
-                |mut m, (v, n)| {
-                    *m.entry(v).or_default() += n;
-                    m
-                },
-            )
-            .into_iter()
-            .map(|(v, n)| format!("{v} {n}"))
-            .collect();
-        if verbs.is_empty() {
-            verbs.push("none".into());
-        }
-        verbs.join(", ")
-    };
-    let ours_users = k8s::load_users("leaderelection");
-    let ours_leader = per_min(&ours_users[0]);
-    let ours_standby = (per_min(&ours_users[1]) + per_min(&ours_users[2])) / 2.0;
-    let mut t = Table::new(&[
-        "library",
-        "leader req/min",
-        "leader peer/ours",
-        "each standby req/min",
-        "standby peer/ours",
-        "requests in the window (leader; standbys)",
-        "notes",
-    ]);
-    for (library, users, err) in &rows {
-        if let Some(e) = err {
-            t.row(vec![
-                library.clone(),
-                "–".into(),
-                "".into(),
-                "–".into(),
-                "".into(),
-                "".into(),
-                format!("not measured: {e}"),
-            ]);
-            continue;
-        }
-        let leader = per_min(&users[0]);
-        let standby = (per_min(&users[1]) + per_min(&users[2])) / 2.0;
-        let ours = library == "leaderelection";
-        t.row(vec![
-            library.clone(),
-            fmt_rate(leader),
-            if ours {
-                "".into()
-            } else {
-                ratio(Some(leader), Some(ours_leader))
-            },
-            fmt_rate(standby),
-            if ours {
-                "".into()
-            } else {
-                ratio(Some(standby), Some(ours_standby))
-            },
-            format!(
-                "{}; {} / {}",
-                detail(&users[0]),
-                detail(&users[1]),
-                detail(&users[2])
-            ),
-            String::new(),
-        ]);
-    }
-    format!(
-        "### Requests to the Kubernetes API server per minute ({}; one leader and two standbys per library, counted at the server per user over {:.0} s)\n\n{}\n",
-        timings.describe(),
-        minutes * 60.0,
         t.render()
     )
 }

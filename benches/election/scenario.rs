@@ -207,6 +207,17 @@ async fn one(
             t1.saturating_duration_since(t0).as_secs_f64()
         }
         Departure::Crash => {
+            // Crash right after a renewal the leader saw answered, so that no renewal
+            // is in flight: one the backend applied but the leader never heard of
+            // would make the failover look a renewal period longer than it was.
+            let seen = *a.last_renewal.lock().unwrap_or_else(|e| e.into_inner());
+            let wait_until = Instant::now() + t.retry * 3;
+            while *a.last_renewal.lock().unwrap_or_else(|e| e.into_inner()) == seen {
+                if Instant::now() > wait_until {
+                    return Err(format!("{election}: the leader did not renew"));
+                }
+                sleep(Duration::from_millis(1)).await;
+            }
             let crash = std::mem::replace(&mut a.crash, Box::new(|| {}));
             crash();
             let t1 = b.wait_leading(limit).await.ok_or_else(|| {
