@@ -70,15 +70,15 @@ pub use config::{default_identity, Config, JITTER_FACTOR};
 pub use elector::{ElectionEvent, HealthError, LeaderElector, Status, MAX_HONOURED_LEASE};
 pub use error::{BoxError, ConfigError, LockError};
 pub use leadership::Leadership;
-#[cfg(feature = "file")]
-#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
-pub use lock::file::FileLock;
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use lock::etcd::{EtcdLock, EtcdOptions};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use lock::etcd_election::EtcdElection;
+#[cfg(feature = "file")]
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub use lock::file::FileLock;
 pub use lock::memory::{MemoryControl, MemoryLock, MemoryStore};
 pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
