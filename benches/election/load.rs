@@ -49,19 +49,22 @@ impl Count {
 
 /// What one snapshot reads once for every entry.
 struct Ctx {
-    #[cfg(all(feature = "kube", feature = "testkit"))]
     kube: Option<leaderelection::testkit::apiserver::RequestStats>,
 }
 
 impl Ctx {
     fn take(env: &Env) -> Self {
-        let _ = env;
         Ctx {
-            #[cfg(all(feature = "kube", feature = "testkit"))]
             kube: env.kube.as_ref().map(|k| k.server.requests()),
         }
     }
 }
+
+/// Reads the requests of each replica of one election from a snapshot.
+type Counter = Box<dyn Fn(&Ctx) -> Vec<Count> + Send + Sync>;
+
+/// Where a set of etcd replicas registers its proxies' counters.
+type ProxyList = std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<crate::proxy::ProxyStats>>>>;
 
 /// One library's election under measurement.
 struct Entry {
@@ -70,22 +73,18 @@ struct Entry {
     /// The base of the ratios of its backend.
     ours: bool,
     /// Requests of the leader and of each standby so far, in replica order.
-    counts: Box<dyn Fn(&Ctx) -> Vec<Count> + Send + Sync>,
+    counts: Counter,
     error: Option<String>,
 }
 
 pub async fn section(plan: &Plan, env: &Env) -> String {
     let timings = Timings::DEFAULT;
     let mut entries: Vec<Entry> = Vec::new();
-    #[allow(unused_mut)]
     let mut stops: Vec<futures::future::BoxFuture<'static, ()>> = Vec::new();
-    let _ = (&mut stops, timings);
 
-    #[cfg(all(feature = "kube", feature = "testkit"))]
     if let Some(k) = &env.kube {
         kube_entries(k, timings, &mut entries, &mut stops).await;
     }
-    #[cfg(all(feature = "etcd", feature = "testkit"))]
     if let Some(e) = &env.etcd {
         etcd_entries(e, timings, &mut entries, &mut stops).await;
     }
@@ -200,7 +199,6 @@ fn stop_later(replicas: Vec<Replica>) -> futures::future::BoxFuture<'static, ()>
     })
 }
 
-#[cfg(all(feature = "kube", feature = "testkit"))]
 async fn kube_entries(
     k: &crate::KubeEnv,
     timings: Timings,
@@ -211,7 +209,7 @@ async fn kube_entries(
     use crate::ours::Ours;
 
     let server = &k.server;
-    let counts_of = |users: Vec<String>| -> Box<dyn Fn(&Ctx) -> Vec<Count> + Send + Sync> {
+    let counts_of = |users: Vec<String>| -> Counter {
         Box::new(move |ctx: &Ctx| {
             let Some(s) = &ctx.kube else {
                 return Vec::new();
@@ -323,7 +321,6 @@ async fn start_one(lib: &dyn Library, election: &str, i: usize) -> Result<Replic
     Ok(r)
 }
 
-#[cfg(all(feature = "etcd", feature = "testkit"))]
 async fn etcd_entries(
     e: &crate::etcd::EtcdEnv,
     timings: Timings,
@@ -337,19 +334,16 @@ async fn etcd_entries(
     use crate::ours::Ours;
     use crate::proxy::ProxyStats;
 
-    let sets: Vec<(
-        &'static str,
-        String,
-        bool,
-        Box<dyn Fn(Arc<Mutex<Vec<Arc<ProxyStats>>>>) -> Box<dyn Library>>,
-    )> = vec![
+    let target = e.target;
+    type MakeLibrary = Box<dyn Fn(ProxyList) -> Box<dyn Library>>;
+    let sets: Vec<(&'static str, String, bool, MakeLibrary)> = vec![
         (
             crate::ETCD_RECORD,
             "leaderelection".into(),
             true,
             Box::new(move |s| {
                 Box::new(Ours {
-                    make_lock: etcd::lock_maker(e.target, false, Some(s)),
+                    make_lock: etcd::lock_maker(target, false, Some(s)),
                     timings,
                 })
             }),
@@ -360,7 +354,7 @@ async fn etcd_entries(
             true,
             Box::new(move |s| {
                 Box::new(Ours {
-                    make_lock: etcd::lock_maker(e.target, true, Some(s)),
+                    make_lock: etcd::lock_maker(target, true, Some(s)),
                     timings,
                 })
             }),
@@ -371,7 +365,7 @@ async fn etcd_entries(
             true,
             Box::new(move |s| {
                 Box::new(etcd::OursElection {
-                    target: e.target,
+                    target,
                     timings,
                     stats: Some(s),
                 })
@@ -383,7 +377,7 @@ async fn etcd_entries(
             false,
             Box::new(move |s| {
                 Box::new(etcd::EtcdClientElection {
-                    target: e.target,
+                    target,
                     timings,
                     stats: Some(s),
                 })

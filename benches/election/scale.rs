@@ -111,7 +111,6 @@ async fn hold(
     for i in 0..k {
         let lock: Box<dyn LeaseLock> = match backend {
             "memory" => Box::new(store.lock(format!("e{i}"))),
-            #[cfg(feature = "file")]
             "file" => {
                 std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
                 Box::new(leaderelection::FileLock::new(dir.join(format!("e{i}"))))

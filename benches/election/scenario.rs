@@ -138,17 +138,19 @@ pub enum Departure {
     Crash,
 }
 
-/// Runs `n` elections side by side, each with a leader and one standby, and measures
-/// one departure per election. Each leader goes away at a random moment of its renew
+/// Runs `n` elections, `parallel` at a time, each with a leader and one standby, and
+/// measures one departure per election. Each leader goes away at a random moment of its renew
 /// cycle (uniform over one lease), so the samples cover every phase of the standby's
 /// polling or watching.
 pub async fn run(
     lib: Arc<dyn Library>,
     prefix: &str,
     n: usize,
+    parallel: usize,
     timings: Timings,
     departure: Departure,
 ) -> Outcome {
+    use futures::StreamExt;
     let runs = (0..n).map(|i| {
         let lib = lib.clone();
         let election = format!("{prefix}-{i}");
@@ -158,7 +160,11 @@ pub async fn run(
         samples: Samples::new(),
         failures: Vec::new(),
     };
-    for r in futures::future::join_all(runs).await {
+    let results: Vec<_> = futures::stream::iter(runs)
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    for r in results {
         match r {
             Ok(s) => out.samples.push_secs(s),
             Err(e) => out.failures.push(e),

@@ -161,7 +161,7 @@ async fn run(args: &[String]) -> Result<(), String> {
             } else {
                 Departure::Crash
             };
-            let out = scenario::run(lib, prefix, n, Timings::SHORT, departure).await;
+            let out = scenario::run(lib, prefix, n, n, Timings::SHORT, departure).await;
             println!(
                 "{}",
                 serde_json::json!({ "samples": out.samples.values(), "failures": out.failures })
