@@ -18,7 +18,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
-use leaderelection::{Config, FileLock, LeaderElector, Leadership};
+use leaderelection::lock::kube::KubeLeaseLock;
+use leaderelection::{Config, LeaderElector, Leadership};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -26,9 +27,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt().with_env_filter("info").init();
     let client = Client::try_default().await?;
 
-    // A file lock elects among replicas on one host. Across hosts use the Kubernetes
-    // Lease lock (`--features kube`): the same elector, another lock.
-    let lock = FileLock::new(std::env::temp_dir().join("leaderelection-configmap-controller.json"));
+    // The replicas contend for a Lease in the client's namespace. In a pod, set the
+    // identity from the pod name (downward API); the default is host name + suffix.
+    let lock = KubeLeaseLock::new(
+        client.clone(),
+        client.default_namespace(),
+        "configmap-controller",
+    );
     let elector = LeaderElector::new(lock, Config::new("configmap-controller"))?;
 
     let shutdown = CancellationToken::new();

@@ -322,7 +322,7 @@ enum SetupError {
     Usage(String),
     /// The backend could not be set up (exit status 1): the locks that connect
     /// somewhere (etcd, Kubernetes) report their connection errors this way.
-    #[allow(dead_code)]
+    #[cfg_attr(not(any(feature = "etcd", feature = "kube")), allow(dead_code))]
     Failed(String),
 }
 
@@ -357,12 +357,14 @@ fn file_lock(opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
 /// and `--leader-elect-resource-name`, on `--etcd-servers`.
 #[cfg(feature = "etcd")]
 async fn etcd_lock(opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
-    let _ = (&opts.etcd_servers, &opts.resource_namespace);
-    Err(SetupError::Usage(
-        "--leader-elect-resource-lock=etcd: the etcd lock is not wired into this example yet; \
-         use --leader-elect-resource-lock=file"
-            .into(),
-    ))
+    use leaderelection::{EtcdLock, EtcdOptions};
+    // The key is <prefix><namespace>/<name>, so elections in different "namespaces"
+    // of one etcd cluster never meet.
+    let name = format!("{}/{}", opts.resource_namespace, opts.resource_name);
+    EtcdLock::connect(&opts.etcd_servers, EtcdOptions::new(), name)
+        .await
+        .map(|lock| Box::new(lock) as Box<dyn LeaseLock>)
+        .map_err(|e| SetupError::Failed(format!("--etcd-servers: {e}")))
 }
 
 #[cfg(not(feature = "etcd"))]
@@ -374,12 +376,36 @@ async fn etcd_lock(_opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
 /// ConfigMap, in `--leader-elect-resource-namespace`, through `--kubeconfig`.
 #[cfg(feature = "kube")]
 async fn kube_lock(kind: LockKind, opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
-    let _ = (&opts.kubeconfig, &opts.resource_namespace);
-    Err(SetupError::Usage(format!(
-        "--leader-elect-resource-lock={}: the Kubernetes locks are not wired into this example \
-         yet; use --leader-elect-resource-lock=file",
-        kind.name()
-    )))
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    use leaderelection::lock::kube::KubeLock;
+
+    let mut config = match &opts.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| SetupError::Usage(format!("--kubeconfig: {e}")))?;
+            kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+                .await
+                .map_err(|e| SetupError::Usage(format!("--kubeconfig: {e}")))?
+        }
+        None => kube::Config::infer().await.map_err(|e| {
+            SetupError::Failed(format!(
+                "no Kubernetes configuration (in-cluster, $KUBECONFIG or ~/.kube/config): {e}; \
+                 pass --kubeconfig"
+            ))
+        })?,
+    };
+    // The elector owns retries and their timing; the client's own retries would make
+    // one renewal several requests and eat into the renew deadline.
+    config.default_retry = false;
+    let client = kube::Client::try_from(config)
+        .map_err(|e| SetupError::Failed(format!("cannot build a Kubernetes client: {e}")))?;
+    KubeLock::from_resource_lock_name(
+        kind.name(),
+        client,
+        &opts.resource_namespace,
+        &opts.resource_name,
+    )
+    .map_err(|e| SetupError::Usage(format!("--leader-elect-resource-lock: {e}")))
 }
 
 #[cfg(not(feature = "kube"))]

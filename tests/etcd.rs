@@ -69,6 +69,27 @@ async fn raw(cluster: &EtcdCluster) -> Client {
         .expect("raw etcd client")
 }
 
+/// The mod revision of `key`, read through the members other than `down` (retried:
+/// etcd refuses reads while it elects a new raft leader).
+async fn mod_revision(cluster: &EtcdCluster, down: usize, key: &str) -> i64 {
+    let live: Vec<String> = (0..cluster.len())
+        .filter(|i| *i != down)
+        .map(|i| cluster.endpoint(i))
+        .collect();
+    let mut client = Client::connect(live, None).await.expect("raw etcd client");
+    let started = Instant::now();
+    loop {
+        match timeout(Duration::from_secs(5), client.get(key, None)).await {
+            Ok(Ok(resp)) => return resp.kvs()[0].mod_revision(),
+            other => assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "cannot read {key} through the live members: {other:?}"
+            ),
+        }
+        sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !cond() {
@@ -376,12 +397,12 @@ async fn elections_on_etcd_hand_over_at_once() {
 async fn minority_of_members_down_no_transition() {
     let mut cluster = start(3);
     // When the killed member is etcd's raft leader, etcd needs a new election before it
-    // answers again (seconds on a loaded machine): the renew deadline must outlast it,
+    // commits again (seconds on a loaded machine): the renew deadline must outlast it,
     // as kube-scheduler's 10s does in production.
     let mut replicas = Vec::new();
     for id in ["a", "b"] {
         let l = lock(&cluster, "minority", EtcdOptions::new()).await;
-        replicas.push(Replica::elector(id, l, timing(id, 8_000, 6_000, 500)));
+        replicas.push(Replica::elector(id, l, timing(id, 15_000, 10_000, 500)));
     }
     let leader = one_leader(&replicas, Duration::from_secs(20)).await;
     let token = replicas[leader].terms()[0];
@@ -391,7 +412,18 @@ async fn minority_of_members_down_no_transition() {
     // Each member in turn, so that whichever one a client talks to goes down once.
     for i in 0..3 {
         cluster.kill(i).unwrap();
-        sleep(Duration::from_secs(3)).await;
+        // The leader renews through the other members (after etcd's own raft
+        // election, when the member was etcd's leader).
+        let before = mod_revision(&cluster, i, "/leaderelection/minority").await;
+        let started = Instant::now();
+        while mod_revision(&cluster, i, "/leaderelection/minority").await == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "no renewal with member {i} down"
+            );
+            sleep(Duration::from_millis(200)).await;
+        }
+        sleep(Duration::from_secs(2)).await;
         assert!(
             replicas[leader].is_leader(),
             "leader lost with member {i} down"
@@ -425,7 +457,7 @@ async fn frozen_member_no_transition() {
     let mut replicas = Vec::new();
     for id in ["a", "b"] {
         let l = lock(&cluster, "frozen-member", options()).await;
-        replicas.push(Replica::elector(id, l, timing(id, 8_000, 6_000, 500)));
+        replicas.push(Replica::elector(id, l, timing(id, 15_000, 10_000, 500)));
     }
     let leader = one_leader(&replicas, Duration::from_secs(20)).await;
     let token = replicas[leader].terms()[0];
@@ -434,7 +466,18 @@ async fn frozen_member_no_transition() {
     }
     for i in 0..3 {
         cluster.pause(i).unwrap();
-        sleep(Duration::from_secs(4)).await;
+        // The leader renews through the other members (after etcd's own raft
+        // election, when the member was etcd's leader).
+        let before = mod_revision(&cluster, i, "/leaderelection/frozen-member").await;
+        let started = Instant::now();
+        while mod_revision(&cluster, i, "/leaderelection/frozen-member").await == before {
+            assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "no renewal with member {i} frozen"
+            );
+            sleep(Duration::from_millis(200)).await;
+        }
+        sleep(Duration::from_secs(2)).await;
         assert!(
             replicas[leader].is_leader(),
             "leader lost with member {i} frozen"
@@ -822,6 +865,14 @@ fn child_candidate() {
         let options = EtcdOptions::new().native_lease(mode == "lease");
         let lock = EtcdLock::connect(&endpoints, options, name).await.unwrap();
         let elector = LeaderElector::new(lock, config).unwrap();
+        let mut events = elector.events();
+        tokio::spawn(async move {
+            while let Some(event) = events.recv().await {
+                if event == ElectionEvent::StoppedLeading {
+                    println!("STOPPED");
+                }
+            }
+        });
         tokio::select! {
             _ = elector.run(shutdown, child_work) => {}
             _ = limit => {}
@@ -946,25 +997,25 @@ async fn frozen_leader_knows_it_lost_before_acting() {
     child.drain();
     child.signal(libc::SIGCONT);
 
-    // Its first word after resuming: it finds its leadership expired (or lost), and
-    // never acts. (The elector aborts the work of a term whose lease ran out, so
-    // `LOST` may never come.)
-    let (first, before) = child.expect("", Duration::from_secs(10)).await;
-    assert!(before.is_empty());
-    let token = leading.trim_start_matches("LEADING ");
-    assert!(
-        first == format!("EXPIRED {token}") || first == format!("LOST {token}"),
-        "first line after resuming: {first:?}"
-    );
-    // It stands by now; the standby keeps leading.
+    // On resuming, the elector finds the term over and steps down. The work never acts:
+    // its leadership is no longer valid (it may print EXPIRED or LOST, or be aborted
+    // first, since the lease it ran under is over).
+    let (_, before) = child.expect("STOPPED", Duration::from_secs(10)).await;
     sleep(Duration::from_secs(2)).await;
-    let after = child.drain();
+    let after: Vec<String> = before.into_iter().chain(child.drain()).collect();
     assert!(
         !after
             .iter()
             .any(|l| l.starts_with("ACT") || l.starts_with("LEADING")),
         "the resumed process acted or led again: {after:?}"
     );
+    let token = leading.trim_start_matches("LEADING ");
+    for line in &after {
+        assert!(
+            *line == format!("EXPIRED {token}") || *line == format!("LOST {token}"),
+            "unexpected line after resuming: {line:?}"
+        );
+    }
     assert!(standby.is_leader());
     standby.stop().await;
 }
@@ -984,8 +1035,10 @@ async fn etcd_election_queues_candidates_by_create_revision() {
     let mut client = raw(&cluster).await;
     let mut replicas = Vec::new();
     let mut handles = Vec::new();
+    // A long session and renew deadline: anything faster than them is the protocol
+    // handing over, not a session expiring.
     for id in ["a", "b", "c"] {
-        let e = election(&cluster, "queue", fast(id)).await;
+        let e = election(&cluster, "queue", timing(id, 10_000, 6_000, 500)).await;
         handles.push(e.clone());
         replicas.push(Replica::election(id, e));
         // Join one after the other, so the queue order is known.
@@ -1016,7 +1069,7 @@ async fn etcd_election_queues_candidates_by_create_revision() {
     .await;
     let took = resigned_at.elapsed();
     assert!(
-        took < Duration::from_secs(2),
+        took < Duration::from_secs(4),
         "took {took:?} after a resignation"
     );
     assert!(replicas[0].terms()[0] > current.create_revision as u64);
@@ -1027,9 +1080,9 @@ async fn etcd_election_queues_candidates_by_create_revision() {
     let b_key = handles[1].current_leader().await.unwrap().unwrap();
     let revoked_at = Instant::now();
     client.lease_revoke(b_key.lease).await.unwrap();
-    timeout(Duration::from_secs(2), b_lost.cancelled())
+    timeout(Duration::from_secs(3), b_lost.cancelled())
         .await
-        .expect("b steps down at once");
+        .expect("b steps down at its next keep-alive");
     wait_until("c leads", Duration::from_secs(5), || {
         replicas[1].is_leader()
     })
@@ -1179,6 +1232,7 @@ async fn unreachable_and_malformed_endpoints_are_named() {
         .unwrap_err();
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     assert!(err.to_string().contains(&dead), "{err}");
+    eprintln!("unreachable: {err}");
 
     // One dead endpoint among live ones: connects, and works.
     let endpoints = [dead.clone(), cluster.endpoint(0)];
@@ -1246,6 +1300,7 @@ async fn tls_with_client_certificates() {
         .unwrap_err();
     assert!(matches!(err, LockError::Unavailable { .. }), "{err}");
     assert!(err.to_string().contains(&endpoint), "{err}");
+    eprintln!("wrong CA: {err}");
     // No client certificate: etcd refuses the handshake.
     let no_cert = EtcdOptions::new().ca_file(&certs.ca_file);
     let err = EtcdLock::connect(&[endpoint.as_str()], no_cert, "tls")
@@ -1302,6 +1357,7 @@ async fn user_and_password_with_expiring_tokens() {
     .unwrap_err();
     assert!(matches!(err, LockError::Forbidden { .. }), "{err}");
     assert!(err.to_string().contains("\"scheduler\""), "{err}");
+    eprintln!("wrong password: {err}");
     let err = EtcdLock::connect(&endpoints, EtcdOptions::new().user("nobody", "x"), "auth")
         .await
         .unwrap_err();

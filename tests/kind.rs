@@ -108,11 +108,14 @@ macro_rules! kind_test {
     ($name:ident, $kind:expr) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
-            let Some(cluster) = cluster(stringify!($name)).await else {
-                return;
-            };
-            all_scenarios(&cluster, $kind).await;
-            cleanup(&cluster).await;
+            bounded(stringify!($name), async {
+                let Some(cluster) = cluster(stringify!($name)).await else {
+                    return;
+                };
+                all_scenarios(&cluster, $kind).await;
+                cleanup(&cluster).await;
+            })
+            .await
         }
     };
 }
@@ -125,11 +128,14 @@ kind_test!(configmapsleases, ResourceLockKind::ConfigMapsLeases);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_from_endpoints_to_leases() {
-    let Some(cluster) = cluster("migration").await else {
-        return;
-    };
-    migration_never_has_two_leaders(&cluster, false).await;
-    cleanup(&cluster).await;
+    bounded("migration_from_endpoints_to_leases", async {
+        let Some(cluster) = cluster("migration").await else {
+            return;
+        };
+        migration_never_has_two_leaders(&cluster, false).await;
+        cleanup(&cluster).await;
+    })
+    .await
 }
 
 /// With `LEADERELECTION_SA_TOKEN` set (scripts/kind.sh sets it to a token of the
@@ -137,6 +143,7 @@ async fn migration_from_endpoints_to_leases() {
 /// the Lease the Role names: the RBAC rules in `deploy/` are enough, watch included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_rbac_is_enough_to_lead() {
+    bounded("deploy_rbac_is_enough_to_lead", async {
     let Some(cluster) = cluster("rbac").await else {
         return;
     };
@@ -187,6 +194,8 @@ async fn deploy_rbac_is_enough_to_lead() {
     a.stop().await;
     b.stop().await;
     drop(cluster);
+    })
+    .await
 }
 
 fn config_for(id: &str) -> leaderelection::Config {

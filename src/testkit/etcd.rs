@@ -1,11 +1,13 @@
 //! Real etcd processes on free loopback ports, for tests.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// How long a member may take to answer `/health` after it starts.
@@ -14,7 +16,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// An etcd cluster of one or more members, each a real `etcd` process with its own
 /// temporary data directory, listening on free loopback ports.
 ///
-/// Members are killed and the directories removed when the cluster is dropped.
+/// Members are killed and the directories removed when the cluster is dropped. The
+/// directories are on a RAM disk when there is one (`/dev/shm`), because etcd syncs
+/// every write to disk and a busy disk stalls it for seconds; set
+/// `LEADERELECTION_ETCD_DIR` to choose another place.
 /// `etcd` must be on `PATH` (Debian: `apt-get install etcd-server`); the error says
 /// so when it is not.
 ///
@@ -108,7 +113,7 @@ impl EtcdCluster {
     ///
     /// As [`start`](Self::start).
     pub fn start_with(size: usize, options: EtcdClusterOptions) -> io::Result<Self> {
-        let dir = std::env::temp_dir().join(format!(
+        let dir = data_root().join(format!(
             "leaderelection-etcd-{}-{}",
             std::process::id(),
             CLUSTERS.fetch_add(1, Ordering::SeqCst)
@@ -350,6 +355,21 @@ impl Drop for EtcdCluster {
     }
 }
 
+/// Where clusters keep their data: `LEADERELECTION_ETCD_DIR`, else `/dev/shm` when it
+/// is a writable directory, else the temporary directory.
+fn data_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("LEADERELECTION_ETCD_DIR") {
+        return PathBuf::from(dir);
+    }
+    let shm = Path::new("/dev/shm");
+    let writable = fs::metadata(shm).is_ok_and(|m| m.is_dir() && !m.permissions().readonly());
+    if writable {
+        shm.to_path_buf()
+    } else {
+        std::env::temp_dir()
+    }
+}
+
 /// Sends `sig` to process `pid`.
 ///
 /// # Errors
@@ -365,13 +385,27 @@ pub fn signal_pid(pid: u32, sig: libc::c_int) -> io::Result<()> {
     }
 }
 
-/// A loopback address with a port that was free a moment ago.
+/// A loopback address with a port that was free a moment ago, and that no earlier
+/// call in this process returned (the port is released before etcd binds it, and the
+/// kernel hands a released port out again readily: members of parallel tests must not
+/// be given the same one).
 ///
 /// # Errors
 ///
 /// When no port can be bound.
 pub fn free_port() -> io::Result<SocketAddr> {
-    TcpListener::bind("127.0.0.1:0")?.local_addr()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        if given.insert(addr.port()) {
+            return Ok(addr);
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        "no loopback port left that this process has not used",
+    ))
 }
 
 fn health(addr: SocketAddr) -> bool {

@@ -20,6 +20,17 @@ pub const RETRY: Duration = Duration::from_millis(500);
 /// How long any wait for a leader may take on a loaded machine.
 pub const PATIENCE: Duration = Duration::from_secs(30);
 
+/// The longest a whole test may take: past it the test fails, naming itself, instead
+/// of holding up the suite.
+pub const TEST_LIMIT: Duration = Duration::from_secs(240);
+
+/// Runs a test's body within [`TEST_LIMIT`].
+pub async fn bounded(test: &str, body: impl std::future::Future<Output = ()>) {
+    if timeout(TEST_LIMIT, body).await.is_err() {
+        panic!("{test} did not finish within {TEST_LIMIT:?}: something hangs");
+    }
+}
+
 pub fn init_tracing() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -114,8 +125,20 @@ impl Replica {
         config: Config,
         tracker: &Arc<Tracker>,
     ) -> Replica {
+        Self::start_with(lock, config, tracker, |_| {})
+    }
+
+    /// Like [`start_boxed`](Self::start_boxed), calling `before_run` with the elector
+    /// before it starts campaigning.
+    pub fn start_with(
+        lock: Box<dyn LeaseLock>,
+        config: Config,
+        tracker: &Arc<Tracker>,
+        before_run: impl FnOnce(&LeaderElector),
+    ) -> Replica {
         let identity = config.get_identity().to_owned();
         let elector = LeaderElector::from_boxed(lock, config).expect("valid config");
+        before_run(&elector);
         let shutdown = CancellationToken::new();
         let crash = CancellationToken::new();
         let run = tokio::spawn({
@@ -216,8 +239,16 @@ pub async fn never_two_leaders_for(tracker: &Tracker, d: Duration) {
 pub async fn lone_candidate_leads(cluster: &Cluster, kind: ResourceLockKind) {
     let name = cluster.name(&format!("{kind}-lone"));
     let tracker = Arc::new(Tracker::default());
-    let a = Replica::start(cluster.lock(kind, &name), config("a"), &tracker);
-    let mut events = a.elector.events();
+    let mut events = None;
+    let a = Replica::start_with(
+        Box::new(cluster.lock(kind, &name)),
+        config("a"),
+        &tracker,
+        |e| {
+            events = Some(e.events());
+        },
+    );
+    let mut events = events.expect("subscribed before the elector ran");
     wait_for("the lone candidate to lead", || a.is_leader()).await;
     let stored = cluster
         .lock(kind, &name)
@@ -228,10 +259,18 @@ pub async fn lone_candidate_leads(cluster: &Cluster, kind: ResourceLockKind) {
     assert_eq!(stored.record.holder_identity, "a", "{kind}");
     assert_eq!(stored.record.lease_duration_seconds, 3);
     assert!(stored.record.renew_time.is_some());
-    assert!(matches!(
-        events.recv().await,
-        Some(ElectionEvent::NewLeader(Some(_)) | ElectionEvent::StartedLeading { .. })
-    ));
+    // client-go's callbacks, in order: OnNewLeader(a), OnStartedLeading.
+    let first = timeout(PATIENCE, events.recv()).await.expect("an event");
+    assert_eq!(
+        first,
+        Some(ElectionEvent::NewLeader(Some("a".into()))),
+        "{kind}"
+    );
+    let second = timeout(PATIENCE, events.recv()).await.expect("an event");
+    assert!(
+        matches!(second, Some(ElectionEvent::StartedLeading { .. })),
+        "{kind}: {second:?}"
+    );
     a.stop().await;
     let stored = cluster.lock(kind, &name).get().await.unwrap().unwrap();
     assert!(
@@ -287,6 +326,7 @@ pub async fn release_gives_fast_takeover(cluster: &Cluster, kind: ResourceLockKi
     a.stop().await;
     wait_for("b to take over", || b.is_leader()).await;
     let takeover = start.elapsed();
+    eprintln!("{kind}: takeover {takeover:?} after the leader released");
     assert!(
         takeover < Duration::from_secs(10),
         "{kind}: takeover after release took {takeover:?}, as if the 20s lease had to run out"
@@ -309,6 +349,7 @@ pub async fn crashed_leader_is_replaced_after_its_lease(cluster: &Cluster, kind:
     a.crash().await;
     wait_for("b to take over", || b.is_leader()).await;
     let waited = start.elapsed();
+    eprintln!("{kind}: takeover {waited:?} after the leader crashed (lease {LEASE:?})");
     // a renewed at most a retry period before it crashed.
     assert!(
         waited + RETRY + Duration::from_millis(200) >= LEASE,

@@ -117,6 +117,9 @@ impl EventRecorder {
 
     /// Posts `became leader` and `stopped leading` as `elector` reports them, until
     /// the elector is dropped. Failures are logged.
+    ///
+    /// Call it before [`LeaderElector::run`]: it reports the changes from the moment
+    /// it is called.
     pub fn spawn(self, elector: &LeaderElector) -> JoinHandle<()> {
         let mut events = elector.events();
         tokio::spawn(async move {

@@ -188,7 +188,7 @@ pub enum UnknownResourceLock {
 ///
 /// # async fn run(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
 /// let lock = KubeLock::new(ResourceLockKind::EndpointsLeases, client, "kube-system", "kube-scheduler");
-/// assert_eq!(lock.describe_kind(), ResourceLockKind::EndpointsLeases);
+/// assert_eq!(lock.kind(), ResourceLockKind::EndpointsLeases);
 /// let elector = LeaderElector::new(lock, Config::new("kube-scheduler"))?;
 /// # let _ = elector; Ok(()) }
 /// ```
@@ -272,7 +272,7 @@ impl KubeLock {
     }
 
     /// Which kind of lock this is.
-    pub fn describe_kind(&self) -> ResourceLockKind {
+    pub fn kind(&self) -> ResourceLockKind {
         match self {
             Self::Lease(_) => ResourceLockKind::Leases,
             Self::Endpoints(_) => ResourceLockKind::Endpoints,

@@ -415,7 +415,7 @@ mod tests {
         let (old, new) = (MemoryStore::new(), MemoryStore::new());
         let multi = MultiLock::new(old.lock("e"), new.lock("e"));
         old.put_raw("e", "{garbage");
-        new.put_raw("e", &rec("x").to_json());
+        new.put_raw("e", rec("x").to_json());
         let Err(LockError::InvalidRecord {
             version: Some(v), ..
         }) = multi.get().await

@@ -49,6 +49,7 @@ pub(crate) fn records(lock: ObjectLock) -> WatchStream {
 
 struct State {
     lock: ObjectLock,
+    timeout_secs: Option<u32>,
     /// Where the next watch starts; `None` re-lists first.
     rv: Option<String>,
     events: Option<BoxStream<'static, Result<WatchEvent<Value>, kube::Error>>>,
@@ -64,8 +65,19 @@ pub(crate) fn objects(
     lock: ObjectLock,
     from: Option<String>,
 ) -> BoxStream<'static, Result<ObjectEvent, LockError>> {
+    objects_with_timeout(lock, from, None)
+}
+
+/// [`objects`] with each watch request asking the server to end it after
+/// `timeout_secs` (kube's default, 290s, when `None`).
+fn objects_with_timeout(
+    lock: ObjectLock,
+    from: Option<String>,
+    timeout_secs: Option<u32>,
+) -> BoxStream<'static, Result<ObjectEvent, LockError>> {
     let state = State {
         lock,
+        timeout_secs,
         rv: from,
         events: None,
         opened_at: Instant::now(),
@@ -114,7 +126,7 @@ impl State {
                         Err(e) => return self.fail(e),
                     }
                 };
-                match open(&self.lock, &rv).await {
+                match open(&self.lock, &rv, self.timeout_secs).await {
                     Ok(events) => {
                         self.events = Some(events);
                         self.opened_at = Instant::now();
@@ -128,12 +140,16 @@ impl State {
             match events.next().await {
                 Some(Ok(WatchEvent::Added(object) | WatchEvent::Modified(object))) => {
                     self.seen(resource_version(&object).map(str::to_owned));
-                    self.lock.remember(&object);
-                    return Some(Ok(ObjectEvent::Present(object)));
+                    if self.is_ours(&object) {
+                        self.lock.remember(&object);
+                        return Some(Ok(ObjectEvent::Present(object)));
+                    }
                 }
                 Some(Ok(WatchEvent::Deleted(object))) => {
                     self.seen(resource_version(&object).map(str::to_owned));
-                    return Some(Ok(ObjectEvent::Absent));
+                    if self.is_ours(&object) {
+                        return Some(Ok(ObjectEvent::Absent));
+                    }
                 }
                 Some(Ok(WatchEvent::Bookmark(bookmark))) => {
                     self.seen(Some(bookmark.metadata.resource_version));
@@ -167,6 +183,12 @@ impl State {
         self.relists = 0;
     }
 
+    /// Whether a watched object is the lock's: a server or proxy that ignored the
+    /// field selector must not make another object's record look like ours.
+    fn is_ours(&self, object: &Value) -> bool {
+        object.pointer("/metadata/name").and_then(Value::as_str) == Some(self.lock.name.as_str())
+    }
+
     /// The resourceVersion is too old for the server: list again.
     fn gone(&mut self) {
         self.events = None;
@@ -178,11 +200,14 @@ impl State {
 async fn open(
     lock: &ObjectLock,
     rv: &str,
+    timeout_secs: Option<u32>,
 ) -> Result<BoxStream<'static, Result<WatchEvent<Value>, kube::Error>>, Failure> {
     let object = lock.describe();
     let selector = format!("metadata.name={}", lock.name);
+    let mut params = WatchParams::default().fields(&selector);
+    params.timeout = timeout_secs;
     let req = Request::new(lock.collection_path())
-        .watch(&WatchParams::default().fields(&selector), rv)
+        .watch(&params, rv)
         .map_err(|e| {
             Failure::Other(LockError::unavailable(
                 super::BACKEND,
@@ -192,5 +217,54 @@ async fn open(
     match lock.client.request_events::<Value>(req).await {
         Ok(events) => Ok(events.boxed()),
         Err(e) => Err(classify("watch", &object, e)),
+    }
+}
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    use super::super::object::Kind;
+    use super::*;
+    use crate::lock::LeaseLock;
+    use crate::testkit::apiserver::ApiServer;
+    use crate::LeaderElectionRecord;
+
+    #[tokio::test]
+    async fn resumes_where_it_was_when_the_server_ends_a_watch() {
+        let server = ApiServer::start().await.unwrap();
+        let lock = ObjectLock::new(Kind::Lease, server.client(), "ns".into(), "x".into());
+        let writer = super::super::KubeLeaseLock::new(server.client(), "ns", "x");
+        let mut events = objects_with_timeout(lock, None, Some(2));
+        let first = tokio::time::timeout(Duration::from_secs(30), events.next()).await;
+        assert!(
+            matches!(first, Ok(Some(Ok(ObjectEvent::Absent)))),
+            "{first:?}"
+        );
+        // Polled all along, as the elector polls it, while the server ends two quiet
+        // watches.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(e) = events.next().await {
+                if tx.send(e).is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        assert!(rx.try_recv().is_err(), "nothing happened yet");
+        let record = LeaderElectionRecord {
+            holder_identity: "a".into(),
+            lease_duration_seconds: 15,
+            ..Default::default()
+        };
+        let v = writer.create(&record).await.unwrap();
+        match tokio::time::timeout(Duration::from_secs(30), rx.recv()).await {
+            Ok(Some(Ok(ObjectEvent::Present(o)))) => {
+                assert_eq!(resource_version(&o), Some(v.as_str()))
+            }
+            other => panic!("expected the created object, got {other:?}"),
+        }
+        let requests = server.requests();
+        assert!(requests.verb("watch") >= 3, "resumed: {requests:?}");
+        assert_eq!(requests.verb("list"), 1, "resumed without listing again");
     }
 }
