@@ -636,7 +636,7 @@ fn scale_section(plan: &Plan) -> String {
         "K",
         "CPU (cores)",
         "RSS",
-        "RSS live (after malloc_trim)",
+        "RSS after malloc_trim(0)",
         "of which runtime at start",
         "of which backend state",
         "electors (rest)",
@@ -672,7 +672,13 @@ fn scale_section(plan: &Plan) -> String {
                         procstat::fmt_mib(r.rss_base),
                         procstat::fmt_mib(r.rss_backend),
                         procstat::fmt_mib(rest),
-                        format!("{:.1} KiB", rest as f64 / 1024.0 / k as f64),
+                        // With few elections the rest is mostly fixed costs (threads, first
+                        // allocations), not a per-election figure.
+                        if k >= 100 {
+                            format!("{:.1} KiB", rest as f64 / 1024.0 / k as f64)
+                        } else {
+                            String::new()
+                        },
                         format!("{:.0}", r.requests_per_sec),
                         target,
                     ]);
