@@ -255,8 +255,13 @@ fn memory_make_lock() -> MakeLock {
     })
 }
 
+/// Where this run's file locks live; removed at the end of the run.
+fn file_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("leaderelection-bench-{}", std::process::id()))
+}
+
 fn file_make_lock() -> MakeLock {
-    let dir = std::env::temp_dir().join(format!("leaderelection-bench-{}", std::process::id()));
+    let dir = file_dir();
     Arc::new(move |name: String| {
         let dir = dir.clone();
         async move {
@@ -543,6 +548,7 @@ async fn run(plan: Plan) -> String {
         }
         out.push('\n');
     }
+    let _ = std::fs::remove_dir_all(file_dir());
     out.push_str(&format!(
         "Total run time: {:.0} s; load average at the end: {}.\n",
         started.elapsed().as_secs_f64(),
