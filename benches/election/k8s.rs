@@ -126,7 +126,8 @@ impl Library for KubeLeaseManager {
             });
             let abort_task = task.abort_handle();
             let abort_monitor = monitor.abort_handle();
-            let abort_observer = last_renewal.1;
+                        let abort_observer = last_renewal.1;
+            let stop_observer = abort_observer.clone();
             Ok(Replica {
                 leading,
                 last_renewal: last_renewal.0,
@@ -138,9 +139,10 @@ impl Library for KubeLeaseManager {
                     abort_monitor.abort();
                     abort_observer.abort();
                 }),
-                stopped: async move {
+                                stopped: async move {
                     let _ = monitor.await;
                     let _ = task.await;
+                    stop_observer.abort();
                 }
                 .boxed(),
             })
