@@ -243,7 +243,8 @@ impl LeaderElector {
     /// # Cancel safety
     ///
     /// Not cancel safe: dropping the future stops renewing without releasing and
-    /// without waiting for the work. Cancel `shutdown` instead.
+    /// without waiting for the work (the work's [`Leadership::lost`] still fires, at
+    /// once). Cancel `shutdown` instead.
     pub async fn run<F, Fut>(&self, shutdown: CancellationToken, mut on_started_leading: F)
     where
         F: FnMut(Leadership) -> Fut,
@@ -458,6 +459,9 @@ impl LeaderElector {
         } = acquired;
         let fencing_token = lock.fencing_token(&record, &version);
         let lost = CancellationToken::new();
+        // If this future is dropped (the caller's select!, an aborted task, a panic in
+        // a lock), the work, a task of its own, must still learn that nobody renews.
+        let _lost_on_drop = lost.clone().drop_guard();
         let (valid_tx, valid_rx) = watch::channel(sent_at + config.renew_deadline);
         let mut last_success = sent_at;
         self.renewed(sent_at);
@@ -524,7 +528,7 @@ impl LeaderElector {
                             next_renew = attempt_at + config.retry_period;
                         }
                         Err(RenewError::Lost(holder)) => {
-                            info!(new_leader = ?holder, "lease taken by another candidate");
+                            info!(new_leader = ?holder.as_deref().map(|h| truncate(h, 256)), "lease taken by another candidate");
                             break LeadOutcome::Lost;
                         }
                         Err(RenewError::Failed(e)) => {
@@ -698,7 +702,8 @@ impl LeaderElector {
                 new_leader = Some(leader.clone());
                 if let Some(l) = &leader {
                     if !is_leader && *l != self.shared.config.identity {
-                        info!(leader = %l, "new leader elected");
+                        // The identity comes from the store: quote only its start.
+                        info!(leader = %truncate(l, 256), "new leader elected");
                     }
                 }
             }

@@ -104,10 +104,26 @@ impl InvalidRecord {
     /// An error for `text`, keeping only its start.
     pub fn new(reason: impl Into<String>, text: &str) -> Self {
         Self {
-            reason: reason.into(),
+            reason: shorten(reason.into()),
             text: truncate(text, MAX_QUOTED).to_owned(),
         }
     }
+}
+
+/// Longest reason kept: parsers quote the bad value, which can be megabytes.
+const MAX_REASON: usize = 512;
+
+/// Keeps the start of a long reason and its end, which says where the error is.
+fn shorten(reason: String) -> String {
+    if reason.len() <= MAX_REASON {
+        return reason;
+    }
+    let head = truncate(&reason, MAX_REASON - 96);
+    let mut tail = reason.len() - 80;
+    while !reason.is_char_boundary(tail) {
+        tail += 1;
+    }
+    format!("{head} … {}", &reason[tail..])
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
@@ -135,9 +151,15 @@ where
 mod go_time {
     use super::*;
 
+    /// The earliest time RFC 3339 (and Go) can write: years have four digits.
+    fn year_zero() -> Timestamp {
+        Timestamp::from_second(-62_167_219_200).unwrap_or(Timestamp::MIN)
+    }
+
     pub fn serialize<S: Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
         match t {
-            Some(t) => s.collect_str(&GoTime(*t)),
+            // A time before year 0 cannot be written readably; write the earliest that can.
+            Some(t) => s.collect_str(&GoTime((*t).max(year_zero()))),
             None => s.serialize_none(),
         }
     }
@@ -146,10 +168,13 @@ mod go_time {
         match Option::<String>::deserialize(d)? {
             None => Ok(None),
             Some(s) if s.is_empty() => Ok(None),
-            Some(s) => s
-                .parse::<Timestamp>()
-                .map(Some)
-                .map_err(|e| serde::de::Error::custom(format!("bad time {s:?}: {e}"))),
+            Some(s) => match s.parse::<Timestamp>() {
+                Ok(t) if t < year_zero() => Err(serde::de::Error::custom(format!(
+                    "bad time {s:?}: years before 0 are not RFC 3339"
+                ))),
+                Ok(t) => Ok(Some(t)),
+                Err(e) => Err(serde::de::Error::custom(format!("bad time {s:?}: {e}"))),
+            },
         }
     }
 
@@ -231,6 +256,36 @@ mod tests {
         let e = LeaderElectionRecord::from_json(r#"{"renewTime":"yesterday"}"#).unwrap_err();
         assert!(e.reason.contains("yesterday"), "{e}");
         assert!(LeaderElectionRecord::from_json(r#"{"leaseDurationSeconds":1e99}"#).is_err());
+    }
+
+    #[test]
+    fn long_reasons_keep_their_start_and_end() {
+        let value = "é".repeat(5_000);
+        let json =
+            format!(r#"{{"leaseDurationSeconds":"{value}","acquireTime":null,"renewTime":null}}"#);
+        let e = LeaderElectionRecord::from_json(&json).unwrap_err();
+        assert!(e.reason.len() <= MAX_REASON, "{}", e.reason.len());
+        assert!(e.reason.starts_with("invalid type: string"), "{}", e.reason);
+        assert!(
+            e.reason.ends_with("expected i32 at line 1 column 10026"),
+            "{}",
+            e.reason
+        );
+    }
+
+    #[test]
+    fn years_before_zero_are_refused_and_never_written() {
+        let e = LeaderElectionRecord::from_json(
+            r#"{"acquireTime":"-000001-12-31T23:59:59Z","renewTime":null}"#,
+        )
+        .unwrap_err();
+        assert!(e.reason.contains("years before 0"), "{e}");
+        let r = LeaderElectionRecord {
+            renew_time: Some(Timestamp::MIN),
+            ..Default::default()
+        };
+        let back = LeaderElectionRecord::from_json(&r.to_json()).unwrap();
+        assert_eq!(back.renew_time, ts("0000-01-01T00:00:00Z"));
     }
 
     #[test]

@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, KeyValue,
-    Txn, TxnOp, TxnOpResponse, WatchOptions, WatchStream,
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, KeyValue, Txn, TxnOp,
+    TxnOpResponse, WatchOptions, WatchStream,
 };
 use futures::stream;
 use serde_json::Value;
@@ -67,10 +67,13 @@ impl EtcdStorage {
                 endpoints.join(",")
             ))
         };
-        let options = ConnectOptions::new()
-            .with_connect_timeout(REQUEST_TIMEOUT)
-            .with_timeout(REQUEST_TIMEOUT);
-        let client = Client::connect(endpoints, Some(options))
+        // The crate's etcd connection moves to another member when one stops answering,
+        // as kube-apiserver's client does; etcd-client's own balancing keeps sending
+        // requests to a dead member, so an API server would fail with it.
+        let options = crate::lock::etcd::EtcdOptions::new()
+            .connect_timeout(REQUEST_TIMEOUT)
+            .request_timeout(REQUEST_TIMEOUT);
+        let client = crate::lock::etcd::connect(endpoints, &options)
             .await
             .map_err(|e| cannot(&e))?;
         let storage = Self {
