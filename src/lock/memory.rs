@@ -38,8 +38,9 @@ pub struct MemoryStore {
 }
 
 /// Events a watcher may fall behind by before its stream reports an error (as a
-/// Kubernetes watch answers 410 Gone); the elector then reads afresh.
-const WATCH_BACKLOG: usize = 1024;
+/// Kubernetes watch answers 410 Gone); the elector then reads afresh. Each watched
+/// record holds a ring of this many slots, allocated up front.
+const WATCH_BACKLOG: usize = 64;
 
 type State = Option<(String, u64)>;
 
@@ -53,14 +54,16 @@ struct Inner {
 struct Key {
     current: State,
     // Every write is sent, none coalesced, as etcd and Kubernetes watches deliver them.
-    events: broadcast::Sender<State>,
+    // The channel exists only while someone watches, so that a process holding
+    // thousands of elections keeps no ring for records that nobody watches.
+    events: Option<broadcast::Sender<State>>,
 }
 
 impl Inner {
     fn key(&mut self, name: &str) -> &mut Key {
         self.keys.entry(name.to_owned()).or_insert_with(|| Key {
             current: None,
-            events: broadcast::channel(WATCH_BACKLOG).0,
+            events: None,
         })
     }
 
@@ -69,8 +72,12 @@ impl Inner {
         let rev = self.revision;
         let key = self.key(name);
         key.current = text.map(|t| (t, rev));
-        // No receivers is fine: nobody watches.
-        let _ = key.events.send(key.current.clone());
+        if let Some(events) = &key.events {
+            // Sending fails only when nobody watches any more: free the ring.
+            if events.send(key.current.clone()).is_err() {
+                key.events = None;
+            }
+        }
         rev
     }
 }
@@ -219,7 +226,13 @@ impl LeaseLock for MemoryLock {
     }
 
     fn watch(&self) -> Option<WatchStream> {
-        let rx = self.store.locked().key(&self.name).events.subscribe();
+        let rx = self
+            .store
+            .locked()
+            .key(&self.name)
+            .events
+            .get_or_insert_with(|| broadcast::channel(WATCH_BACKLOG).0)
+            .subscribe();
         let control = self.control.clone();
         Some(Box::pin(futures::stream::unfold(
             (rx, control, false),

@@ -1,0 +1,210 @@
+//! CPU and memory of one process holding K elections at the default timings, measured
+//! in a child process of its own so that nothing else counts.
+
+use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use leaderelection::{
+    Config, LeaderElectionRecord, LeaseLock, LockError, MemoryStore, Version, Versioned,
+    WatchStream,
+};
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::ours::spawn_elector;
+use crate::procstat;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScaleResult {
+    pub backend: String,
+    pub k: usize,
+    /// CPU seconds per wall-clock second over the window (1.0 = one core).
+    pub cores: f64,
+    pub rss: u64,
+    pub peak_rss: u64,
+    /// Resident memory of the runtime before anything was created.
+    pub rss_base: u64,
+    /// What the backend's own state added (the in-memory store's records and channels).
+    pub rss_backend: u64,
+    /// Resident memory after returning free heap pages to the kernel.
+    pub rss_trimmed: u64,
+    /// Lock requests per second over the window (renewals), as a check.
+    pub requests_per_sec: f64,
+    pub window_secs: f64,
+}
+
+/// Runs the child for `backend` with `k` elections and reads its result.
+pub fn measure(
+    backend: &str,
+    k: usize,
+    warmup: Duration,
+    window: Duration,
+) -> Result<ScaleResult, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let out = Command::new(exe)
+        .args([
+            "--scale-child",
+            backend,
+            &k.to_string(),
+            &warmup.as_secs_f64().to_string(),
+            &window.as_secs_f64().to_string(),
+        ])
+        .output()
+        .map_err(|e| format!("cannot start the scale child: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| {
+            format!(
+                "the scale child printed no result (status {}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
+    serde_json::from_str(line).map_err(|e| format!("bad scale result {line:?}: {e}"))
+}
+
+/// The child's side: hold `k` elections, wait until all lead, warm up, measure.
+pub fn child(args: &[String]) -> Result<(), String> {
+    let [backend, k, warmup, window] = args else {
+        return Err("usage: --scale-child BACKEND K WARMUP_SECS WINDOW_SECS".into());
+    };
+    let k: usize = k.parse().map_err(|e| format!("bad K: {e}"))?;
+    let warmup = Duration::from_secs_f64(warmup.parse().map_err(|e| format!("bad warmup: {e}"))?);
+    let window = Duration::from_secs_f64(window.parse().map_err(|e| format!("bad window: {e}"))?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let result = rt.block_on(hold(backend, k, warmup, window))?;
+    println!(
+        "{}",
+        serde_json::to_string(&result).map_err(|e| e.to_string())?
+    );
+    Ok(())
+}
+
+async fn hold(
+    backend: &str,
+    k: usize,
+    warmup: Duration,
+    window: Duration,
+) -> Result<ScaleResult, String> {
+    let mut replicas = Vec::with_capacity(k);
+    let requests = Arc::new(AtomicU64::new(0));
+    let rss_base = procstat::rss();
+    let store = MemoryStore::new();
+    if backend == "memory" {
+        // The store's own share: every record present before any elector runs.
+        let released = LeaderElectionRecord::default().to_json();
+        for i in 0..k {
+            store.put_raw(&format!("e{i}"), released.clone());
+        }
+    }
+    let rss_backend = procstat::rss();
+    let dir = std::env::temp_dir().join(format!("leaderelection-bench-{}", std::process::id()));
+    for i in 0..k {
+        let lock: Box<dyn LeaseLock> = match backend {
+            "memory" => Box::new(store.lock(format!("e{i}"))),
+            "file" => {
+                std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+                Box::new(leaderelection::FileLock::new(dir.join(format!("e{i}"))))
+            }
+            other => return Err(format!("unknown scale backend {other:?}")),
+        };
+        let lock = Counted {
+            inner: lock,
+            requests: requests.clone(),
+        };
+        let config = Config::new(format!("e{i}")).identity("scale");
+        replicas.push(spawn_elector(Box::new(lock), config, Default::default())?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for r in &mut replicas {
+        loop {
+            if r.leading.borrow().is_some() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("not every election was won within 60 s".into());
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), r.leading.changed()).await;
+        }
+    }
+    tokio::time::sleep(warmup).await;
+    let count = || requests.load(Ordering::Relaxed);
+    let (cpu0, wall0, req0) = (procstat::cpu_time(), Instant::now(), count());
+    tokio::time::sleep(window).await;
+    let (cpu1, wall1, req1) = (procstat::cpu_time(), Instant::now(), count());
+    let rss = procstat::rss();
+    let peak_rss = procstat::peak_rss();
+    // What is live, without the pages the allocator keeps after frees (the start-up
+    // burst of K campaigns frees much of what it allocated).
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe { libc::malloc_trim(0) };
+    let rss_trimmed = procstat::rss();
+    let wall = (wall1 - wall0).as_secs_f64();
+    for r in replicas {
+        (r.crash)();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(ScaleResult {
+        backend: backend.to_string(),
+        k,
+        cores: (cpu1 - cpu0).as_secs_f64() / wall,
+        rss,
+        peak_rss,
+        rss_base,
+        rss_backend: rss_backend.saturating_sub(rss_base),
+        rss_trimmed,
+        requests_per_sec: (req1 - req0) as f64 / wall,
+        window_secs: wall,
+    })
+}
+
+/// Counts the calls made to a lock (a watch counts once, when opened).
+#[derive(Debug)]
+struct Counted {
+    inner: Box<dyn LeaseLock>,
+    requests: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl LeaseLock for Counted {
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.get().await
+    }
+
+    async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.create(record).await
+    }
+
+    async fn update(
+        &self,
+        record: &LeaderElectionRecord,
+        expected: &Version,
+    ) -> Result<Version, LockError> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.update(record, expected).await
+    }
+
+    fn watch(&self) -> Option<WatchStream> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.watch()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+
+    fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
+        self.inner.fencing_token(record, version)
+    }
+}
