@@ -245,8 +245,9 @@ impl LeaderElector {
     /// Waits until this replica holds the lease, or `None` on shutdown.
     async fn campaign(&self, shutdown: &CancellationToken) -> Option<Acquired> {
         let lock = &*self.shared.lock;
-        let mut watch: Option<WatchStream> = lock.watch();
-        let can_watch = watch.is_some();
+        let mut watch: Option<WatchStream> = None;
+        // Until the lock answers `watch()` with None.
+        let mut can_watch = true;
         let mut rewatch_at: Option<Instant> = None;
         let mut obs: Option<Observation> = None;
         // Read the record before deciding, unless a watch event just told us.
@@ -280,6 +281,16 @@ impl LeaderElector {
 
             // Try to take the lease if it is free, expired or ours already.
             if let Some(wait_until) = self.expiry(o) {
+                if watch.is_none() && can_watch && rewatch_at.is_none() {
+                    // Watch only once someone else holds the lease: a candidate that
+                    // wins at once never opens one. Read again after opening, so a
+                    // change between the read and the opening is not missed.
+                    watch = lock.watch();
+                    can_watch = watch.is_some();
+                    if can_watch {
+                        continue;
+                    }
+                }
                 // Held by someone else: sleep until it expires or the record changes.
                 let wake = if watch.is_some() {
                     wait_until
@@ -294,9 +305,8 @@ impl LeaderElector {
                     _ = shutdown.cancelled() => return None,
                     _ = sleep_until(wake) => {
                         if rewatch_at.is_some_and(|t| t <= Instant::now()) {
+                            // Reopened on the next pass, after a read.
                             rewatch_at = None;
-                            watch = lock.watch();
-                            debug!("watch reopened");
                         } else if Instant::now() >= wait_until {
                             // Expired as observed: try at once with the cached version.
                             must_read = false;
