@@ -152,7 +152,14 @@ async fn hold(
     for r in replicas {
         (r.crash)();
     }
-    let _ = std::fs::remove_dir_all(&dir);
+    // File operations already on blocking threads finish after the crash and may
+    // write into the directory while it is being removed: try again until it is gone.
+    for _ in 0..20 {
+        if !dir.exists() || std::fs::remove_dir_all(&dir).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     Ok(ScaleResult {
         backend: backend.to_string(),
         k,
