@@ -231,6 +231,7 @@ mod tests {
             LeaderElectionRecord::from_json(r#"{"holderIdentity":"a","leaseDurationSeconds":15}"#)
                 .unwrap();
         assert_eq!((r.acquire_time, r.renew_time), (None, None));
+        assert!(LeaderElectionRecord::from_json("{}").unwrap().is_released());
     }
 
     #[test]
