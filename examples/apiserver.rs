@@ -1,7 +1,7 @@
 //! The Kubernetes API test server on its own, for kubectl and the example scheduler.
 //!
 //! ```text
-//! cargo run --features kube,testkit --example apiserver -- [--port 6443] [--auth] [--tls]
+//! cargo run -p leaderelection-examples --bin apiserver --features testkit -- [--port 6443] [--auth] [--tls]
 //!     [--kubeconfig /tmp/apiserver.kubeconfig] [--etcd http://127.0.0.1:2379,... [--prefix /registry]]
 //! ```
 //!
@@ -18,7 +18,7 @@
 
 use std::path::PathBuf;
 
-use leaderelection::testkit::apiserver::{ApiServer, ApiServerOptions};
+use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions};
 
 fn usage(problem: &str) -> ! {
     eprintln!("{problem}");

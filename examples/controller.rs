@@ -6,7 +6,7 @@
 //! lease is released after that, so a standby takes over at once.
 //!
 //! ```text
-//! cargo run --example controller --features kube
+//! cargo run -p leaderelection-examples --bin controller --features kube
 //! ```
 
 use std::convert::Infallible;

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests start
-# (etcd and etcdctl, protoc for etcd-client's build, kubectl), builds once, then runs
-# every test of every feature. Real etcd processes and the crate's Kubernetes API test
-# server are started by the tests themselves on loopback ports.
+# (etcd and etcdctl, protoc for etcd-client's build, kubectl, libfaketime), builds
+# once, then runs every test of every package of the workspace with every feature.
+# Real etcd processes and the test kit's Kubernetes API test server are started by
+# the tests themselves on loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,7 @@ command -v etcdctl >/dev/null || need+=(etcd-client)
 command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v openssl >/dev/null || need+=(openssl)
+command -v faketime >/dev/null || need+=(faketime)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=""
@@ -20,5 +22,5 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-cargo test --all-features --no-run
-cargo test --all-features
+cargo test --workspace --all-features --no-run
+cargo test --workspace --all-features

@@ -20,9 +20,10 @@
 //! | `file` | yes | [`FileLock`], a lock in a file for replicas on one host |
 //! | `etcd` | no | etcd locks on the `etcd-client` crate (needs `protoc` to build) |
 //! | `kube` | no | Kubernetes Lease, Endpoints, ConfigMap and Multi locks on the `kube` crate |
-//! | `testkit` | no | helpers that start etcd processes and a Kubernetes API test server |
 //!
-//! The in-memory lock, [`MemoryStore`], is always built.
+//! The in-memory lock, [`MemoryStore`], is always built. Test support (a Kubernetes
+//! API test server, real etcd clusters, a checker of elections) is the
+//! `leaderelection-testkit` crate.
 //!
 //! # Examples
 //!
@@ -58,9 +59,6 @@ mod leadership;
 pub mod lock;
 mod record;
 mod status;
-#[cfg(feature = "testkit")]
-#[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
-pub mod testkit;
 
 // README's examples compile and run as doctests.
 #[cfg(doctest)]

@@ -1,5 +1,5 @@
 //! The Kubernetes API test server, through the real `kube` client and `kubectl`.
-#![cfg(all(feature = "kube", feature = "testkit"))]
+#![cfg(feature = "kube")]
 
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::core::Status;
-use leaderelection::testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
+use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
 
 /// Generous bound for anything that should happen at once.
 const SOON: Duration = Duration::from_secs(10);
@@ -597,7 +597,7 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
 #[cfg(feature = "etcd")]
 mod etcd {
     use super::*;
-    use leaderelection::testkit::etcd::EtcdCluster;
+    use leaderelection_testkit::etcd::EtcdCluster;
 
     async fn cluster(size: usize) -> EtcdCluster {
         tokio::task::spawn_blocking(move || EtcdCluster::start(size))

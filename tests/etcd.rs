@@ -4,7 +4,7 @@
 //!
 //! Leader processes that are killed or frozen are this test binary itself, re-run as
 //! the `child_candidate` test with `LE_CHILD_*` variables set; they report on stdout.
-#![cfg(all(feature = "etcd", feature = "testkit"))]
+#![cfg(feature = "etcd")]
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader};
@@ -16,7 +16,7 @@ use futures::StreamExt;
 use leaderelection::lock::etcd::etcd_client::{Client, GetOptions};
 use leaderelection::lock::etcd::{connect, EtcdLock, EtcdOptions};
 use leaderelection::lock::etcd_election::EtcdElection;
-use leaderelection::testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions, TestCerts};
+use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions, TestCerts};
 use leaderelection::{
     Config, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, LockEvent,
     Version,
@@ -1225,7 +1225,7 @@ async fn unreachable_and_malformed_endpoints_are_named() {
     let cluster = start(1);
     let dead = format!(
         "http://{}",
-        leaderelection::testkit::etcd::free_port().unwrap()
+        leaderelection_testkit::etcd::free_port().unwrap()
     );
     let err = EtcdLock::connect(&[dead.as_str()], EtcdOptions::new(), "x")
         .await

@@ -4,7 +4,7 @@
 //!
 //! Locks are created in `LEADERELECTION_TEST_NAMESPACE` (default `default`) under
 //! names unique to the run, and deleted at the end.
-#![cfg(all(feature = "kube", feature = "testkit"))]
+#![cfg(feature = "kube")]
 
 mod kube_scenarios;
 

@@ -1,7 +1,7 @@
 //! The Kubernetes locks against the crate's API test server, through the real `kube`
 //! client: the election scenarios with every lock kind, the migration from Endpoints to
 //! Leases, RBAC, API server restarts, malformed records, watch, and client-go's bytes.
-#![cfg(all(feature = "kube", feature = "testkit"))]
+#![cfg(feature = "kube")]
 
 mod kube_scenarios;
 
@@ -16,7 +16,7 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use leaderelection::lock::kube::{
     ApiError, EventRecorder, KubeLeaseLock, KubeLock, ResourceLockKind, UNKNOWN_LEADER,
 };
-use leaderelection::testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
+use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
 use leaderelection::{
     ElectionEvent, LeaderElectionRecord, LeaseLock, LockError, LockEvent, Version,
     LEADER_ANNOTATION,
@@ -551,7 +551,7 @@ async fn malformed_annotation_is_a_clear_error_then_overwritten() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_lease_is_a_clear_error_then_overwritten() {
     bounded("malformed_lease_is_a_clear_error_then_overwritten", async {
-    use leaderelection::testkit::etcd::EtcdCluster;
+    use leaderelection_testkit::etcd::EtcdCluster;
     init_tracing();
     let etcd = tokio::task::spawn_blocking(|| EtcdCluster::start(1))
         .await

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use leaderelection::lock::etcd::{connect, EtcdOptions};
-use leaderelection::testkit::etcd::EtcdCluster;
+use leaderelection_testkit::etcd::EtcdCluster;
 use leaderelection::{
     Config, EtcdElection, EtcdLock, LeaderElectionRecord, LeaseLock, LockError, Version, Versioned,
     WatchStream,

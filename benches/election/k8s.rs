@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use leaderelection::lock::kube::KubeLeaseLock;
-use leaderelection::testkit::apiserver::{ApiServer, ApiServerOptions, User, ADMIN_TOKEN};
+use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, User, ADMIN_TOKEN};
 use leaderelection::{LeaseLock, LockEvent};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -212,7 +212,7 @@ pub async fn apply_supported(server: &ApiServer) -> Result<(), String> {
 
 /// Builds the peer program (`benches/peers`, a package of its own) and returns its path.
 pub fn build_peers() -> Result<PathBuf, String> {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/peers/Cargo.toml");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/Cargo.toml");
     let target = peers_target_dir()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);

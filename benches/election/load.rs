@@ -49,7 +49,7 @@ impl Count {
 
 /// What one snapshot reads once for every entry.
 struct Ctx {
-    kube: Option<leaderelection::testkit::apiserver::RequestStats>,
+    kube: Option<leaderelection_testkit::apiserver::RequestStats>,
 }
 
 impl Ctx {

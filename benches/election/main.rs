@@ -5,9 +5,9 @@
 //! Run (takes a few minutes; see docs/benchmarks.md):
 //!
 //! ```text
-//! cargo bench --bench election --all-features
-//! cargo bench --bench election --all-features -- --quick       # a fast smoke run
-//! cargo bench --bench election --all-features -- --only scale  # one section
+//! cargo bench -p leaderelection-bench --bench election
+//! cargo bench -p leaderelection-bench --bench election -- --quick       # a fast smoke run
+//! cargo bench -p leaderelection-bench --bench election -- --only scale  # one section
 //! ```
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it prints how to run it and
@@ -125,7 +125,7 @@ fn main() {
     }
     if !args.iter().any(|a| a == "--bench") {
         println!(
-            "the election benchmark runs only under `cargo bench --bench election --all-features`"
+            "the election benchmark runs only under `cargo bench -p leaderelection-bench --bench election`"
         );
         return;
     }
@@ -283,7 +283,7 @@ pub(crate) struct Env {
 }
 
 pub(crate) struct KubeEnv {
-    pub server: leaderelection::testkit::apiserver::ApiServer,
+    pub server: leaderelection_testkit::apiserver::ApiServer,
     /// The peer program, or why it is missing.
     pub peers: Result<std::path::PathBuf, String>,
     /// Why kube-lease-manager cannot run against the server, if it cannot.
@@ -417,7 +417,7 @@ impl Env {
         if let Some(k) = &self.kube {
             v.push((
                 KUBE.to_string(),
-                k8s::ours_make_lock(&k.server, leaderelection::testkit::apiserver::ADMIN_TOKEN),
+                k8s::ours_make_lock(&k.server, leaderelection_testkit::apiserver::ADMIN_TOKEN),
             ));
         }
         if let Some(e) = &self.etcd {

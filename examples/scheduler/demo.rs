@@ -251,7 +251,7 @@ impl Demo {
         }
         let _ = write!(
             s,
-            "\nTry it by hand: run `cargo run --example scheduler` in two terminals, then stop\n\
+            "\nTry it by hand: run `cargo run -p leaderelection-examples --bin scheduler` in two terminals, then stop\n\
              the ACTIVE one with Ctrl-C. `--help` lists the flags (kube-scheduler's)."
         );
         Ok(s)

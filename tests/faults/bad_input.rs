@@ -6,7 +6,7 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leaderelection::testkit::checker::Report;
+use leaderelection_testkit::checker::Report;
 use leaderelection::{ElectionEvent, LeaderElectionRecord, MAX_HONOURED_LEASE};
 use tokio::time::{sleep, Instant};
 

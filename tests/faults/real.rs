@@ -13,9 +13,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use leaderelection::lock::etcd::{EtcdLock, EtcdOptions};
 use leaderelection::lock::kube::KubeLeaseLock;
-use leaderelection::testkit::apiserver::{ApiServer, ApiServerOptions, Fault};
-use leaderelection::testkit::checker::{Interval, Report};
-use leaderelection::testkit::etcd::{signal_pid, EtcdCluster};
+use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault};
+use leaderelection_testkit::checker::{Interval, Report};
+use leaderelection_testkit::etcd::{signal_pid, EtcdCluster};
 use leaderelection::{LeaderElector, LeaseLock};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -669,7 +669,7 @@ async fn control_plane() -> Report {
         retry: Duration::from_secs(1),
         slack: Duration::from_secs(4),
     };
-    let checker = leaderelection::testkit::checker::Checker::new();
+    let checker = leaderelection_testkit::checker::Checker::new();
     let mut replicas: Vec<Replica> = servers
         .iter()
         .enumerate()

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
-use leaderelection::testkit::checker::Report;
+use leaderelection_testkit::checker::Report;
 use leaderelection::{LeaderElectionRecord, LeaseLock, LockError, Version, Versioned, WatchStream};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leaderelection::testkit::checker::{Checker, Report};
+use leaderelection_testkit::checker::{Checker, Report};
 use leaderelection::{Config, ElectionEvent, LeaderElector, LeaseLock, MemoryControl, MemoryStore};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;

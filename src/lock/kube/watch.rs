@@ -220,12 +220,12 @@ async fn open(
     }
 }
 
-#[cfg(all(test, feature = "testkit"))]
+#[cfg(test)]
 mod tests {
     use super::super::object::Kind;
     use super::*;
     use crate::lock::LeaseLock;
-    use crate::testkit::apiserver::ApiServer;
+    use leaderelection_testkit::apiserver::ApiServer;
     use crate::LeaderElectionRecord;
 
     #[tokio::test]

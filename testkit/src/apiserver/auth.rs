@@ -15,7 +15,7 @@ use super::status::ApiError;
 /// # Examples
 ///
 /// ```
-/// use leaderelection::testkit::apiserver::PolicyRule;
+/// use leaderelection_testkit::apiserver::PolicyRule;
 ///
 /// // What kube-scheduler's role allows on its lease.
 /// let rule = PolicyRule::new(["get", "update", "watch"], ["leases"])
@@ -90,7 +90,7 @@ impl PolicyRule {
 /// # Examples
 ///
 /// ```
-/// use leaderelection::testkit::apiserver::{PolicyRule, User};
+/// use leaderelection_testkit::apiserver::{PolicyRule, User};
 ///
 /// let reader = User::new("reader").allow(PolicyRule::new(["get", "list", "watch"], ["*"]));
 /// ```

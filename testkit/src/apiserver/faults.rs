@@ -22,7 +22,7 @@ enum Action {
 ///
 /// ```
 /// use std::time::Duration;
-/// use leaderelection::testkit::apiserver::Fault;
+/// use leaderelection_testkit::apiserver::Fault;
 ///
 /// let two_errors = Fault::error(500).times(2).for_verb("update");
 /// let slow_user = Fault::delay(Duration::from_millis(300)).for_user("scheduler-1");
@@ -133,7 +133,7 @@ pub(crate) struct Verdict {
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
 /// use std::time::Duration;
-/// use leaderelection::testkit::apiserver::{ApiServer, Fault};
+/// use leaderelection_testkit::apiserver::{ApiServer, Fault};
 ///
 /// let server = ApiServer::start().await?;
 /// server.faults().set_latency(Duration::from_millis(50));

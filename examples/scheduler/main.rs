@@ -6,9 +6,9 @@
 //! one active and one standby:
 //!
 //! ```text
-//! cargo run --example scheduler            # terminal 1: ACTIVE
-//! cargo run --example scheduler            # terminal 2: STANDBY
-//! cargo run --example scheduler -- --demo  # three replicas, a crash, a handover
+//! cargo run -p leaderelection-examples --bin scheduler            # terminal 1: ACTIVE
+//! cargo run -p leaderelection-examples --bin scheduler            # terminal 2: STANDBY
+//! cargo run -p leaderelection-examples --bin scheduler -- --demo  # three replicas, a crash, a handover
 //! ```
 //!
 //! Each replica prints one line per event on stdout (`<time> <identity> <EVENT>
@@ -28,11 +28,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
-#[path = "scheduler/demo.rs"]
 mod demo;
-#[path = "scheduler/flags.rs"]
 mod flags;
-#[path = "scheduler/http.rs"]
 mod http;
 
 use flags::{go, LockKind, Options, Parsed};
@@ -417,6 +414,6 @@ async fn kube_lock(kind: LockKind, _opts: &Options) -> Result<Box<dyn LeaseLock>
 fn not_built(kind: &str, feature: &str, note: &str) -> SetupError {
     SetupError::Usage(format!(
         "--leader-elect-resource-lock={kind}: this binary was built without the `{feature}` \
-         feature; run it with `cargo run --example scheduler --features {feature} -- ...`{note}"
+         feature; run it with `cargo run -p leaderelection-examples --bin scheduler --features {feature} -- ...`{note}"
     ))
 }

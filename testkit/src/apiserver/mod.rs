@@ -34,7 +34,7 @@
 //! ```no_run
 //! use k8s_openapi::api::coordination::v1::Lease;
 //! use kube::api::{Api, PostParams};
-//! use leaderelection::testkit::apiserver::ApiServer;
+//! use leaderelection_testkit::apiserver::ApiServer;
 //!
 //! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
 //! let server = ApiServer::start().await?;
@@ -120,7 +120,7 @@ pub enum StorageOptions {
 ///
 /// ```
 /// use std::time::Duration;
-/// use leaderelection::testkit::apiserver::{ApiServerOptions, PolicyRule, User};
+/// use leaderelection_testkit::apiserver::{ApiServerOptions, PolicyRule, User};
 ///
 /// let options = ApiServerOptions::new()
 ///     .token("scheduler-token", User::new("scheduler").allow(
@@ -278,7 +278,7 @@ impl ApiServer {
     ///
     /// ```no_run
     /// # async fn f() -> std::io::Result<()> {
-    /// let server = leaderelection::testkit::apiserver::ApiServer::start().await?;
+    /// let server = leaderelection_testkit::apiserver::ApiServer::start().await?;
     /// println!("serving at {}", server.url());
     /// # Ok(()) }
     /// ```

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::Leadership;
+use leaderelection::Leadership;
 
 /// How long after its validity ended a term's work may notice the loss before it
 /// counts as [noticed late](Interval::noticed_late). On the real clock the elector fires
@@ -38,7 +38,7 @@ pub const LATE_AFTER: Duration = Duration::from_millis(250);
 ///
 /// ```
 /// use std::time::Duration;
-/// use leaderelection::testkit::checker::Checker;
+/// use leaderelection_testkit::checker::Checker;
 /// use leaderelection::{Config, LeaderElector, MemoryStore};
 /// use tokio_util::sync::CancellationToken;
 ///
@@ -143,8 +143,9 @@ impl fmt::Display for Interval {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} (fencing token {}",
-            crate::record::truncate(&self.identity, 64),
+            // At most 64 characters: identities come from records anyone can write.
+            "{:.64} (fencing token {}",
+            self.identity,
             self.fencing_token
         )?;
         match self.end {
@@ -545,7 +546,7 @@ impl Report {
 /// # Examples
 ///
 /// ```
-/// use leaderelection::testkit::checker::{Checker, Summary};
+/// use leaderelection_testkit::checker::{Checker, Summary};
 ///
 /// let mut summary = Summary::default();
 /// summary.add("memory/leader-crash", &Checker::new().report());

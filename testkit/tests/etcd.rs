@@ -1,7 +1,6 @@
 //! The etcd test helper starts real clusters that survive losing a minority.
-#![cfg(feature = "testkit")]
 
-use leaderelection::testkit::etcd::EtcdCluster;
+use leaderelection_testkit::etcd::EtcdCluster;
 
 #[test]
 fn three_members_keep_quorum_with_one_down_and_rejoin() {

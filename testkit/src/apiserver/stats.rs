@@ -24,7 +24,7 @@ pub struct RequestKey {
 ///
 /// ```no_run
 /// # async fn f() -> std::io::Result<()> {
-/// use leaderelection::testkit::apiserver::ApiServer;
+/// use leaderelection_testkit::apiserver::ApiServer;
 ///
 /// let server = ApiServer::start().await?;
 /// let before = server.requests();

@@ -1,9 +1,6 @@
 //! The example scheduler, run as a newcomer runs it: separate processes, their output
 //! read line by line, their HTTP endpoints queried.
-//!
-//! Cargo builds examples for `cargo test`; this test finds the binary next to its own
-//! (`target/<profile>/examples/scheduler`).
-#![cfg(all(feature = "file", unix))]
+#![cfg(unix)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -12,53 +9,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-// The flag parser's own unit tests (Go durations, flag forms) run with this file.
-#[allow(dead_code)]
-#[path = "../examples/scheduler/flags.rs"]
-mod flags;
 
-/// The example binary, built with this test's features by the cargo running the
-/// test (`cargo test --test example` alone does not build examples), so the binary
-/// always matches the sources. An up-to-date build costs a fraction of a second.
+/// The scheduler binary: cargo builds a package's binaries, with the test's
+/// features, before its integration tests run.
 fn scheduler() -> PathBuf {
-    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let features: Vec<&str> = [
-                ("file", cfg!(feature = "file")),
-                ("etcd", cfg!(feature = "etcd")),
-                ("kube", cfg!(feature = "kube")),
-                ("testkit", cfg!(feature = "testkit")),
-            ]
-            .into_iter()
-            .filter_map(|(name, on)| on.then_some(name))
-            .collect();
-            let out = Command::new(env!("CARGO"))
-                .current_dir(env!("CARGO_MANIFEST_DIR"))
-                .args([
-                    "build",
-                    "--quiet",
-                    "--example",
-                    "scheduler",
-                    "--no-default-features",
-                ])
-                .args(["--features", &features.join(",")])
-                .output()
-                .expect("run cargo to build the example scheduler");
-            assert!(
-                out.status.success(),
-                "cargo build --example scheduler failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let exe = std::env::current_exe().expect("the test binary's path");
-            // target/<profile>/deps/example-<hash> -> target/<profile>/examples/scheduler
-            exe.parent()
-                .and_then(Path::parent)
-                .expect("the test binary lives in target/<profile>/deps")
-                .join("examples")
-                .join(format!("scheduler{}", std::env::consts::EXE_SUFFIX))
-        })
-        .clone()
+    PathBuf::from(env!("CARGO_BIN_EXE_scheduler"))
 }
 
 fn run_to_end(args: &[&str]) -> Output {

@@ -22,21 +22,16 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use futures::FutureExt;
-use leaderelection::testkit::checker::{Report, Summary};
+use leaderelection_testkit::checker::{Report, Summary};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 
-// The crate root is tests/faults.rs, so its modules live in tests/faults/.
-#[path = "faults/bad_input.rs"]
+// A folder test: the crate root is tests/faults/main.rs, its modules beside it.
 mod bad_input;
-#[path = "faults/proxy.rs"]
 mod proxy;
 #[cfg(all(feature = "etcd", feature = "kube"))]
-#[path = "faults/real.rs"]
 mod real;
-#[path = "faults/scenarios.rs"]
 mod scenarios;
-#[path = "faults/support.rs"]
 mod support;
 
 use support::{paused, Backend, Memory};

@@ -26,7 +26,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// # Examples
 ///
 /// ```no_run
-/// use leaderelection::testkit::etcd::EtcdCluster;
+/// use leaderelection_testkit::etcd::EtcdCluster;
 ///
 /// let mut cluster = EtcdCluster::start(3)?;
 /// let endpoints = cluster.endpoints(); // ["http://127.0.0.1:41235", ...]
@@ -48,7 +48,7 @@ pub struct EtcdCluster {
 /// # Examples
 ///
 /// ```no_run
-/// use leaderelection::testkit::etcd::{EtcdCluster, EtcdClusterOptions, TestCerts};
+/// use leaderelection_testkit::etcd::{EtcdCluster, EtcdClusterOptions, TestCerts};
 ///
 /// let dir = std::env::temp_dir().join("certs-for-my-test");
 /// let certs = TestCerts::generate(&dir)?;

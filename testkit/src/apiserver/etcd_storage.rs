@@ -70,10 +70,10 @@ impl EtcdStorage {
         // The crate's etcd connection moves to another member when one stops answering,
         // as kube-apiserver's client does; etcd-client's own balancing keeps sending
         // requests to a dead member, so an API server would fail with it.
-        let options = crate::lock::etcd::EtcdOptions::new()
+        let options = leaderelection::lock::etcd::EtcdOptions::new()
             .connect_timeout(REQUEST_TIMEOUT)
             .request_timeout(REQUEST_TIMEOUT);
-        let client = crate::lock::etcd::connect(endpoints, &options)
+        let client = leaderelection::lock::etcd::connect(endpoints, &options)
             .await
             .map_err(|e| cannot(&e))?;
         let storage = Self {

@@ -1,0 +1,26 @@
+//! Test support for [`leaderelection`]: real servers for tests of code that elects
+//! leaders, ours and yours.
+//!
+//! Everything here starts real processes or real servers on loopback ports and stops
+//! them when dropped, so tests exercise the same code paths as production:
+//!
+//! - [`apiserver`]: a Kubernetes API test server (Leases, Endpoints, ConfigMaps,
+//!   Events) that `kube::Client` and kubectl talk to over HTTP or TLS, with faults to
+//!   inject and objects in memory or in etcd;
+//! - [`etcd`]: clusters of real `etcd` processes, members killed, stopped and
+//!   restarted;
+//! - [`checker`]: watches an election under test and fails on two leaders at once.
+//!
+//! # Feature flags
+//!
+//! | feature | default | what it adds |
+//! | --- | --- | --- |
+//! | `kube` | yes | [`apiserver`], and the library's Kubernetes locks |
+//! | `etcd` | yes | the API test server's etcd storage, and the library's etcd locks (needs `protoc` to build) |
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(feature = "kube")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
+pub mod apiserver;
+pub mod checker;
+pub mod etcd;
