@@ -16,11 +16,11 @@ use futures::StreamExt;
 use leaderelection::lock::etcd::etcd_client::{Client, GetOptions};
 use leaderelection::lock::etcd::{connect, EtcdLock, EtcdOptions};
 use leaderelection::lock::etcd_election::EtcdElection;
-use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions, TestCerts};
 use leaderelection::{
     Config, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, LockEvent,
     Version,
 };
+use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions, TestCerts};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
@@ -1267,6 +1267,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
+#[cfg(feature = "etcd-tls")]
 #[tokio::test]
 async fn tls_with_client_certificates() {
     init_logs();

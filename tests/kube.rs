@@ -16,11 +16,11 @@ use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use leaderelection::lock::kube::{
     ApiError, EventRecorder, KubeLeaseLock, KubeLock, ResourceLockKind, UNKNOWN_LEADER,
 };
-use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
 use leaderelection::{
     ElectionEvent, LeaderElectionRecord, LeaseLock, LockError, LockEvent, Version,
     LEADER_ANNOTATION,
 };
+use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
 use tokio::time::{sleep, timeout, Instant};
 
 use kube_scenarios::*;

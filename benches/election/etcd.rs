@@ -12,11 +12,11 @@ use async_trait::async_trait;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use leaderelection::lock::etcd::{connect, EtcdOptions};
-use leaderelection_testkit::etcd::EtcdCluster;
 use leaderelection::{
     Config, EtcdElection, EtcdLock, LeaderElectionRecord, LeaseLock, LockError, Version, Versioned,
     WatchStream,
 };
+use leaderelection_testkit::etcd::EtcdCluster;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;

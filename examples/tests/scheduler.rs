@@ -9,7 +9,6 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-
 /// The scheduler binary: cargo builds a package's binaries, with the test's
 /// features, before its integration tests run.
 fn scheduler() -> PathBuf {

@@ -145,8 +145,7 @@ impl fmt::Display for Interval {
             f,
             // At most 64 characters: identities come from records anyone can write.
             "{:.64} (fencing token {}",
-            self.identity,
-            self.fencing_token
+            self.identity, self.fencing_token
         )?;
         match self.end {
             Some(end) => write!(f, ", led {:?})", end.saturating_duration_since(self.start)),

@@ -6,8 +6,8 @@ use std::io;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use leaderelection_testkit::checker::Report;
 use leaderelection::{ElectionEvent, LeaderElectionRecord, MAX_HONOURED_LEASE};
+use leaderelection_testkit::checker::Report;
 use tokio::time::{sleep, Instant};
 
 use crate::support::{check, Backend, Election, Memory};

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use jiff::{SignedDuration, Timestamp};
-use leaderelection_testkit::checker::Report;
 use leaderelection::{LeaderElectionRecord, LeaseLock, LockError, Version, Versioned, WatchStream};
+use leaderelection_testkit::checker::Report;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::{sleep, Instant};

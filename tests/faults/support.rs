@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leaderelection_testkit::checker::{Checker, Report};
 use leaderelection::{Config, ElectionEvent, LeaderElector, LeaseLock, MemoryControl, MemoryStore};
+use leaderelection_testkit::checker::{Checker, Report};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};

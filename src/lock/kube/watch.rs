@@ -225,8 +225,8 @@ mod tests {
     use super::super::object::Kind;
     use super::*;
     use crate::lock::LeaseLock;
-    use leaderelection_testkit::apiserver::ApiServer;
     use crate::LeaderElectionRecord;
+    use leaderelection_testkit::apiserver::ApiServer;
 
     #[tokio::test]
     async fn resumes_where_it_was_when_the_server_ends_a_watch() {
