@@ -27,7 +27,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 #[cfg(feature = "etcd-tls")]
 pub(super) type Tls = TlsOptions;
 #[cfg(not(feature = "etcd-tls"))]
-pub(super) type Tls = std::convert::Infallible;
+#[derive(Clone)]
+pub(super) enum Tls {}
 
 /// How to reach etcd and how [`EtcdLock`] stores its record.
 ///
