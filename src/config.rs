@@ -30,15 +30,30 @@ pub const JITTER_FACTOR: f64 = 1.2;
 /// config.validate()?;
 /// # Ok::<(), leaderelection::ConfigError>(())
 /// ```
+///
+/// The fields are public to read (`config.identity`), as in kube-runtime's
+/// `watcher::Config`; set them with the builder methods, and let
+/// [`LeaderElector::new`](crate::LeaderElector::new) validate the result.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
-    pub(crate) name: String,
-    pub(crate) identity: String,
-    pub(crate) lease_duration: Duration,
-    pub(crate) renew_deadline: Duration,
-    pub(crate) retry_period: Duration,
-    pub(crate) release_on_cancel: bool,
-    pub(crate) recampaign: bool,
+    /// The election name, for logs, metrics and health messages.
+    pub name: String,
+    /// This replica's identity, written as `holderIdentity`.
+    pub identity: String,
+    /// client-go's `LeaseDuration`: how long standbys wait after the last observed
+    /// renewal before taking over.
+    pub lease_duration: Duration,
+    /// client-go's `RenewDeadline`: how long the leader retries a failed renewal
+    /// before it steps down; leadership is valid this long after a renewal began.
+    pub renew_deadline: Duration,
+    /// client-go's `RetryPeriod`: how often the leader renews and a standby without
+    /// a watch polls.
+    pub retry_period: Duration,
+    /// client-go's `ReleaseOnCancel`.
+    pub release_on_cancel: bool,
+    /// Whether the elector campaigns again after losing leadership.
+    pub recampaign: bool,
 }
 
 impl Default for Config {
@@ -109,31 +124,6 @@ impl Config {
     pub fn recampaign(mut self, recampaign: bool) -> Self {
         self.recampaign = recampaign;
         self
-    }
-
-    /// The election name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// This replica's identity.
-    pub fn get_identity(&self) -> &str {
-        &self.identity
-    }
-
-    /// The lease duration.
-    pub fn get_lease_duration(&self) -> Duration {
-        self.lease_duration
-    }
-
-    /// The renew deadline.
-    pub fn get_renew_deadline(&self) -> Duration {
-        self.renew_deadline
-    }
-
-    /// The retry period.
-    pub fn get_retry_period(&self) -> Duration {
-        self.retry_period
     }
 
     /// Checks client-go's rules.

@@ -711,7 +711,7 @@ mod tests {
         assert_eq!(o.identity.as_deref(), Some("node-2"));
         assert_eq!(o.bind_address, IpAddr::from([0, 0, 0, 0]));
         assert_eq!((o.port, o.port_given), (0, true));
-        assert_eq!(o.config().get_identity(), "node-2");
+        assert_eq!(o.config().identity, "node-2");
         for (name, kind) in LockKind::ALL {
             let flag = format!("--leader-elect-resource-lock={name}");
             assert_eq!(run(&[flag.as_str()]).resource_lock, kind);

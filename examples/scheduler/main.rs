@@ -90,7 +90,7 @@ impl Out {
 async fn replica(opts: Options) -> ExitCode {
     let config = opts.config();
     let out = Out {
-        identity: config.get_identity().into(),
+        identity: config.identity.as_str().into(),
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signals(shutdown.clone(), out.clone(), opts.leader_elect));
@@ -250,7 +250,7 @@ impl Work {
 /// Prints who leads whenever that changes and it is not us.
 async fn report_leaders(elector: LeaderElector, out: Out) {
     let mut events = elector.events();
-    let me = elector.config().get_identity().to_owned();
+    let me = elector.config().identity.to_owned();
     while let Some(event) = events.recv().await {
         if let ElectionEvent::NewLeader(Some(leader)) = event {
             if leader != me {

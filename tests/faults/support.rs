@@ -156,7 +156,7 @@ pub struct Replica {
 
 impl Replica {
     pub fn start(lock: Box<dyn LeaseLock>, link: Link, config: Config, checker: &Checker) -> Self {
-        let id = config.get_identity().to_owned();
+        let id = config.identity.to_owned();
         let elector = LeaderElector::from_boxed(lock, config).expect("valid config");
         let events = Mutex::new(elector.events());
         let gate = Gate::default();

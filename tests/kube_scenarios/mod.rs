@@ -136,7 +136,7 @@ impl Replica {
         tracker: &Arc<Tracker>,
         before_run: impl FnOnce(&LeaderElector),
     ) -> Replica {
-        let identity = config.get_identity().to_owned();
+        let identity = config.identity.to_owned();
         let elector = LeaderElector::from_boxed(lock, config).expect("valid config");
         before_run(&elector);
         let shutdown = CancellationToken::new();
