@@ -54,6 +54,8 @@
 mod config;
 mod elector;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd_election;
 mod leadership;
 pub mod lock;
 mod record;
@@ -70,13 +72,13 @@ struct ReadmeDoctests;
 pub use config::{default_identity, Config, JITTER_FACTOR};
 pub use elector::{HealthError, LeaderElector, MAX_HONOURED_LEASE};
 pub use error::{BoxError, ConfigError, LockError};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use etcd_election::{EtcdElection, EtcdLeader};
 pub use leadership::Leadership;
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use lock::etcd::{EtcdLock, EtcdOptions};
-#[cfg(feature = "etcd")]
-#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
-pub use lock::etcd_election::EtcdElection;
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub use lock::file::FileLock;

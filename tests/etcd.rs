@@ -15,11 +15,10 @@ use std::time::Duration;
 use futures::StreamExt;
 use leaderelection::lock::etcd::etcd_client::{Client, GetOptions};
 use leaderelection::lock::etcd::{connect, EtcdLock, EtcdOptions};
-use leaderelection::lock::etcd_election::EtcdElection;
 use leaderelection::testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions, TestCerts};
 use leaderelection::{
-    Config, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, LockEvent,
-    Version,
+    Config, ElectionEvent, EtcdElection, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
+    LockEvent, Version,
 };
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;

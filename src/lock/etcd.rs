@@ -7,7 +7,7 @@
 //! or password is reported by name.
 //!
 //! etcd's own election protocol, the one `etcdctl elect` and Go's `concurrency`
-//! package speak, is [`EtcdElection`](crate::lock::etcd_election::EtcdElection).
+//! package speak, is [`EtcdElection`](crate::EtcdElection).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

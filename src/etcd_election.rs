@@ -29,10 +29,10 @@ use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
 
-use super::etcd::{is_lease_gone, map_error, BACKEND};
 use crate::config::Config;
 use crate::error::{ConfigError, LockError};
 use crate::leadership::Leadership;
+use crate::lock::etcd::{is_lease_gone, map_error, BACKEND};
 use crate::status::{ElectionEvent, Reporter, Status};
 
 /// The key that leads an etcd election: the candidate key with the lowest create
@@ -80,8 +80,7 @@ impl EtcdLeader {
 ///
 /// ```no_run
 /// use leaderelection::lock::etcd::{connect, EtcdOptions};
-/// use leaderelection::lock::etcd_election::EtcdElection;
-/// use leaderelection::Config;
+/// use leaderelection::{Config, EtcdElection};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
