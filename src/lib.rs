@@ -60,6 +60,7 @@ mod leadership;
 pub mod lock;
 mod record;
 mod status;
+mod term;
 #[cfg(feature = "testkit")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testkit")))]
 pub mod testkit;
@@ -70,7 +71,7 @@ pub mod testkit;
 struct ReadmeDoctests;
 
 pub use config::{default_identity, Config, JITTER_FACTOR};
-pub use elector::{HealthError, LeaderElector, MAX_HONOURED_LEASE};
+pub use elector::{LeaderElector, MAX_HONOURED_LEASE};
 pub use error::{BoxError, ConfigError, LockError};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
@@ -86,3 +87,4 @@ pub use lock::memory::{MemoryControl, MemoryLock, MemoryStore};
 pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
 pub use status::{ElectionEvent, Status};
+pub use term::HealthError;
