@@ -575,8 +575,7 @@ async fn health_check_fails_for_a_leader_whose_loop_is_stuck() {
     let store = MemoryStore::new();
     let a = LeaderElector::new(store.lock(NAME), config("a")).unwrap();
     let tolerance = Duration::from_secs(1);
-    let run = a.run(CancellationToken::new(), |l| async move { l.lost().await });
-    tokio::pin!(run);
+    let mut run = Box::pin(a.run(CancellationToken::new(), |l| async move { l.lost().await }));
     tokio::select! {
         _ = &mut run => panic!("run returned while leading"),
         _ = sleep(Duration::from_secs(30)) => {}

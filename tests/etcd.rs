@@ -1241,8 +1241,7 @@ async fn etcd_election_health_check_fails_for_a_leader_whose_loop_is_stuck() {
     // Session TTL 2s (lease), keep-alive every 0.5s.
     let e = election(&cluster, "stuck", timing("a", 2000, 1500, 500)).await;
     let tolerance = Duration::from_millis(500);
-    let run = e.run(CancellationToken::new(), |l| async move { l.lost().await });
-    tokio::pin!(run);
+    let mut run = Box::pin(e.run(CancellationToken::new(), |l| async move { l.lost().await }));
     tokio::select! {
         _ = &mut run => panic!("run returned while leading"),
         _ = async {
