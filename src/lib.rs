@@ -55,10 +55,13 @@
 mod config;
 mod elector;
 mod error;
+#[cfg(feature = "etcd")]
+mod etcd_election;
 mod leadership;
 pub mod lock;
 mod record;
 mod status;
+mod term;
 
 // README's examples compile and run as doctests.
 #[cfg(doctest)]
@@ -66,15 +69,15 @@ mod status;
 struct ReadmeDoctests;
 
 pub use config::{default_identity, Config, JITTER_FACTOR};
-pub use elector::{HealthError, LeaderElector, MAX_HONOURED_LEASE};
+pub use elector::{LeaderElector, MAX_HONOURED_LEASE};
 pub use error::{BoxError, ConfigError, LockError};
+#[cfg(feature = "etcd")]
+#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
+pub use etcd_election::{EtcdElection, EtcdLeader};
 pub use leadership::Leadership;
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use lock::etcd::{EtcdLock, EtcdOptions};
-#[cfg(feature = "etcd")]
-#[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
-pub use lock::etcd_election::EtcdElection;
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub use lock::file::FileLock;
@@ -82,3 +85,4 @@ pub use lock::memory::{MemoryControl, MemoryLock, MemoryStore};
 pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
 pub use status::{ElectionEvent, Status};
+pub use term::HealthError;

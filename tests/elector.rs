@@ -571,6 +571,104 @@ async fn health_check_fails_only_for_a_stuck_leader() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn health_check_fails_for_a_leader_whose_loop_is_stuck() {
+    let store = MemoryStore::new();
+    let a = LeaderElector::new(store.lock(NAME), config("a")).unwrap();
+    let tolerance = Duration::from_secs(1);
+    let mut run = Box::pin(a.run(CancellationToken::new(), |l| async move { l.lost().await }));
+    tokio::select! {
+        _ = &mut run => panic!("run returned while leading"),
+        _ = sleep(Duration::from_secs(30)) => {}
+    }
+    assert!(a.is_leader());
+    assert!(
+        a.check_health(tolerance).is_ok(),
+        "a renewing leader is healthy"
+    );
+
+    // From here on the loop is not polled, as under a blocked runtime: nothing renews,
+    // yet the replica still believes it leads.
+    sleep(Duration::from_secs(15) + tolerance + Duration::from_millis(1)).await;
+    assert!(a.is_leader());
+    let err = a
+        .check_health(tolerance)
+        .expect_err("a leader stuck past lease + tolerance is unhealthy");
+    assert_eq!(err.name, NAME);
+    assert!(err.since > Duration::from_secs(16));
+    drop(run);
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_run_fires_the_works_lost() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_secs(1)).await;
+    assert!(a.elector.is_leader());
+    // Only the run future goes; the work, a task of its own, stays until lost() fires.
+    a.task.abort();
+    let _ = a.task.await;
+    sleep(Duration::from_millis(1)).await;
+    assert!(
+        terms.lock().unwrap()[0].end.is_some(),
+        "the work's lost() fires when run's future is dropped"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_last_leader_seen_is_kept_after_stepping_down() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let a = Candidate::start(store.lock(NAME), config("a").recampaign(false), &terms);
+    let mut events = a.elector.events();
+    let status = a.elector.subscribe();
+    sleep(Duration::from_secs(1)).await;
+    assert!(a.elector.is_leader());
+
+    // Lost: renewals fail past the renew deadline; without recampaign, run returns.
+    a.control.set_unavailable(true);
+    tokio::time::timeout(Duration::from_secs(30), a.task)
+        .await
+        .expect("run returns after the loss without recampaign")
+        .unwrap();
+    assert!(!a.elector.is_leader());
+    assert_eq!(
+        a.elector.leader().as_deref(),
+        Some("a"),
+        "the last leader seen is kept"
+    );
+    assert_eq!(status.borrow().leader.as_deref(), Some("a"));
+    assert_eq!(
+        events.recv().await,
+        Some(ElectionEvent::NewLeader(Some("a".into())))
+    );
+    assert!(matches!(
+        events.recv().await,
+        Some(ElectionEvent::StartedLeading { .. })
+    ));
+    assert_eq!(events.recv().await, Some(ElectionEvent::StoppedLeading));
+    assert!(events.try_recv().is_err(), "no other change reported");
+
+    // Shut down: the lease is released, the last leader seen still reported.
+    a.control.set_unavailable(false);
+    let b = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_secs(1)).await;
+    assert!(b.elector.is_leader());
+    let elector = b.elector.clone();
+    b.stop().await;
+    assert!(!elector.is_leader());
+    assert_eq!(elector.leader().as_deref(), Some("a"));
+    assert!(store
+        .lock(NAME)
+        .get()
+        .await
+        .unwrap()
+        .unwrap()
+        .record
+        .is_released());
+}
+
+#[tokio::test(start_paused = true)]
 async fn hundred_candidates_with_random_crashes_never_overlap() {
     for seed in 0..3u64 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);

@@ -15,10 +15,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use leaderelection::lock::etcd::etcd_client::{Client, GetOptions};
 use leaderelection::lock::etcd::{connect, EtcdLock, EtcdOptions};
-use leaderelection::lock::etcd_election::EtcdElection;
 use leaderelection::{
-    Config, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, LockEvent,
-    Version,
+    Config, ElectionEvent, EtcdElection, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
+    LockEvent, Version,
 };
 use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions, TestCerts};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -1216,6 +1215,99 @@ async fn etcd_election_interoperates_with_etcdctl_elect() {
     })
     .await;
     go2.interrupt().await;
+}
+
+#[tokio::test]
+async fn etcd_election_dropping_run_fires_the_works_lost() {
+    let cluster = start(1);
+    let e = election(&cluster, "dropped", fast("a")).await;
+    let replica = Replica::election("a", e);
+    wait_until("a leads", Duration::from_secs(10), || replica.is_leader()).await;
+    let lost = replica.last_lost().unwrap();
+    assert!(!lost.is_cancelled());
+
+    // The run future goes (an aborted task, a caller's select!): the work, a task of
+    // its own, must learn at once that nobody keeps the session alive any more.
+    replica.task.abort();
+    let _ = replica.task.await;
+    timeout(Duration::from_secs(2), lost.cancelled())
+        .await
+        .expect("the work's lost() fires when run's future is dropped");
+}
+
+#[tokio::test]
+async fn etcd_election_health_check_fails_for_a_leader_whose_loop_is_stuck() {
+    let cluster = start(1);
+    // Session TTL 2s (lease), keep-alive every 0.5s.
+    let e = election(&cluster, "stuck", timing("a", 2000, 1500, 500)).await;
+    let tolerance = Duration::from_millis(500);
+    let mut run = Box::pin(e.run(CancellationToken::new(), |l| async move { l.lost().await }));
+    tokio::select! {
+        _ = &mut run => panic!("run returned while leading"),
+        _ = async {
+            wait_until("a leads", Duration::from_secs(10), || e.is_leader()).await;
+            // A few keep-alives: a leader that keeps its session alive is healthy.
+            sleep(Duration::from_secs(2)).await;
+        } => {}
+    }
+    assert!(e.is_leader());
+    assert!(
+        e.check_health(Duration::from_secs(5)).is_ok(),
+        "a leader keeping its session alive is healthy"
+    );
+
+    // From here on the loop is not polled, as under a blocked runtime: no keep-alive can
+    // be sent, however fast the machine, yet the replica still believes it leads.
+    sleep(Duration::from_millis(2000) + tolerance + Duration::from_millis(500)).await;
+    assert!(e.is_leader());
+    let err = e
+        .check_health(tolerance)
+        .expect_err("a leader stuck past lease + tolerance is unhealthy");
+    assert_eq!(err.name, "test");
+    assert!(err.since > Duration::from_millis(2000) + tolerance);
+    drop(run);
+}
+
+#[tokio::test]
+async fn etcd_election_keeps_the_last_leader_seen_after_stepping_down() {
+    let cluster = start(1);
+    let mut client = raw(&cluster).await;
+    let e = election(&cluster, "last", fast("a").recampaign(false)).await;
+    let status = e.subscribe();
+
+    // Lost: an operator deletes our key; the term ends and run returns.
+    let mut replica = Replica::election("a", e.clone());
+    wait_until("a leads", Duration::from_secs(10), || replica.is_leader()).await;
+    let key = e.current_leader().await.unwrap().unwrap().key;
+    client.delete(key, None).await.unwrap();
+    let Replica { task, .. } = &mut replica;
+    timeout(Duration::from_secs(10), task)
+        .await
+        .expect("run returns after the loss without recampaign")
+        .unwrap();
+    assert!(!e.is_leader());
+    assert_eq!(
+        e.leader().as_deref(),
+        Some("a"),
+        "the last leader seen is kept"
+    );
+    assert_eq!(status.borrow().leader.as_deref(), Some("a"));
+    let events = replica.drain_events();
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[0], ElectionEvent::NewLeader(Some("a".into())));
+    assert!(matches!(events[1], ElectionEvent::StartedLeading { .. }));
+    assert_eq!(events[2], ElectionEvent::StoppedLeading);
+
+    // Shut down: the session is revoked, the last leader seen still reported.
+    let replica = Replica::election("a", e.clone());
+    wait_until("a leads again", Duration::from_secs(10), || {
+        replica.is_leader()
+    })
+    .await;
+    replica.stop().await;
+    assert!(!e.is_leader());
+    assert_eq!(e.leader().as_deref(), Some("a"));
+    assert!(e.current_leader().await.unwrap().is_none(), "resigned");
 }
 
 // ---- endpoints, TLS and credentials ------------------------------------------

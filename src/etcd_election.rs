@@ -17,23 +17,21 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
+use async_trait::async_trait;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, KeyValue, PutOptions, SortOrder, SortTarget,
     Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
-use tokio::sync::{mpsc, watch};
-use tokio::task::JoinHandle;
 use tokio::time::{sleep_until, timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn};
 
-use super::etcd::{is_lease_gone, map_error, BACKEND};
 use crate::config::Config;
 use crate::error::{ConfigError, LockError};
 use crate::leadership::Leadership;
-use crate::status::{ElectionEvent, Reporter, Status};
+use crate::lock::etcd::{is_lease_gone, map_error, BACKEND};
+use crate::term::{observers, Core, Elected, Renewal, Term};
 
 /// The key that leads an etcd election: the candidate key with the lowest create
 /// revision under `<name>/`.
@@ -80,8 +78,7 @@ impl EtcdLeader {
 ///
 /// ```no_run
 /// use leaderelection::lock::etcd::{connect, EtcdOptions};
-/// use leaderelection::lock::etcd_election::EtcdElection;
-/// use leaderelection::Config;
+/// use leaderelection::{Config, EtcdElection};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
@@ -105,15 +102,14 @@ struct Shared {
     client: Client,
     name: String,
     prefix: String,
-    config: Config,
-    report: Reporter,
+    core: Core,
 }
 
 impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EtcdElection")
             .field("name", &self.name)
-            .field("config", &self.config)
+            .field("config", &self.core.config)
             .finish_non_exhaustive()
     }
 }
@@ -135,11 +131,6 @@ enum Turn {
     },
     Shutdown,
     SessionLost(String),
-}
-
-enum LeadOutcome {
-    Lost,
-    Shutdown,
 }
 
 enum KeepAliveError {
@@ -164,49 +155,26 @@ impl EtcdElection {
         name: impl Into<String>,
         config: Config,
     ) -> Result<Self, ConfigError> {
-        config.validate()?;
         let name = name.into();
-        let report = Reporter::new(&config.identity);
         Ok(Self {
             shared: Arc::new(Shared {
-                report,
+                core: Core::new(config)?,
                 client,
                 prefix: format!("{name}/"),
                 name,
-                config,
             }),
         })
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.shared.config
-    }
+    observers!(
+        "The value of the leader key last observed (this replica's identity when it \
+         leads, and the last leader seen after it steps down, until it reads the keys \
+         again)."
+    );
 
     /// The prefix of the candidate keys, `<name>/`.
     pub fn key_prefix(&self) -> &str {
         &self.shared.prefix
-    }
-
-    /// True while this replica leads.
-    pub fn is_leader(&self) -> bool {
-        self.shared.report.is_leader()
-    }
-
-    /// The value of the leader key last observed (this replica's identity when it
-    /// leads).
-    pub fn leader(&self) -> Option<String> {
-        self.shared.report.leader()
-    }
-
-    /// The current [`Status`], updated on every change.
-    pub fn subscribe(&self) -> watch::Receiver<Status> {
-        self.shared.report.subscribe()
-    }
-
-    /// Every change of leadership from now on, each reported once, in order.
-    pub fn events(&self) -> mpsc::UnboundedReceiver<ElectionEvent> {
-        self.shared.report.events()
     }
 
     /// Reads who leads now (Go's `Election.Leader`): the candidate key with the lowest
@@ -231,29 +199,31 @@ impl EtcdElection {
     /// # Cancel safety
     ///
     /// Not cancel safe: dropping the future stops keeping the session alive without
-    /// resigning. Cancel `shutdown` instead.
+    /// resigning and without waiting for the work (the work's [`Leadership::lost`]
+    /// still fires, at once). Cancel `shutdown` instead.
     pub async fn run<F, Fut>(&self, shutdown: CancellationToken, mut on_started_leading: F)
     where
         F: FnMut(Leadership) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let config = &self.shared.config;
+        let config = &self.shared.core.config;
         let span =
             info_span!("etcd_election", name = %self.shared.name, identity = %config.identity);
-        async {
-            info!(prefix = %self.shared.prefix, "starting etcd election");
-            while let Some((session, revision)) = self.campaign(&shutdown).await {
-                let outcome = self
-                    .lead(session, revision, &shutdown, &mut on_started_leading)
-                    .await;
-                if matches!(outcome, LeadOutcome::Shutdown) || !config.recampaign {
-                    break;
-                }
-            }
-            info!("etcd election stopped");
-        }
-        .instrument(span)
-        .await
+        let (this, shutdown) = (self, &shutdown);
+        let campaign = move || async move {
+            let (session, revision) = this.campaign(shutdown).await?;
+            Some(this.elected(session, revision))
+        };
+        self.shared
+            .core
+            .run(
+                span,
+                self.shared.prefix.clone(),
+                shutdown,
+                campaign,
+                &mut on_started_leading,
+            )
+            .await
     }
 
     // ---- candidate -----------------------------------------------------------
@@ -268,10 +238,7 @@ impl EtcdElection {
                 Ok(s) => s,
                 Err(e) => {
                     warn!(error = %e, "failed to join the etcd election; retrying");
-                    if !self
-                        .pause(self.shared.config.jittered_retry(), shutdown)
-                        .await
-                    {
+                    if !self.shared.core.back_off(shutdown).await {
                         return None;
                     }
                     continue;
@@ -287,10 +254,7 @@ impl EtcdElection {
                 Turn::SessionLost(why) => {
                     warn!(reason = %why, "lost the etcd session while waiting; joining again");
                     self.end_session(&session).await;
-                    if !self
-                        .pause(self.shared.config.jittered_retry(), shutdown)
-                        .await
-                    {
+                    if !self.shared.core.back_off(shutdown).await {
                         return None;
                     }
                 }
@@ -300,9 +264,11 @@ impl EtcdElection {
 
     /// Grants a session and puts this candidate's key (Go's `Campaign`, first half).
     async fn join(&self) -> Result<Session, LockError> {
-        let config = &self.shared.config;
+        let config = &self.shared.core.config;
         let sent = Instant::now();
         let resp = self
+            .shared
+            .core
             .call(async {
                 self.shared
                     .client
@@ -329,6 +295,8 @@ impl EtcdElection {
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
         let resp = match self
+            .shared
+            .core
             .call(async {
                 self.shared
                     .client
@@ -377,7 +345,7 @@ impl EtcdElection {
     /// Waits until no key created before ours is left (Go's `waitDeletes`), keeping
     /// the session alive meanwhile.
     async fn wait_turn(&self, session: &mut Session, shutdown: &CancellationToken) -> Turn {
-        let config = &self.shared.config;
+        let config = &self.shared.core.config;
         let mut watch: Option<etcd_client::WatchStream> = None;
         let mut next_keepalive = session.alive_since + config.retry_period;
         let mut read = true;
@@ -386,7 +354,10 @@ impl EtcdElection {
                 read = false;
                 match self.first_candidate().await {
                     Ok((leader, revision)) => {
-                        self.set_leader(leader.as_ref().map(|l| l.value.clone()), false);
+                        self.shared
+                            .core
+                            .report
+                            .set_leader(leader.as_ref().map(|l| l.value.clone()), false);
                         match leader {
                             Some(l) if l.key == session.key => {
                                 // Our turn. Lead from a fresh keep-alive, so the term
@@ -435,8 +406,8 @@ impl EtcdElection {
                 }
                 if read {
                     // Retry the read after a pause, with the keep-alive below.
-                    next_keepalive =
-                        next_keepalive.min(Instant::now() + self.shared.config.jittered_retry());
+                    next_keepalive = next_keepalive
+                        .min(Instant::now() + self.shared.core.config.jittered_retry());
                 }
             }
             tokio::select! {
@@ -477,160 +448,23 @@ impl EtcdElection {
 
     // ---- leader --------------------------------------------------------------
 
-    async fn lead<F, Fut>(
-        &self,
-        mut session: Session,
-        revision: i64,
-        shutdown: &CancellationToken,
-        on_started_leading: &mut F,
-    ) -> LeadOutcome
-    where
-        F: FnMut(Leadership) -> Fut,
-        Fut: Future<Output = ()> + Send + 'static,
-    {
-        let config = &self.shared.config;
-        let fencing_token = u64::try_from(session.create_revision).unwrap_or(0);
-        let lost = CancellationToken::new();
-        let (valid_tx, valid_rx) = watch::channel(session.alive_since + config.renew_deadline);
-        info!(fencing_token, key = %session.key, "elected, started leading");
-        self.set_leader(Some(config.identity.clone()), true);
-        self.emit(ElectionEvent::StartedLeading { fencing_token });
-        let leadership = Leadership::new(
-            config.identity.clone(),
-            fencing_token,
-            session.alive_since,
-            lost.clone(),
-            valid_rx,
-        );
-        let mut work: JoinHandle<()> = tokio::spawn(on_started_leading(leadership));
-        let mut work_done = false;
-        let mut stopping_since: Option<Instant> = None;
-        let mut next_keepalive = session.alive_since + config.retry_period;
-        // Our key deleted by anyone (an operator's `etcdctl del`, a revoke) ends the
-        // term at once.
-        let mut own = self.watch_own(&session.key, revision).await;
-
-        let outcome = loop {
-            let deadline = session.alive_since + config.renew_deadline;
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled(), if stopping_since.is_none() => {
-                    info!("shutting down: stopping the leader's work");
-                    lost.cancel();
-                    stopping_since = Some(Instant::now());
-                    if work_done {
-                        break LeadOutcome::Shutdown;
-                    }
-                }
-                res = &mut work, if !work_done => {
-                    work_done = true;
-                    if let Err(e) = res {
-                        error!(error = %e, "the leader's work panicked");
-                    }
-                    if stopping_since.is_some() {
-                        break LeadOutcome::Shutdown;
-                    }
-                }
-                _ = sleep_until(next_keepalive) => {
-                    if let Some(since) = stopping_since {
-                        if Instant::now() >= since + config.lease_duration {
-                            error!("the leader's work did not stop within the lease duration; aborting it and not resigning");
-                            work.abort();
-                            self.step_down(&lost, &mut work, work_done, session.alive_since).await;
-                            return LeadOutcome::Shutdown;
-                        }
-                    }
-                    let attempt_at = Instant::now();
-                    match timeout_at(deadline, self.keep_alive(&mut session)).await {
-                        Ok(Ok(())) => {
-                            valid_tx.send_replace(session.alive_since + config.renew_deadline);
-                            next_keepalive = session.alive_since + config.retry_period;
-                            if own.is_none() {
-                                own = self.recheck_own(&session.key).await;
-                                if matches!(own, Some(OwnKey::Gone)) {
-                                    info!("our election key was deleted; stepping down");
-                                    break LeadOutcome::Lost;
-                                }
-                            }
-                        }
-                        Ok(Err(KeepAliveError::Gone)) => {
-                            info!("the session lease expired or was revoked; stepping down");
-                            break LeadOutcome::Lost;
-                        }
-                        Ok(Err(KeepAliveError::Failed(e))) if attempt_at < deadline => {
-                            warn!(error = %e, "failed to keep the session alive; retrying");
-                            next_keepalive = (Instant::now() + config.retry_period).min(deadline);
-                        }
-                        Ok(Err(KeepAliveError::Failed(e))) => {
-                            error!(error = %e, "failed to keep the session alive within the renew deadline; stepping down");
-                            break LeadOutcome::Lost;
-                        }
-                        Err(_) => {
-                            error!("failed to keep the session alive within the renew deadline; stepping down");
-                            break LeadOutcome::Lost;
-                        }
-                    }
-                }
-                deleted = own_deleted(&mut own) => {
-                    if deleted {
-                        info!("our election key was deleted; stepping down");
-                        break LeadOutcome::Lost;
-                    }
-                    // The watch broke: checked again after the next keep-alive.
-                    own = None;
-                }
-            }
-        };
-
-        match outcome {
-            LeadOutcome::Shutdown => {
-                if config.release_on_cancel {
-                    // The work has stopped: resign so the next candidate leads at once.
-                    self.end_session(&session).await;
-                    info!("resigned");
-                }
-                self.step_down(&lost, &mut work, true, session.alive_since)
-                    .await;
-            }
-            LeadOutcome::Lost => {
-                self.step_down(&lost, &mut work, work_done, session.alive_since)
-                    .await;
-                // Whatever is left of the session goes, key included.
-                self.end_session(&session).await;
-            }
-        }
-        outcome
-    }
-
-    /// Ends a term: fires the token, waits for the work until the session could
-    /// expire, and publishes the change.
-    async fn step_down(
-        &self,
-        lost: &CancellationToken,
-        work: &mut JoinHandle<()>,
-        work_done: bool,
-        alive_since: Instant,
-    ) {
-        lost.cancel();
-        self.set_leader(None, false);
-        info!("stopped leading");
-        self.emit(ElectionEvent::StoppedLeading);
-        if work_done {
-            return;
-        }
-        let others_may_lead = alive_since + self.shared.config.lease_duration;
-        match timeout_at(others_may_lead, &mut *work).await {
-            Ok(Err(e)) if e.is_panic() => error!(error = %e, "the leader's work panicked"),
-            Ok(_) => {}
-            Err(_) => {
-                error!("the leader's work outlived its session; aborting it");
-                work.abort();
-            }
+    /// The term of the session whose key leads, as of the read at `revision`.
+    fn elected(&self, session: Session, revision: i64) -> Elected<SessionTerm<'_>> {
+        debug!(key = %session.key, "elected");
+        Elected {
+            fencing_token: u64::try_from(session.create_revision).unwrap_or(0),
+            acquired_at: session.alive_since,
+            term: SessionTerm {
+                election: self,
+                session,
+                own: OwnKey::From(revision),
+            },
         }
     }
 
-    /// A watch on our own key from just after `revision`.
-    async fn watch_own(&self, key: &str, revision: i64) -> Option<OwnKey> {
+    /// A watch on our own key from just after `revision`; `Unknown` when it cannot be
+    /// opened.
+    async fn watch_own(&self, key: &str, revision: i64) -> OwnKey {
         let options = WatchOptions::new().with_start_revision(revision + 1);
         match self
             .shared
@@ -639,17 +473,19 @@ impl EtcdElection {
             .watch(key, Some(options))
             .await
         {
-            Ok(w) => Some(OwnKey::Watching(Box::new(w))),
+            Ok(w) => OwnKey::Watching(Box::new(w)),
             Err(e) => {
                 debug!(error = %self.err("watch", e), "cannot watch our key; checking it after each keep-alive");
-                None
+                OwnKey::Unknown
             }
         }
     }
 
     /// Reads our key and watches it again from that read.
-    async fn recheck_own(&self, key: &str) -> Option<OwnKey> {
-        let resp = self
+    async fn recheck_own(&self, key: &str) -> OwnKey {
+        let read = self
+            .shared
+            .core
             .call(async {
                 self.shared
                     .client
@@ -658,13 +494,15 @@ impl EtcdElection {
                     .await
                     .map_err(|e| self.err("read", e))
             })
-            .await
-            .ok()?;
-        if resp.kvs().is_empty() {
-            return Some(OwnKey::Gone);
+            .await;
+        match read {
+            Err(_) => OwnKey::Unknown,
+            Ok(resp) if resp.kvs().is_empty() => OwnKey::Gone,
+            Ok(resp) => {
+                let revision = resp.header().map_or(0, |h| h.revision());
+                self.watch_own(key, revision).await
+            }
         }
-        let revision = resp.header().map_or(0, |h| h.revision());
-        self.watch_own(key, revision).await
     }
 
     // ---- requests ------------------------------------------------------------
@@ -676,6 +514,8 @@ impl EtcdElection {
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
         let resp = self
+            .shared
+            .core
             .call(async {
                 self.shared
                     .client
@@ -694,6 +534,8 @@ impl EtcdElection {
     async fn keep_alive(&self, session: &mut Session) -> Result<(), KeepAliveError> {
         let sent = Instant::now();
         let result = self
+            .shared
+            .core
             .call(async {
                 self.shared
                     .client
@@ -722,6 +564,8 @@ impl EtcdElection {
     /// until the session expires.
     async fn end_session(&self, session: &Session) {
         let result = self
+            .shared
+            .core
             .call(async {
                 self.shared
                     .client
@@ -738,6 +582,8 @@ impl EtcdElection {
 
     async fn revoke_quietly(&self, lease: i64) {
         let _ = self
+            .shared
+            .core
             .call(async {
                 self.shared
                     .client
@@ -749,39 +595,11 @@ impl EtcdElection {
             .await;
     }
 
-    /// One request, bounded by the renew deadline.
-    async fn call<T, E: From<LockError>>(
-        &self,
-        fut: impl Future<Output = Result<T, E>>,
-    ) -> Result<T, E> {
-        let limit = self.shared.config.renew_deadline;
-        tokio::time::timeout(limit, fut)
-            .await
-            .unwrap_or(Err(E::from(LockError::Timeout(limit))))
-    }
-
     fn err(&self, op: &str, e: etcd_client::Error) -> LockError {
         map_error(
             format!("failed to {op} etcd election {}", self.shared.name),
             e,
         )
-    }
-
-    // ---- helpers -------------------------------------------------------------
-
-    async fn pause(&self, d: Duration, shutdown: &CancellationToken) -> bool {
-        tokio::select! {
-            _ = shutdown.cancelled() => false,
-            _ = tokio::time::sleep(d) => true,
-        }
-    }
-
-    fn set_leader(&self, leader: Option<String>, is_leader: bool) {
-        self.shared.report.set_leader(leader, is_leader);
-    }
-
-    fn emit(&self, event: ElectionEvent) {
-        self.shared.report.emit(event);
     }
 }
 
@@ -793,15 +611,85 @@ impl From<LockError> for KeepAliveError {
 
 /// What the leader knows of its own key.
 enum OwnKey {
+    /// Not watched yet: to be watched from after this revision, the read that elected.
+    From(i64),
     Watching(Box<etcd_client::WatchStream>),
+    /// The watch broke or never opened: read again after the next keep-alive.
+    Unknown,
     Gone,
 }
 
+/// A term of an etcd election: kept by keep-alives on the session, ended early when our
+/// key is deleted, given up by revoking the session (which deletes the key).
+struct SessionTerm<'a> {
+    election: &'a EtcdElection,
+    session: Session,
+    own: OwnKey,
+}
+
+#[async_trait]
+impl Term for SessionTerm<'_> {
+    async fn renew(&mut self, deadline: Instant) -> Result<Instant, Renewal> {
+        let election = self.election;
+        match timeout_at(deadline, election.keep_alive(&mut self.session)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(KeepAliveError::Gone)) => {
+                info!("the session lease expired or was revoked");
+                return Err(Renewal::Lost(None));
+            }
+            Ok(Err(KeepAliveError::Failed(e))) => return Err(Renewal::Failed(e)),
+            Err(_) => {
+                let limit = election.shared.core.config.renew_deadline;
+                return Err(Renewal::Failed(LockError::Timeout(limit)));
+            }
+        }
+        if matches!(self.own, OwnKey::Unknown) {
+            self.own = election.recheck_own(&self.session.key).await;
+            if matches!(self.own, OwnKey::Gone) {
+                info!("our election key was deleted");
+                return Err(Renewal::Lost(None));
+            }
+        }
+        Ok(self.session.alive_since)
+    }
+
+    async fn lost_early(&mut self) -> Option<String> {
+        // Our key deleted by anyone (an operator's `etcdctl del`, a revoke) ends the
+        // term at once.
+        loop {
+            match &mut self.own {
+                OwnKey::From(revision) => {
+                    let revision = *revision;
+                    self.own = self.election.watch_own(&self.session.key, revision).await;
+                }
+                OwnKey::Watching(w) => {
+                    if own_deleted(w).await {
+                        info!("our election key was deleted");
+                        self.own = OwnKey::Gone;
+                        return None;
+                    }
+                    self.own = OwnKey::Unknown;
+                }
+                OwnKey::Unknown => std::future::pending::<()>().await,
+                OwnKey::Gone => return None,
+            }
+        }
+    }
+
+    async fn release(&mut self, _last_success: Instant) {
+        // The work has stopped: resign so the next candidate leads at once.
+        self.election.end_session(&self.session).await;
+        info!("resigned");
+    }
+
+    async fn abandon(&mut self) {
+        // Whatever is left of the session goes, key included.
+        self.election.end_session(&self.session).await;
+    }
+}
+
 /// Completes with true when our key is deleted, false when the watch breaks.
-async fn own_deleted(own: &mut Option<OwnKey>) -> bool {
-    let Some(OwnKey::Watching(w)) = own else {
-        return std::future::pending().await;
-    };
+async fn own_deleted(w: &mut etcd_client::WatchStream) -> bool {
     loop {
         match w.message().await {
             Ok(Some(resp)) if resp.canceled() => return false,
