@@ -40,6 +40,7 @@ use crate::{ElectionEvent, LeaderElector};
 #[derive(Clone)]
 pub struct EventRecorder {
     objects: Vec<ObjectLock>,
+    client: kube::Client,
     identity: String,
     component: String,
 }
@@ -85,6 +86,7 @@ impl EventRecorder {
                 .iter()
                 .map(|k| ObjectLock::new(*k, client.clone(), namespace.clone(), name.clone()))
                 .collect(),
+            client,
             identity: identity.into(),
             component: "leaderelection".to_owned(),
         }
@@ -144,9 +146,10 @@ impl EventRecorder {
         }
         let now = jiff::Timestamp::now();
         let time = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let resource = object.kind.resource();
         let mut involved = json!({
-            "apiVersion": object.kind.api_version(),
-            "kind": object.kind.kind(),
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
             "namespace": object.namespace,
             "name": object.name,
         });
@@ -177,8 +180,7 @@ impl EventRecorder {
         let req = Request::new(format!("/api/v1/namespaces/{}/events", object.namespace))
             .create(&PostParams::default(), body)
             .map_err(|e| LockError::unavailable(BACKEND, format!("create {target}: {e}")))?;
-        object
-            .client
+        self.client
             .request::<Value>(req)
             .await
             .map(drop)

@@ -23,8 +23,9 @@
 //! `resourceVersion`, which kube-apiserver takes from etcd's revision: it grows with
 //! every write, so it is also the fencing token.
 //!
-//! Standbys follow the object with a Kubernetes watch (field selector on its name),
-//! resumed from the last `resourceVersion` seen and re-listed after 410 Gone.
+//! Standbys follow the object with kube-runtime's watcher (a list, then a watch, with
+//! a field selector on its name), resumed from the last `resourceVersion` seen when
+//! the server ends a watch.
 //!
 //! # RBAC
 //!
