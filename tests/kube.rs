@@ -1107,3 +1107,40 @@ async fn events_say_who_became_leader_and_who_stopped() {
     })
     .await
 }
+
+/// A MultiLock's events go on both of its objects, and a repeat updates the earlier
+/// event instead of failing or adding one.
+#[tokio::test]
+async fn multilock_events_go_on_both_objects() {
+    bounded("multilock_events_go_on_both_objects", async {
+        let (_server, cluster) = server().await;
+        let lock = cluster.lock(ResourceLockKind::EndpointsLeases, "both-evented");
+        lock.create(&rec("pod-a")).await.unwrap();
+        let recorder = EventRecorder::new(
+            ResourceLockKind::EndpointsLeases,
+            cluster.client.clone(),
+            NS,
+            "both-evented",
+            "pod-a",
+        );
+        recorder.record("became leader").await.unwrap();
+        recorder.record("became leader").await.unwrap();
+        let events: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
+        let mut kinds: Vec<_> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some("both-evented"))
+            .map(|e| {
+                assert_eq!(e.message.as_deref(), Some("pod-a became leader"));
+                assert!(e.involved_object.uid.is_some(), "{e:?}");
+                e.involved_object.kind.unwrap_or_default()
+            })
+            .collect();
+        kinds.sort();
+        assert_eq!(kinds, ["Endpoints", "Lease"]);
+    })
+    .await
+}

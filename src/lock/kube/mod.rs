@@ -32,7 +32,8 @@
 //! A replica needs `get`, `update`, `list` and `watch` on the named object and
 //! `create` on the resource (RBAC cannot restrict `create` by name); a Role and a
 //! RoleBinding are in `deploy/`. Without `list` and `watch` the lock still works, by
-//! polling every retry period. [`EventRecorder`] needs `create` on `events`.
+//! polling every retry period. [`EventRecorder`] needs `create` and `patch` on
+//! `events.k8s.io` `events`.
 //!
 //! # Examples
 //!
