@@ -859,42 +859,78 @@ async fn standby_follows_by_watch_without_polling() {
     .await
 }
 
-/// A watch that starts from a resourceVersion the server no longer keeps gets 410
-/// Gone, lists again, and reports the current record.
+/// A watch opened when the lock's last read is older than the server's watch history
+/// lists first, so it reports the current record instead of failing with 410 Gone.
 #[tokio::test]
-async fn watch_relists_after_410_gone() {
-    bounded("watch_relists_after_410_gone", async {
-        init_tracing();
-        let server = ApiServer::start_with(ApiServerOptions::new().watch_history(3))
-            .await
-            .unwrap();
-        let writer = KubeLeaseLock::new(server.client(), NS, "old");
-        let watcher = KubeLeaseLock::new(server.client(), NS, "old");
-        let mut v = writer.create(&rec("w0")).await.unwrap();
-        let seen = watcher.get().await.unwrap().unwrap();
-        for i in 1..=10 {
-            v = writer.update(&rec(&format!("w{i}")), &v).await.unwrap();
-        }
-        // The watcher's last seen version is ten writes old.
-        let mut w = watcher.watch().unwrap();
-        match timeout(PATIENCE, w.next()).await.unwrap() {
-            Some(Ok(LockEvent::Changed(got))) => {
-                assert_eq!(got.version, v);
-                assert_eq!(got.record.holder_identity, "w10");
-                assert_ne!(got.version, seen.version);
+async fn watch_opened_after_many_writes_reports_the_current_record() {
+    bounded(
+        "watch_opened_after_many_writes_reports_the_current_record",
+        async {
+            init_tracing();
+            let server = ApiServer::start_with(ApiServerOptions::new().watch_history(3))
+                .await
+                .unwrap();
+            let writer = KubeLeaseLock::new(server.client(), NS, "old");
+            let watcher = KubeLeaseLock::new(server.client(), NS, "old");
+            let mut v = writer.create(&rec("w0")).await.unwrap();
+            let seen = watcher.get().await.unwrap().unwrap();
+            for i in 1..=10 {
+                v = writer.update(&rec(&format!("w{i}")), &v).await.unwrap();
             }
-            other => panic!("expected the current record, got {other:?}"),
-        }
-        // And it goes on following.
-        let v2 = writer.update(&rec("after"), &v).await.unwrap();
-        match timeout(PATIENCE, w.next()).await.unwrap() {
-            Some(Ok(LockEvent::Changed(got))) => assert_eq!(got.version, v2),
-            other => panic!("{other:?}"),
-        }
-        let relists = server.requests().count_where(|k| k.verb == "list");
-        assert_eq!(relists, 1, "one list after the 410");
-    })
+            // The watcher's last seen version is ten writes old.
+            let mut w = watcher.watch().unwrap();
+            match timeout(PATIENCE, w.next()).await.unwrap() {
+                Some(Ok(LockEvent::Changed(got))) => {
+                    assert_eq!(got.version, v);
+                    assert_eq!(got.record.holder_identity, "w10");
+                    assert_ne!(got.version, seen.version);
+                }
+                other => panic!("expected the current record, got {other:?}"),
+            }
+            // And it goes on following.
+            let v2 = writer.update(&rec("after"), &v).await.unwrap();
+            match timeout(PATIENCE, w.next()).await.unwrap() {
+                Some(Ok(LockEvent::Changed(got))) => assert_eq!(got.version, v2),
+                other => panic!("{other:?}"),
+            }
+            let lists = server.requests().count_where(|k| k.verb == "list");
+            assert_eq!(lists, 1, "one list");
+        },
+    )
     .await
+}
+
+/// A quiet watch outlives the server's watch timeouts: the watch is reopened from
+/// where it was, without listing again, and still reports the next change. The clock
+/// is paused so that the server's 290 second timeouts pass at once.
+#[tokio::test(start_paused = true)]
+async fn watch_resumes_where_it_was_when_the_server_ends_it() {
+    init_tracing();
+    let server = ApiServer::start().await.unwrap();
+    let writer = KubeLeaseLock::new(server.client(), NS, "quiet");
+    let mut w = KubeLeaseLock::new(server.client(), NS, "quiet")
+        .watch()
+        .unwrap();
+    assert!(matches!(w.next().await, Some(Ok(LockEvent::Deleted))));
+    // Polled all along, as the elector polls it, while the server ends two watches.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(e) = w.next().await {
+            if tx.send(e).is_err() {
+                return;
+            }
+        }
+    });
+    sleep(Duration::from_secs(700)).await;
+    assert!(rx.try_recv().is_err(), "nothing happened yet");
+    let v = writer.create(&rec("a")).await.unwrap();
+    match rx.recv().await {
+        Some(Ok(LockEvent::Changed(got))) => assert_eq!(got.version, v),
+        other => panic!("expected the created lease, got {other:?}"),
+    }
+    let requests = server.requests();
+    assert!(requests.verb("watch") >= 3, "resumed: {requests:?}");
+    assert_eq!(requests.verb("list"), 1, "resumed without listing again");
 }
 
 #[tokio::test]
@@ -1047,6 +1083,11 @@ async fn events_say_who_became_leader_and_who_stopped() {
         assert_eq!(became.reason.as_deref(), Some("LeaderElection"));
         assert_eq!(became.type_.as_deref(), Some("Normal"));
         assert_eq!(became.involved_object.kind.as_deref(), Some("Lease"));
+        assert_eq!(
+            became.reporting_component.as_deref(),
+            Some("test-scheduler")
+        );
+        assert_eq!(became.reporting_instance.as_deref(), Some("pod-a"));
         let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), NS);
         let uid = leases.get("evented").await.unwrap().metadata.uid;
         assert_eq!(
@@ -1063,6 +1104,43 @@ async fn events_say_who_became_leader_and_who_stopped() {
             assert!(start.elapsed() < PATIENCE, "no stopped-leading event");
             sleep(Duration::from_millis(50)).await;
         }
+    })
+    .await
+}
+
+/// A MultiLock's events go on both of its objects, and a repeat updates the earlier
+/// event instead of failing or adding one.
+#[tokio::test]
+async fn multilock_events_go_on_both_objects() {
+    bounded("multilock_events_go_on_both_objects", async {
+        let (_server, cluster) = server().await;
+        let lock = cluster.lock(ResourceLockKind::EndpointsLeases, "both-evented");
+        lock.create(&rec("pod-a")).await.unwrap();
+        let recorder = EventRecorder::new(
+            ResourceLockKind::EndpointsLeases,
+            cluster.client.clone(),
+            NS,
+            "both-evented",
+            "pod-a",
+        );
+        recorder.record("became leader").await.unwrap();
+        recorder.record("became leader").await.unwrap();
+        let events: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
+        let mut kinds: Vec<_> = events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter(|e| e.involved_object.name.as_deref() == Some("both-evented"))
+            .map(|e| {
+                assert_eq!(e.message.as_deref(), Some("pod-a became leader"));
+                assert!(e.involved_object.uid.is_some(), "{e:?}");
+                e.involved_object.kind.unwrap_or_default()
+            })
+            .collect();
+        kinds.sort();
+        assert_eq!(kinds, ["Endpoints", "Lease"]);
     })
     .await
 }

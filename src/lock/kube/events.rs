@@ -3,24 +3,28 @@
 
 use std::fmt;
 
-use kube::core::params::PostParams;
-use kube::core::Request;
-use serde_json::{json, Value};
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
 use super::object::{Kind, ObjectLock};
-use super::{classify, ResourceLockKind, BACKEND};
+use super::{classify, ResourceLockKind};
 use crate::error::LockError;
 use crate::{ElectionEvent, LeaderElector};
 
-/// Posts a v1 Event with reason `LeaderElection` on the lock's objects whenever this
+/// Posts an Event with reason `LeaderElection` on the lock's objects whenever this
 /// replica starts or stops leading, with client-go's messages: `<identity> became
 /// leader`, `<identity> stopped leading`. For `endpointsleases` and
 /// `configmapsleases` the event goes on both objects, as client-go's MultiLock does.
 ///
+/// Events go through kube-runtime's [`Recorder`] as `events.k8s.io/v1` Events
+/// (`kubectl get events` and `kubectl describe` show them like client-go's core/v1
+/// ones); a repeat within minutes updates the earlier event's series.
+///
 /// Events are informational: a failure to post one is logged and never affects the
-/// election. The service account needs `create` on `events`.
+/// election. The service account needs `create` and `patch` on `events` in the
+/// `events.k8s.io` group.
 ///
 /// # Examples
 ///
@@ -40,8 +44,10 @@ use crate::{ElectionEvent, LeaderElector};
 #[derive(Clone)]
 pub struct EventRecorder {
     objects: Vec<ObjectLock>,
+    client: kube::Client,
     identity: String,
     component: String,
+    recorder: Recorder,
 }
 
 impl fmt::Debug for EventRecorder {
@@ -80,21 +86,28 @@ impl EventRecorder {
             ResourceLockKind::ConfigMapsLeases => &[Kind::ConfigMap, Kind::Lease],
         };
         let (namespace, name) = (namespace.into(), name.into());
+        let objects = kinds
+            .iter()
+            .map(|k| ObjectLock::new(*k, client.clone(), namespace.clone(), name.clone()))
+            .collect();
+        let identity = identity.into();
+        let component = "leaderelection".to_owned();
         Self {
-            objects: kinds
-                .iter()
-                .map(|k| ObjectLock::new(*k, client.clone(), namespace.clone(), name.clone()))
-                .collect(),
-            identity: identity.into(),
-            component: "leaderelection".to_owned(),
+            recorder: recorder(&client, &component, &identity),
+            objects,
+            client,
+            identity,
+            component,
         }
     }
 
-    /// The component named as the event's source (`source.component` and
-    /// `reportingComponent`), such as `kube-scheduler`. Default `leaderelection`.
+    /// The component named as the event's source (`reportingController`, shown as
+    /// `reportingComponent` in core/v1), such as `kube-scheduler`. Default
+    /// `leaderelection`.
     #[must_use]
     pub fn component(mut self, component: impl Into<String>) -> Self {
         self.component = component.into();
+        self.recorder = recorder(&self.client, &self.component, &self.identity);
         self
     }
 
@@ -142,46 +155,39 @@ impl EventRecorder {
             // is still posted, just not shown there.
             let _ = object.fetch().await;
         }
-        let now = jiff::Timestamp::now();
-        let time = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-        let mut involved = json!({
-            "apiVersion": object.kind.api_version(),
-            "kind": object.kind.kind(),
-            "namespace": object.namespace,
-            "name": object.name,
-        });
-        if let Some(uid) = object.last_seen_uid() {
-            involved["uid"] = Value::String(uid);
-        }
-        let event = json!({
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {
-                // client-go's recorder names events `<object>.<unix nanos in hex>`.
-                "name": format!("{}.{:x}", object.name, now.as_nanosecond()),
-                "namespace": object.namespace,
-            },
-            "involvedObject": involved,
-            "reason": "LeaderElection",
-            "message": format!("{} {action}", self.identity),
-            "type": "Normal",
-            "source": { "component": self.component },
-            "reportingComponent": self.component,
-            "reportingInstance": self.identity,
-            "firstTimestamp": time,
-            "lastTimestamp": time,
-            "count": 1,
-        });
-        let target = format!("events/{}", object.namespace);
-        let body = serde_json::to_vec(&event).map_err(|e| LockError::unavailable(BACKEND, e))?;
-        let req = Request::new(format!("/api/v1/namespaces/{}/events", object.namespace))
-            .create(&PostParams::default(), body)
-            .map_err(|e| LockError::unavailable(BACKEND, format!("create {target}: {e}")))?;
-        object
-            .client
-            .request::<Value>(req)
+        let resource = object.kind.resource();
+        let regarding = ObjectReference {
+            api_version: Some(resource.api_version),
+            kind: Some(resource.kind),
+            namespace: Some(object.namespace.clone()),
+            name: Some(object.name.clone()),
+            uid: object.last_seen_uid(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "LeaderElection".to_owned(),
+            note: Some(format!("{} {action}", self.identity)),
+            // The recorder folds repeats of one action into a series, so each message
+            // is its own action: a stop must not count as one more start.
+            action: action.to_owned(),
+            secondary: None,
+        };
+        self.recorder
+            .publish(&event, &regarding)
             .await
-            .map(drop)
-            .map_err(|e| classify("create", &target, e).into_error())
+            .map_err(|e| {
+                classify("create", &format!("events/{}", object.namespace), e).into_error()
+            })
     }
+}
+
+fn recorder(client: &kube::Client, component: &str, identity: &str) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: component.to_owned(),
+            instance: Some(identity.to_owned()),
+        },
+    )
 }

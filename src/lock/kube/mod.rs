@@ -23,15 +23,17 @@
 //! `resourceVersion`, which kube-apiserver takes from etcd's revision: it grows with
 //! every write, so it is also the fencing token.
 //!
-//! Standbys follow the object with a Kubernetes watch (field selector on its name),
-//! resumed from the last `resourceVersion` seen and re-listed after 410 Gone.
+//! Standbys follow the object with kube-runtime's watcher (a list, then a watch, with
+//! a field selector on its name), resumed from the last `resourceVersion` seen when
+//! the server ends a watch.
 //!
 //! # RBAC
 //!
 //! A replica needs `get`, `update`, `list` and `watch` on the named object and
 //! `create` on the resource (RBAC cannot restrict `create` by name); a Role and a
 //! RoleBinding are in `deploy/`. Without `list` and `watch` the lock still works, by
-//! polling every retry period. [`EventRecorder`] needs `create` on `events`.
+//! polling every retry period. [`EventRecorder`] needs `create` and `patch` on
+//! `events.k8s.io` `events`.
 //!
 //! # Examples
 //!

@@ -1,17 +1,19 @@
 //! One lock object on the API server: reading, creating and replacing it, and the
 //! objects recently seen, which updates start from.
 //!
-//! Objects are kept as JSON values rather than typed structs so that a PUT sends back
-//! every field the server returned, including fields newer than this crate's
-//! Kubernetes types, and so that a malformed object is reported with its version
-//! instead of failing to parse whole.
+//! Requests go through `Api<DynamicObject>` rather than `Api<Lease>` and the like, and
+//! objects are kept as JSON values, so that a PUT sends back every field the server
+//! returned, including fields newer than this crate's Kubernetes types (all but
+//! `metadata`, which is typed and stable), and so that a malformed record is reported
+//! with its version instead of failing to parse whole.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use kube::core::params::{GetParams, ListParams, PostParams};
-use kube::core::Request;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints};
+use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{json, Value};
 
 use super::{annotation, classify, lease, Failure, BACKEND};
@@ -32,18 +34,11 @@ pub(crate) enum Kind {
 }
 
 impl Kind {
-    pub(crate) fn api_version(self) -> &'static str {
+    pub(crate) fn resource(self) -> ApiResource {
         match self {
-            Kind::Lease => "coordination.k8s.io/v1",
-            Kind::Endpoints | Kind::ConfigMap => "v1",
-        }
-    }
-
-    pub(crate) fn kind(self) -> &'static str {
-        match self {
-            Kind::Lease => "Lease",
-            Kind::Endpoints => "Endpoints",
-            Kind::ConfigMap => "ConfigMap",
+            Kind::Lease => ApiResource::erase::<Lease>(&()),
+            Kind::Endpoints => ApiResource::erase::<Endpoints>(&()),
+            Kind::ConfigMap => ApiResource::erase::<ConfigMap>(&()),
         }
     }
 
@@ -53,14 +48,6 @@ impl Kind {
             Kind::Endpoints => "endpoints",
             Kind::ConfigMap => "configmaps",
         }
-    }
-
-    fn collection_path(self, namespace: &str) -> String {
-        let group = match self {
-            Kind::Lease => "/apis/coordination.k8s.io/v1",
-            Kind::Endpoints | Kind::ConfigMap => "/api/v1",
-        };
-        format!("{group}/namespaces/{namespace}/{}", self.plural())
     }
 
     /// The record an object holds.
@@ -89,7 +76,7 @@ pub(crate) fn resource_version(object: &Value) -> Option<&str> {
 /// namespace and name.
 #[derive(Clone)]
 pub(crate) struct ObjectLock {
-    pub(crate) client: kube::Client,
+    pub(crate) api: Api<DynamicObject>,
     pub(crate) kind: Kind,
     pub(crate) namespace: String,
     pub(crate) name: String,
@@ -109,7 +96,7 @@ impl fmt::Debug for ObjectLock {
 impl ObjectLock {
     pub(crate) fn new(kind: Kind, client: kube::Client, namespace: String, name: String) -> Self {
         Self {
-            client,
+            api: Api::namespaced_with(client, &namespace, &kind.resource()),
             kind,
             namespace,
             name,
@@ -120,25 +107,6 @@ impl ObjectLock {
     /// `leases/kube-system/kube-scheduler`.
     pub(crate) fn describe(&self) -> String {
         format!("{}/{}/{}", self.kind.plural(), self.namespace, self.name)
-    }
-
-    /// `/apis/coordination.k8s.io/v1/namespaces/<namespace>/leases` and the like.
-    pub(crate) fn collection_path(&self) -> String {
-        self.kind.collection_path(&self.namespace)
-    }
-
-    fn request(&self) -> Request {
-        Request::new(self.collection_path())
-    }
-
-    fn build_error(&self, verb: &'static str, e: kube::core::request::Error) -> LockError {
-        LockError::unavailable(
-            BACKEND,
-            format!(
-                "{verb} {}: could not build the request: {e}",
-                self.describe()
-            ),
-        )
     }
 
     fn seen(&self) -> MutexGuard<'_, VecDeque<Value>> {
@@ -169,14 +137,6 @@ impl ObjectLock {
             .cloned()
     }
 
-    /// The resourceVersion seen last, where a watch resumes.
-    pub(crate) fn last_seen_version(&self) -> Option<String> {
-        self.seen()
-            .back()
-            .and_then(resource_version)
-            .map(str::to_owned)
-    }
-
     /// The metadata.uid of the object seen last.
     pub(crate) fn last_seen_uid(&self) -> Option<String> {
         self.seen()
@@ -186,57 +146,15 @@ impl ObjectLock {
 
     /// The object, or `None` when it does not exist.
     pub(crate) async fn fetch(&self) -> Result<Option<Value>, LockError> {
-        let req = self
-            .request()
-            .get(&self.name, &GetParams::default())
-            .map_err(|e| self.build_error("get", e))?;
-        match self.client.request::<Value>(req).await {
-            Ok(object) => {
+        match self.api.get_opt(&self.name).await {
+            Ok(Some(object)) => {
+                let object = to_value(object)?;
                 self.remember(&object);
                 Ok(Some(object))
             }
-            Err(e) => match classify("get", &self.describe(), e) {
-                Failure::NotFound(_) => Ok(None),
-                other => Err(other.into_error()),
-            },
+            Ok(None) => Ok(None),
+            Err(e) => Err(classify("get", &self.describe(), e).into_error()),
         }
-    }
-
-    /// The object (if any) and the list's resourceVersion, to start a watch from.
-    pub(crate) async fn list(&self) -> Result<(Option<Value>, String), LockError> {
-        let selector = format!("metadata.name={}", self.name);
-        let req = self
-            .request()
-            .list(&ListParams::default().fields(&selector))
-            .map_err(|e| self.build_error("list", e))?;
-        let mut list = self
-            .client
-            .request::<Value>(req)
-            .await
-            .map_err(|e| classify("list", &self.describe(), e).into_error())?;
-        let rv = list
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .ok_or_else(|| {
-                LockError::unavailable(
-                    BACKEND,
-                    format!(
-                        "list {}: the answer has no metadata.resourceVersion",
-                        self.describe()
-                    ),
-                )
-            })?;
-        let object = match list.get_mut("items").map(Value::take) {
-            Some(Value::Array(items)) => items
-                .into_iter()
-                .find(|o| o.pointer("/metadata/name").and_then(Value::as_str) == Some(&self.name)),
-            _ => None,
-        };
-        if let Some(o) = &object {
-            self.remember(o);
-        }
-        Ok((object, rv))
     }
 
     /// The record an object holds, at the object's version.
@@ -265,19 +183,19 @@ impl ObjectLock {
 
     /// POSTs a new object holding `record`.
     pub(crate) async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
+        let resource = self.kind.resource();
         let mut object = json!({
-            "apiVersion": self.kind.api_version(),
-            "kind": self.kind.kind(),
+            "apiVersion": resource.api_version,
+            "kind": resource.kind,
             "metadata": { "name": self.name, "namespace": self.namespace },
         });
         self.kind.encode(&mut object, record);
-        let body = serde_json::to_vec(&object).map_err(|e| LockError::unavailable(BACKEND, e))?;
-        let req = self
-            .request()
-            .create(&PostParams::default(), body)
-            .map_err(|e| self.build_error("create", e))?;
-        match self.client.request::<Value>(req).await {
-            Ok(created) => self.written("create", &created),
+        match self
+            .api
+            .create(&PostParams::default(), &from_value(object)?)
+            .await
+        {
+            Ok(created) => self.written("create", created),
             Err(e) => Err(match classify("create", &self.describe(), e) {
                 // A plain 409 on create still means that someone else's object is there.
                 Failure::Conflict => LockError::AlreadyExists,
@@ -302,13 +220,12 @@ impl ObjectLock {
             return Err(LockError::Conflict);
         };
         self.kind.encode(&mut object, record);
-        let body = serde_json::to_vec(&object).map_err(|e| LockError::unavailable(BACKEND, e))?;
-        let req = self
-            .request()
-            .replace(&self.name, &PostParams::default(), body)
-            .map_err(|e| self.build_error("update", e))?;
-        match self.client.request::<Value>(req).await {
-            Ok(updated) => self.written("update", &updated),
+        match self
+            .api
+            .replace(&self.name, &PostParams::default(), &from_value(object)?)
+            .await
+        {
+            Ok(updated) => self.written("update", updated),
             Err(e) => Err(match classify("update", &self.describe(), e) {
                 // Deleted since it was read: the version moved.
                 Failure::NotFound(_) | Failure::AlreadyExists => LockError::Conflict,
@@ -317,9 +234,10 @@ impl ObjectLock {
         }
     }
 
-    fn written(&self, verb: &str, object: &Value) -> Result<Version, LockError> {
-        self.remember(object);
-        resource_version(object).map(Version::new).ok_or_else(|| {
+    fn written(&self, verb: &str, object: DynamicObject) -> Result<Version, LockError> {
+        let object = to_value(object)?;
+        self.remember(&object);
+        resource_version(&object).map(Version::new).ok_or_else(|| {
             LockError::unavailable(
                 BACKEND,
                 format!(
@@ -329,4 +247,14 @@ impl ObjectLock {
             )
         })
     }
+}
+
+/// The object as JSON, every field the server sent kept: `DynamicObject` holds all but
+/// `metadata` as a JSON value.
+pub(crate) fn to_value(object: DynamicObject) -> Result<Value, LockError> {
+    serde_json::to_value(object).map_err(|e| LockError::unavailable(BACKEND, e))
+}
+
+fn from_value(object: Value) -> Result<DynamicObject, LockError> {
+    serde_json::from_value(object).map_err(|e| LockError::unavailable(BACKEND, e))
 }
