@@ -139,7 +139,10 @@ impl Service<http::Request<Body>> for Failover {
                     Ok(response)
                 }
                 Err(e) => {
-                    let message = format!("etcd endpoint {uri}: {}", chain(&e));
+                    let message = format!(
+                        "etcd endpoint {uri}: {}",
+                        super::error::with_causes(e.to_string(), e.source())
+                    );
                     shared.failed(counter, &uri, &message);
                     let code = Status::from_error(Box::new(e)).code();
                     Err(Status::new(code, message).into())
@@ -174,19 +177,4 @@ impl Drop for Pending<'_> {
 fn grpc_status(response: &http::Response<Body>) -> Option<Code> {
     let value = response.headers().get("grpc-status")?.to_str().ok()?;
     Some(Code::from_i32(value.parse().ok()?))
-}
-
-/// An error and its causes on one line, without repeats.
-fn chain(e: &tonic::transport::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let c_text = c.to_string();
-        if !text.contains(&c_text) {
-            text.push_str(": ");
-            text.push_str(&c_text);
-        }
-        cause = c.source();
-    }
-    text
 }

@@ -1,5 +1,6 @@
 //! etcd client errors as [`LockError`]s, with what was being done.
 
+use std::error::Error;
 use std::fmt;
 
 use tonic::Code;
@@ -20,22 +21,25 @@ impl fmt::Display for EtcdError {
     }
 }
 
-impl std::error::Error for EtcdError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+impl Error for EtcdError {
+    fn source(&self) -> Option<&(dyn Error + 'static)> {
         Some(&self.source)
     }
 }
 
 /// The client error and its causes on one line; gRPC statuses as `Code: message`.
 pub(super) fn describe(e: &etcd_client::Error) -> String {
-    let mut text = match e {
-        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
-        other => other.to_string(),
-    };
-    let mut cause = std::error::Error::source(e);
-    if let etcd_client::Error::GRpcStatus(s) = e {
-        cause = std::error::Error::source(s);
+    match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            with_causes(format!("{:?}: {}", s.code(), s.message()), s.source())
+        }
+        other => with_causes(other.to_string(), other.source()),
     }
+}
+
+/// `text` followed by each cause that does not repeat what is already said, since
+/// transport errors often embed their source's message.
+pub(super) fn with_causes(mut text: String, mut cause: Option<&(dyn Error + 'static)>) -> String {
     while let Some(c) = cause {
         let c_text = c.to_string();
         if !text.contains(&c_text) {
