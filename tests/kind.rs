@@ -1,6 +1,7 @@
 //! The election scenarios against a real cluster: the one in `KUBECONFIG` (a kind
-//! cluster started by `scripts/kind.sh`). Without a reachable cluster every test
-//! prints why and passes at once.
+//! cluster started by `scripts/kind.sh`, which runs them with `--ignored`). They are
+//! ignored by default, so a run without a cluster counts them as ignored, never as
+//! passed; asked for without a reachable cluster, they fail saying why.
 //!
 //! Locks are created in `LEADERELECTION_TEST_NAMESPACE` (default `default`) under
 //! names unique to the run, and deleted at the end.
@@ -20,13 +21,17 @@ use kube_scenarios::*;
 /// How long the reachability check may take before the cluster counts as absent.
 const PROBE: Duration = Duration::from_secs(5);
 
-/// The cluster in `KUBECONFIG` (or `~/.kube/config`), or `None` with the reason
-/// printed.
-async fn cluster(test: &str) -> Option<Cluster> {
+/// The cluster in `KUBECONFIG` (or `~/.kube/config`).
+///
+/// # Panics
+///
+/// When there is none or it does not answer, with the reason.
+async fn cluster(test: &str) -> Cluster {
     init_tracing();
-    let skip = |why: String| {
-        eprintln!("skipping kind test {test}: {why}; run scripts/kind.sh to start a cluster and run these tests");
-        None
+    let skip = |why: String| -> Cluster {
+        panic!(
+            "kind test {test}: {why}; run scripts/kind.sh to start a cluster and run these tests"
+        )
     };
     let kubeconfig = match Kubeconfig::read() {
         Ok(k) => k,
@@ -57,11 +62,11 @@ async fn cluster(test: &str) -> Option<Cluster> {
     let namespace =
         std::env::var("LEADERELECTION_TEST_NAMESPACE").unwrap_or_else(|_| "default".to_owned());
     let suffix: u32 = rand_suffix();
-    Some(Cluster {
+    Cluster {
         client,
         namespace,
         prefix: format!("le-{test}-{suffix:08x}").replace('_', "-"),
-    })
+    }
 }
 
 fn rand_suffix() -> u32 {
@@ -106,12 +111,11 @@ async fn cleanup(cluster: &Cluster) {
 
 macro_rules! kind_test {
     ($name:ident, $kind:expr) => {
+        #[ignore = "needs a Kubernetes cluster in KUBECONFIG: run scripts/kind.sh"]
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
             bounded(stringify!($name), async {
-                let Some(cluster) = cluster(stringify!($name)).await else {
-                    return;
-                };
+                let cluster = cluster(stringify!($name)).await;
                 all_scenarios(&cluster, $kind).await;
                 cleanup(&cluster).await;
             })
@@ -126,12 +130,11 @@ kind_test!(configmaps, ResourceLockKind::ConfigMaps);
 kind_test!(endpointsleases, ResourceLockKind::EndpointsLeases);
 kind_test!(configmapsleases, ResourceLockKind::ConfigMapsLeases);
 
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG: run scripts/kind.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migration_from_endpoints_to_leases() {
     bounded("migration_from_endpoints_to_leases", async {
-        let Some(cluster) = cluster("migration").await else {
-            return;
-        };
+        let cluster = cluster("migration").await;
         migration_never_has_two_leaders(&cluster, false).await;
         cleanup(&cluster).await;
     })
@@ -141,16 +144,13 @@ async fn migration_from_endpoints_to_leases() {
 /// With `LEADERELECTION_SA_TOKEN` set (scripts/kind.sh sets it to a token of the
 /// ServiceAccount in `deploy/`), a replica authenticated as that account can lead on
 /// the Lease the Role names: the RBAC rules in `deploy/` are enough, watch included.
+#[ignore = "needs a Kubernetes cluster in KUBECONFIG: run scripts/kind.sh"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_rbac_is_enough_to_lead() {
     bounded("deploy_rbac_is_enough_to_lead", async {
-    let Some(cluster) = cluster("rbac").await else {
-        return;
-    };
-    let Ok(token) = std::env::var("LEADERELECTION_SA_TOKEN") else {
-        eprintln!("skipping deploy_rbac_is_enough_to_lead: LEADERELECTION_SA_TOKEN is not set (scripts/kind.sh sets it)");
-        return;
-    };
+    let cluster = cluster("rbac").await;
+    let token = std::env::var("LEADERELECTION_SA_TOKEN")
+        .expect("LEADERELECTION_SA_TOKEN: a token of deploy/'s ServiceAccount (scripts/kind.sh sets it)");
     let namespace = std::env::var("LEADERELECTION_SA_NAMESPACE")
         .unwrap_or_else(|_| "leaderelection-demo".into());
     let name =
