@@ -12,7 +12,8 @@
 //!
 //! `cargo test --all-features --test faults [-- FILTER...] [--exact] [--list]`
 //! runs the scenarios whose name contains a filter. `FAULTS_SEEDS=N` changes the
-//! number of seeds per paused-clock scenario (default 100).
+//! number of seeds per paused-clock scenario (default 100); `FAULTS_FILTER=a,b` adds
+//! filters as the command line does.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -226,6 +227,11 @@ fn args() -> Args {
         exact: false,
         list: false,
     };
+    // `FAULTS_FILTER` selects like a command-line filter, for runners that pass the
+    // same arguments to every test binary (scripts/mutants.sh).
+    if let Ok(f) = std::env::var("FAULTS_FILTER") {
+        a.filters.extend(f.split(',').filter(|f| !f.is_empty()).map(str::to_owned));
+    }
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         match arg.as_str() {
