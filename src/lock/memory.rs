@@ -273,65 +273,7 @@ impl LeaseLock for MemoryLock {
 
 #[cfg(test)]
 mod tests {
-    use futures::StreamExt;
-
     use super::*;
-
-    fn rec(holder: &str) -> LeaderElectionRecord {
-        LeaderElectionRecord {
-            holder_identity: holder.into(),
-            lease_duration_seconds: 15,
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn create_update_conflict() {
-        let store = MemoryStore::new();
-        let lock = store.lock("e");
-        let v1 = lock.create(&rec("a")).await.unwrap();
-        assert!(matches!(
-            lock.create(&rec("b")).await,
-            Err(LockError::AlreadyExists)
-        ));
-        let v2 = lock.update(&rec("b"), &v1).await.unwrap();
-        assert!(matches!(
-            lock.update(&rec("c"), &v1).await,
-            Err(LockError::Conflict)
-        ));
-        let got = lock.get().await.unwrap().unwrap();
-        assert_eq!(
-            (got.record.holder_identity.as_str(), got.version),
-            ("b", v2)
-        );
-    }
-
-    #[tokio::test]
-    async fn malformed_record_is_an_error_with_its_version() {
-        let store = MemoryStore::new();
-        let rev = store.put_raw("e", "{not json");
-        match store.lock("e").get().await {
-            Err(LockError::InvalidRecord { version, source }) => {
-                assert_eq!(version, Some(rev.into()));
-                assert_eq!(source.text, "{not json");
-            }
-            other => panic!("expected InvalidRecord, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn watch_sees_changes_and_deletes() {
-        let store = MemoryStore::new();
-        let lock = store.lock("e");
-        let mut w = lock.watch().unwrap();
-        let v = lock.create(&rec("a")).await.unwrap();
-        match w.next().await {
-            Some(Ok(LockEvent::Changed(got))) => assert_eq!(got.version, v),
-            other => panic!("{other:?}"),
-        }
-        store.delete("e");
-        assert!(matches!(w.next().await, Some(Ok(LockEvent::Deleted))));
-    }
 
     #[tokio::test]
     async fn injected_faults() {
