@@ -49,6 +49,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -332,8 +333,9 @@ pub async fn create_of_an_existing_record_is_already_exists(lock: &dyn LeaseLock
     });
 }
 
-/// `update` with the version last read succeeds, returns a version unlike the old
-/// one, and `get` (through any handle) then returns the new record at that version.
+/// `update` of a changed record (as every renewal is: it moves `renewTime`) with the
+/// version last read succeeds, returns a version unlike the old one, and `get`
+/// (through any handle) then returns the new record at that version.
 ///
 /// `lock` must be on a record that does not exist; `other` is a second handle on it.
 ///
@@ -406,11 +408,14 @@ pub async fn update_with_a_stale_version_is_a_conflict(
     let stale = call(lock, "update", lock.update(&record("x", 1), &v1)).await;
     expect_conflict(lock, RULE, "with the version before its own write", stale);
 
-    // Another replica renewed in between: the version this handle holds is stale.
+    // Another replica read and took over in between: the version this handle holds
+    // is stale.
+    let seen = expect_ok(lock, RULE, call(lock, "get", other.get()).await);
+    let seen = present(lock, RULE, seen);
     let v3 = expect_ok(
         lock,
         RULE,
-        call(lock, "update", other.update(&record("b", 1), &v2)).await,
+        call(lock, "update", other.update(&record("b", 1), &seen.version)).await,
     );
     let stale = call(lock, "update", lock.update(&record("x", 2), &v2)).await;
     expect_conflict(lock, RULE, "after another handle wrote", stale);
@@ -454,8 +459,10 @@ pub async fn update_after_deletion_is_a_conflict(lock: &dyn LeaseLock, delete: i
 
 /// A watch ([`LeaseLock::watch`], when the lock has one) reports the writes made
 /// after it was opened as [`LockEvent::Changed`], in the order they were made, ending
-/// with the latest. A watch may first report the state it opened on, and one that
-/// polls may skip a state overwritten before it looked, but never reorders them.
+/// with the latest. A watch may first report the state it opened on; one that polls
+/// may skip a state overwritten before it looked; one over several objects (a
+/// `MultiLock`) may report the states between the writes of its objects; none goes
+/// back to an earlier write.
 ///
 /// Does nothing when `lock.watch()` is `None`. `lock` must be on a record that does
 /// not exist; `writer` is a second handle on it.
@@ -498,31 +505,42 @@ pub async fn watch_reports_changes_in_order(lock: &dyn LeaseLock, writer: &dyn L
         RULE,
         call(lock, "update", writer.update(&third, &v2)).await,
     );
-    let mut expected = vec![(v2, second), (v3.clone(), third)].into_iter();
-    loop {
+    let written = [(v1, first), (v2, second), (v3.clone(), third)];
+    let mut at = 0;
+    while at < written.len() - 1 {
         let got = match next_event(lock, &mut watch).await {
             Ok(LockEvent::Changed(got)) => got,
             other => fail(
                 lock,
                 RULE,
-                format!("expected the updates at {v3} and before, got {other:?}"),
+                format!("expected the updates up to {v3}, got {other:?}"),
             ),
         };
-        // Skipping a state is allowed; going back to one is not.
-        if !expected.any(|(v, r)| v == got.version && r == got.record) {
-            fail(
-                lock,
-                RULE,
-                format!("got {got:?}, not a later one of the updates up to {v3}"),
-            );
-        }
-        if got.version == v3 {
-            break;
-        }
+        // A state between the writes (one object of several written) is not a write.
+        let Some(i) = written.iter().position(|(v, _)| *v == got.version) else {
+            continue;
+        };
+        check(lock, RULE, || {
+            if i < at {
+                Err(format!(
+                    "went back to {got:?} after the write at {}",
+                    written[at].0
+                ))
+            } else if got.record != written[i].1 {
+                Err(format!(
+                    "reported {got:?} for the write of {:?}",
+                    written[i].1
+                ))
+            } else {
+                Ok(())
+            }
+        });
+        at = i;
     }
 }
 
-/// A watch reports the deletion of the record as [`LockEvent::Deleted`].
+/// A watch reports the deletion of the record as [`LockEvent::Deleted`] (after the
+/// states in between, for a lock over several objects).
 ///
 /// Does nothing when `lock.watch()` is `None`. `lock` must be on a record that does
 /// not exist; `delete` deletes it behind the lock's back.
@@ -552,11 +570,18 @@ pub async fn watch_reports_deletion(lock: &dyn LeaseLock, delete: impl AsyncFn()
         }
     }
     delete().await;
-    let event = next_event(lock, &mut watch).await;
-    check(lock, RULE, || match &event {
-        Ok(LockEvent::Deleted) => Ok(()),
-        other => Err(format!("after the deletion the watch reported {other:?}")),
-    });
+    loop {
+        match next_event(lock, &mut watch).await {
+            Ok(LockEvent::Deleted) => return,
+            // A lock over several objects sees them go one at a time.
+            Ok(LockEvent::Changed(got)) if got.version != v => {}
+            other => fail(
+                lock,
+                RULE,
+                format!("after the deletion the watch reported {other:?}"),
+            ),
+        }
+    }
 }
 
 /// A stored record the lock cannot parse is a [`LockError::InvalidRecord`] carrying
@@ -654,23 +679,40 @@ pub async fn fencing_tokens_grow_with_every_new_holder(
     let v = expect_ok(lock, RULE, call(lock, "create", lock.create(&a)).await);
     let mut tokens = vec![("a", lock.fencing_token(&a, &v))];
     // Renewals between takeovers, as a leader makes them.
-    let v = expect_ok(lock, RULE, call(lock, "update", lock.update(&a, &v)).await);
+    let v = expect_ok(
+        lock,
+        RULE,
+        call(lock, "update", lock.update(&record("a", 0), &v)).await,
+    );
     let mut last = v;
     for (n, (holder, handle)) in [("b", other), ("a", lock), ("c", other)]
         .into_iter()
         .enumerate()
     {
+        // A takeover, as an elector makes it: read, then swap from what was read.
+        let seen = expect_ok(lock, RULE, call(lock, "get", handle.get()).await);
+        let seen = present(lock, RULE, seen);
+        check(lock, RULE, || {
+            (seen.version == last)
+                .then_some(())
+                .ok_or(format!("read {seen:?} after a write at {last}"))
+        });
         let taken = record(holder, n as i32 + 1);
         let v = expect_ok(
             lock,
             RULE,
-            call(lock, "update", handle.update(&taken, &last)).await,
+            call(lock, "update", handle.update(&taken, &seen.version)).await,
         );
         tokens.push((holder, handle.fencing_token(&taken, &v)));
         last = expect_ok(
             lock,
             RULE,
-            call(lock, "update", handle.update(&taken, &v)).await,
+            call(
+                lock,
+                "update",
+                handle.update(&record(holder, n as i32 + 1), &v),
+            )
+            .await,
         );
     }
     check(lock, RULE, || {
@@ -712,16 +754,20 @@ pub async fn fencing_tokens_grow_across_deletion(lock: &dyn LeaseLock, delete: i
 
 // ---- helpers ------------------------------------------------------------------
 
-/// A record as an elector writes it: times in whole seconds, since Endpoints and
-/// ConfigMap annotations keep no more.
+/// A record as an elector writes it, each one unlike every other: a write of an
+/// unchanged object is a no-op on Kubernetes (no new resourceVersion), while an
+/// elector's renewal always moves `renewTime`. Times are whole seconds, since Endpoints
+/// and ConfigMap annotations keep no more.
 fn record(holder: &str, transitions: i32) -> LeaderElectionRecord {
-    let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
-        .unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+    static WRITES: AtomicI64 = AtomicI64::new(0);
+    let now = jiff::Timestamp::now().as_second();
+    let renewed = now + WRITES.fetch_add(1, Ordering::Relaxed);
+    let second = |s| jiff::Timestamp::from_second(s).unwrap_or(jiff::Timestamp::UNIX_EPOCH);
     LeaderElectionRecord {
         holder_identity: holder.into(),
         lease_duration_seconds: 15,
-        acquire_time: Some(now),
-        renew_time: Some(now),
+        acquire_time: Some(second(now)),
+        renew_time: Some(second(renewed)),
         leader_transitions: transitions,
         ..Default::default()
     }
