@@ -11,7 +11,9 @@
 //!   restarted;
 //! - [`checker`]: watches an election under test and fails on two leaders at once;
 //! - [`contract`]: the [`LeaseLock`](leaderelection::LeaseLock) contract as scenarios,
-//!   to run against every lock, this crate's and your own.
+//!   to run against every lock, this crate's and your own;
+//! - [`faults`]: a wrapper that cuts off, slows and counts one replica's requests to
+//!   any lock.
 //!
 //! # Feature flags
 //!
@@ -27,3 +29,4 @@ pub mod apiserver;
 pub mod checker;
 pub mod contract;
 pub mod etcd;
+pub mod faults;
