@@ -81,7 +81,7 @@ pub use lock::etcd::{EtcdLock, EtcdOptions};
 #[cfg(feature = "file")]
 #[cfg_attr(docsrs, doc(cfg(feature = "file")))]
 pub use lock::file::FileLock;
-pub use lock::memory::{MemoryControl, MemoryLock, MemoryStore};
+pub use lock::memory::{MemoryLock, MemoryStore};
 pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
 pub use status::{ElectionEvent, Status};

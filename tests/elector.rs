@@ -8,8 +8,9 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use leaderelection::{
     Config, ConfigError, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
-    LockEvent, MemoryControl, MemoryLock, MemoryStore, Version, Versioned,
+    LockEvent, MemoryLock, MemoryStore, Version, Versioned,
 };
+use leaderelection_testkit::faults::{Faults, FaultyLock};
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
@@ -37,7 +38,7 @@ struct Candidate {
     elector: LeaderElector,
     shutdown: CancellationToken,
     crashed: CancellationToken,
-    control: Arc<MemoryControl>,
+    control: Faults,
     task: JoinHandle<()>,
 }
 
@@ -53,7 +54,8 @@ impl Candidate {
         terms: &Terms,
         work_delay: Duration,
     ) -> Self {
-        let control = lock.control();
+        let lock = FaultyLock::new(lock);
+        let control = lock.faults();
         let elector = LeaderElector::new(lock, config).unwrap();
         let shutdown = CancellationToken::new();
         let crashed = CancellationToken::new();
@@ -453,7 +455,7 @@ async fn standby_that_watches_makes_almost_no_requests() {
 
 /// The memory lock with its watch hidden, to exercise client-go's polling path.
 #[derive(Debug)]
-struct Polling(MemoryLock);
+struct Polling(FaultyLock<MemoryLock>);
 
 #[async_trait]
 impl LeaseLock for Polling {
@@ -478,8 +480,8 @@ async fn polling_standby_retries_every_jittered_retry_period() {
     let writes = Writes::follow(&store);
     let a = Candidate::start(store.lock(NAME), config("a"), &terms);
     sleep(Duration::from_millis(10)).await;
-    let b_lock = store.lock(NAME);
-    let b_control = b_lock.control();
+    let b_lock = FaultyLock::new(store.lock(NAME));
+    let b_control = b_lock.faults();
     let b = LeaderElector::new(Polling(b_lock), config("b")).unwrap();
     let stop_b = CancellationToken::new();
     let b_task = tokio::spawn({

@@ -1,4 +1,4 @@
-//! The file lock: compare-and-swap, damaged files, watch, and elections between real
+//! The file lock: the lock contract, its file format, damaged files, watch, and elections between real
 //! processes on one host.
 //!
 //! The process tests re-run this test binary as candidates: the ignored
@@ -8,15 +8,17 @@
 #![cfg(feature = "file")]
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use futures::StreamExt;
 use leaderelection::{
     Config, FileLock, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, LockEvent, Version,
 };
+use leaderelection_testkit::contract::{self, Backend};
 use tokio_util::sync::CancellationToken;
 
 const CHILD_PATH_VAR: &str = "LEADERELECTION_FILE_LOCK_CHILD";
@@ -39,35 +41,55 @@ fn version(n: u64) -> Version {
     Version::from(n)
 }
 
+/// A filesystem the suite may delete and garble files in: one file per record name.
+struct Files(tempfile::TempDir);
+
+impl Files {
+    fn path(&self, name: &str) -> PathBuf {
+        self.0.path().join(format!("{name}.json"))
+    }
+}
+
+#[async_trait]
+impl Backend for Files {
+    async fn lock(&self, name: &str) -> Box<dyn LeaseLock> {
+        // Watches poll: poll often, so that the suite does not wait on them.
+        Box::new(FileLock::new(self.path(name)).poll_interval(Duration::from_millis(10)))
+    }
+
+    fn can_delete(&self) -> bool {
+        true
+    }
+
+    async fn delete(&self, name: &str) {
+        std::fs::remove_file(self.path(name)).unwrap();
+    }
+
+    fn can_corrupt(&self) -> bool {
+        true
+    }
+
+    async fn corrupt(&self, name: &str) {
+        std::fs::write(self.path(name), "{oops").unwrap();
+    }
+}
+
 #[tokio::test]
-async fn create_get_update_compare_and_swap() {
+async fn file_lock_keeps_the_contract() {
+    contract::run_all(&Files(tempfile::tempdir().unwrap())).await;
+}
+
+#[tokio::test]
+async fn the_file_is_client_go_json_with_a_counter() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.json");
     let lock = FileLock::new(&path);
 
-    assert!(lock.get().await.unwrap().is_none());
-    assert!(matches!(
-        lock.update(&rec("a"), &version(1)).await,
-        Err(LockError::Conflict)
-    ));
     let v1 = lock.create(&rec("a")).await.unwrap();
     assert_eq!(v1, version(1));
-    assert!(matches!(
-        lock.create(&rec("b")).await,
-        Err(LockError::AlreadyExists)
-    ));
     let v2 = lock.update(&rec("b"), &v1).await.unwrap();
     assert_eq!(v2, version(2));
-    assert!(matches!(
-        lock.update(&rec("c"), &v1).await,
-        Err(LockError::Conflict)
-    ));
-
-    // Another handle (another open file, as another process would have) sees it.
-    let got = FileLock::new(&path).get().await.unwrap().unwrap();
-    assert_eq!(got.record, rec("b"));
-    assert_eq!(got.version, v2);
-    assert_eq!(lock.fencing_token(&got.record, &got.version), 2);
+    assert_eq!(lock.fencing_token(&rec("b"), &v2), 2);
 
     // The file is the record in client-go's JSON with the counter, readable by people.
     let text = std::fs::read_to_string(&path).unwrap();

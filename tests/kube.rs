@@ -21,6 +21,7 @@ use leaderelection::{
     LEADER_ANNOTATION,
 };
 use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
+use leaderelection_testkit::contract::{self, Backend};
 use tokio::time::{sleep, timeout, Instant};
 
 use kube_scenarios::*;
@@ -102,92 +103,125 @@ async fn migration_from_configmaps_to_leases_never_has_two_leaders() {
     .await
 }
 
-// ---- the lock contract, request by request --------------------------------------
+// ---- the lock contract ------------------------------------------------------------
 
-#[tokio::test]
-async fn every_lock_kind_compares_and_swaps() {
-    bounded("every_lock_kind_compares_and_swaps", async {
-        let (_server, cluster) = server().await;
-        for kind in ResourceLockKind::ALL {
-            let name = format!("cas-{kind}");
-            let lock = cluster.lock(kind, &name);
-            assert_eq!(lock.get().await.unwrap(), None, "{kind}");
-            let v1 = lock.create(&rec("a")).await.unwrap();
-            assert!(
-                matches!(lock.create(&rec("b")).await, Err(LockError::AlreadyExists)),
-                "{kind}"
-            );
-            let got = lock.get().await.unwrap().unwrap();
-            assert_eq!(
-                (got.record.holder_identity.as_str(), &got.version),
-                ("a", &v1)
-            );
-            let v2 = lock.update(&rec("b"), &v1).await.unwrap();
-            assert_ne!(v1, v2);
-            assert!(lock.fencing_token(&rec("b"), &v2) > lock.fencing_token(&rec("a"), &v1));
-            // A stale version: the API server refuses the PUT.
-            assert!(
-                matches!(lock.update(&rec("c"), &v1).await, Err(LockError::Conflict)),
-                "{kind}"
-            );
-            // A second handle (another replica) wrote in between.
-            let other = cluster.lock(kind, &name);
-            let seen = other.get().await.unwrap().unwrap();
-            other.update(&rec("d"), &seen.version).await.unwrap();
-            assert!(
-                matches!(lock.update(&rec("c"), &v2).await, Err(LockError::Conflict)),
-                "{kind}"
-            );
-            // A version this handle never saw.
-            assert!(matches!(
-                lock.update(&rec("c"), &Version::new("999999")).await,
-                Err(LockError::Conflict)
-            ));
-            assert_eq!(
-                lock.get().await.unwrap().unwrap().record.holder_identity,
-                "d"
-            );
-            assert!(lock.describe().contains(&name), "{}", lock.describe());
+/// One lock kind on the API test server, for the lock contract suite: objects deleted
+/// through the API, annotations garbled with a merge patch.
+struct Kind {
+    cluster: Cluster,
+    kind: ResourceLockKind,
+}
+
+impl Kind {
+    fn has_lease(&self) -> bool {
+        use ResourceLockKind::*;
+        matches!(self.kind, Leases | EndpointsLeases | ConfigMapsLeases)
+    }
+
+    fn has_endpoints(&self) -> bool {
+        use ResourceLockKind::*;
+        matches!(self.kind, Endpoints | EndpointsLeases)
+    }
+
+    fn has_configmap(&self) -> bool {
+        use ResourceLockKind::*;
+        matches!(self.kind, ConfigMaps | ConfigMapsLeases)
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Kind {
+    async fn lock(&self, name: &str) -> Box<dyn LeaseLock> {
+        Box::new(self.cluster.lock(self.kind, name))
+    }
+
+    fn can_delete(&self) -> bool {
+        true
+    }
+
+    async fn delete(&self, name: &str) {
+        let client = self.cluster.client.clone();
+        let dp = DeleteParams::default();
+        if self.has_endpoints() {
+            let api: Api<Endpoints> = Api::namespaced(client.clone(), NS);
+            api.delete(name, &dp).await.unwrap();
         }
-    })
-    .await
+        if self.has_configmap() {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), NS);
+            api.delete(name, &dp).await.unwrap();
+        }
+        if self.has_lease() {
+            let api: Api<Lease> = Api::namespaced(client, NS);
+            api.delete(name, &dp).await.unwrap();
+        }
+    }
+
+    /// The API test server validates Leases as kube-apiserver does, so only an
+    /// annotation (the primary of a MultiLock) can be garbled through the API.
+    fn can_corrupt(&self) -> bool {
+        self.kind != ResourceLockKind::Leases
+    }
+
+    async fn corrupt(&self, name: &str) {
+        let client = self.cluster.client.clone();
+        let patch = serde_json::json!({"metadata": {"annotations": {(LEADER_ANNOTATION): "{\"holderIdentity\": 5"}}});
+        let (pp, patch) = (PatchParams::default(), Patch::Merge(&patch));
+        if self.has_endpoints() {
+            let api: Api<Endpoints> = Api::namespaced(client, NS);
+            api.patch(name, &pp, &patch).await.unwrap();
+        } else {
+            let api: Api<ConfigMap> = Api::namespaced(client, NS);
+            api.patch(name, &pp, &patch).await.unwrap();
+        }
+    }
 }
 
-/// A PUT to a ConfigMap that no longer exists is a 404, reported as a conflict.
-#[tokio::test]
-async fn update_of_a_deleted_configmap_is_a_conflict() {
-    bounded("update_of_a_deleted_configmap_is_a_conflict", async {
-        let (_server, cluster) = server().await;
-        let lock = cluster.lock(ResourceLockKind::ConfigMaps, "gone");
-        let v = lock.create(&rec("a")).await.unwrap();
-        let api: Api<ConfigMap> = Api::namespaced(cluster.client.clone(), NS);
-        api.delete("gone", &DeleteParams::default()).await.unwrap();
-        let r = lock.update(&rec("a"), &v).await;
-        assert!(matches!(r, Err(LockError::Conflict)), "{r:?}");
-        assert_eq!(lock.get().await.unwrap(), None);
-    })
-    .await
-}
-
-/// kube-apiserver creates a Lease on a PUT to a missing name, but a PUT that carries
-/// the uid of the deleted Lease fails its uid precondition with 409 Conflict; the lock
-/// always sends the uid it read, so a deleted Lease is never silently recreated.
-#[tokio::test]
-#[ignore = "the API test server creates the Lease without checking the uid precondition"]
-async fn update_of_a_deleted_lease_is_a_conflict() {
-    bounded("update_of_a_deleted_lease_is_a_conflict", async {
-        let (_server, cluster) = server().await;
-        let lock = cluster.lock(ResourceLockKind::Leases, "gone");
-        let v = lock.create(&rec("a")).await.unwrap();
-        let leases: Api<Lease> = Api::namespaced(cluster.client.clone(), NS);
-        leases
-            .delete("gone", &DeleteParams::default())
+macro_rules! contract {
+    ($name:ident, $kind:expr) => {
+        #[tokio::test]
+        async fn $name() {
+            bounded(stringify!($name), async {
+                let (_server, cluster) = server().await;
+                let kind = $kind;
+                contract::run_all(&Kind { cluster, kind }).await;
+            })
             .await
-            .unwrap();
-        let r = lock.update(&rec("a"), &v).await;
-        assert!(matches!(r, Err(LockError::Conflict)), "{r:?}");
-        assert_eq!(lock.get().await.unwrap(), None);
-    })
+        }
+    };
+}
+
+contract!(contract_leases, ResourceLockKind::Leases);
+contract!(contract_endpoints, ResourceLockKind::Endpoints);
+contract!(contract_configmaps, ResourceLockKind::ConfigMaps);
+contract!(contract_endpointsleases, ResourceLockKind::EndpointsLeases);
+contract!(
+    contract_configmapsleases,
+    ResourceLockKind::ConfigMapsLeases
+);
+
+/// What the contract suite cannot know: a version this handle never saw, and the
+/// lock's name in its description.
+#[tokio::test]
+async fn every_lock_kind_refuses_unknown_versions_and_names_its_objects() {
+    bounded(
+        "every_lock_kind_refuses_unknown_versions_and_names_its_objects",
+        async {
+            let (_server, cluster) = server().await;
+            for kind in ResourceLockKind::ALL {
+                let name = format!("cas-{kind}");
+                let lock = cluster.lock(kind, &name);
+                lock.create(&rec("a")).await.unwrap();
+                assert!(
+                    matches!(
+                        lock.update(&rec("c"), &Version::new("999999")).await,
+                        Err(LockError::Conflict)
+                    ),
+                    "{kind}"
+                );
+                assert!(lock.describe().contains(&name), "{}", lock.describe());
+            }
+        },
+    )
     .await
 }
 

@@ -2,9 +2,7 @@
 //! elector's own tests run on under tokio's paused clock.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
@@ -88,13 +86,12 @@ impl MemoryStore {
         Self::default()
     }
 
-    /// A lock on the record named `name`. Each call gives a handle with its own
-    /// [`MemoryControl`], so a test can break one replica's connection alone.
+    /// A lock on the record named `name`. Handles are cheap; each replica takes its
+    /// own.
     pub fn lock(&self, name: impl Into<String>) -> MemoryLock {
         MemoryLock {
             store: self.clone(),
             name: name.into(),
-            control: Arc::default(),
         }
     }
 
@@ -124,62 +121,11 @@ impl MemoryStore {
     }
 }
 
-/// Switches for one [`MemoryLock`] handle: make its requests fail or slow, and count
-/// them. Tests use it to cut one replica off while the others still reach the store.
-#[derive(Debug, Default)]
-pub struct MemoryControl {
-    unavailable: AtomicBool,
-    latency_ms: AtomicU64,
-    requests: AtomicU64,
-}
-
-impl MemoryControl {
-    /// While true, every request of this handle fails with [`LockError::Unavailable`]
-    /// and open watches end.
-    pub fn set_unavailable(&self, down: bool) {
-        self.unavailable.store(down, Ordering::SeqCst);
-    }
-
-    /// Delay every request of this handle by `latency` (on tokio's clock).
-    pub fn set_latency(&self, latency: Duration) {
-        self.latency_ms
-            .store(latency.as_millis() as u64, Ordering::SeqCst);
-    }
-
-    /// Requests made through this handle so far (a watch counts once, when opened).
-    pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::SeqCst)
-    }
-
-    async fn enter(&self) -> Result<(), LockError> {
-        self.requests.fetch_add(1, Ordering::SeqCst);
-        let ms = self.latency_ms.load(Ordering::SeqCst);
-        if ms > 0 {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-        }
-        if self.unavailable.load(Ordering::SeqCst) {
-            return Err(LockError::unavailable(
-                BACKEND,
-                "injected fault: store unreachable",
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// A handle on one record of a [`MemoryStore`]. Watch is supported.
 #[derive(Clone, Debug)]
 pub struct MemoryLock {
     store: MemoryStore,
     name: String,
-    control: Arc<MemoryControl>,
-}
-
-impl MemoryLock {
-    /// The fault switches and request counter of this handle.
-    pub fn control(&self) -> Arc<MemoryControl> {
-        self.control.clone()
-    }
 }
 
 fn parse(text: &str, rev: u64) -> Result<Versioned, LockError> {
@@ -197,13 +143,11 @@ fn parse(text: &str, rev: u64) -> Result<Versioned, LockError> {
 #[async_trait]
 impl LeaseLock for MemoryLock {
     async fn get(&self) -> Result<Option<Versioned>, LockError> {
-        self.control.enter().await?;
         let current = self.store.locked().key(&self.name).current.clone();
         current.map(|(text, rev)| parse(&text, rev)).transpose()
     }
 
     async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
-        self.control.enter().await?;
         let mut inner = self.store.locked();
         if inner.key(&self.name).current.is_some() {
             return Err(LockError::AlreadyExists);
@@ -216,7 +160,6 @@ impl LeaseLock for MemoryLock {
         record: &LeaderElectionRecord,
         expected: &Version,
     ) -> Result<Version, LockError> {
-        self.control.enter().await?;
         let mut inner = self.store.locked();
         let current = inner.key(&self.name).current.as_ref().map(|(_, rev)| *rev);
         if current.map(Version::from).as_ref() != Some(expected) {
@@ -233,117 +176,25 @@ impl LeaseLock for MemoryLock {
             .events
             .get_or_insert_with(|| broadcast::channel(WATCH_BACKLOG).0)
             .subscribe();
-        let control = self.control.clone();
-        Some(Box::pin(futures::stream::unfold(
-            (rx, control, false),
-            |(mut rx, control, opened)| async move {
-                if !opened {
-                    // Opening the watch is one request; later events are pushed.
-                    if let Err(e) = control.enter().await {
-                        return Some((Err(e), (rx, control, true)));
-                    }
+        Some(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            let state = match rx.recv().await {
+                Ok(state) => state,
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let e =
+                        LockError::unavailable(BACKEND, format!("watch fell {n} events behind"));
+                    return Some((Err(e), rx));
                 }
-                let state = match rx.recv().await {
-                    Ok(state) => state,
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let e = LockError::unavailable(
-                            BACKEND,
-                            format!("watch fell {n} events behind"),
-                        );
-                        return Some((Err(e), (rx, control, true)));
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                };
-                if control.unavailable.load(Ordering::SeqCst) {
-                    return None;
-                }
-                let event = match state {
-                    None => Ok(LockEvent::Deleted),
-                    Some((text, rev)) => parse(&text, rev).map(LockEvent::Changed),
-                };
-                Some((event, (rx, control, true)))
-            },
-        )))
+                Err(broadcast::error::RecvError::Closed) => return None,
+            };
+            let event = match state {
+                None => Ok(LockEvent::Deleted),
+                Some((text, rev)) => parse(&text, rev).map(LockEvent::Changed),
+            };
+            Some((event, rx))
+        })))
     }
 
     fn describe(&self) -> String {
         format!("memory/{}", self.name)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use futures::StreamExt;
-
-    use super::*;
-
-    fn rec(holder: &str) -> LeaderElectionRecord {
-        LeaderElectionRecord {
-            holder_identity: holder.into(),
-            lease_duration_seconds: 15,
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn create_update_conflict() {
-        let store = MemoryStore::new();
-        let lock = store.lock("e");
-        let v1 = lock.create(&rec("a")).await.unwrap();
-        assert!(matches!(
-            lock.create(&rec("b")).await,
-            Err(LockError::AlreadyExists)
-        ));
-        let v2 = lock.update(&rec("b"), &v1).await.unwrap();
-        assert!(matches!(
-            lock.update(&rec("c"), &v1).await,
-            Err(LockError::Conflict)
-        ));
-        let got = lock.get().await.unwrap().unwrap();
-        assert_eq!(
-            (got.record.holder_identity.as_str(), got.version),
-            ("b", v2)
-        );
-    }
-
-    #[tokio::test]
-    async fn malformed_record_is_an_error_with_its_version() {
-        let store = MemoryStore::new();
-        let rev = store.put_raw("e", "{not json");
-        match store.lock("e").get().await {
-            Err(LockError::InvalidRecord { version, source }) => {
-                assert_eq!(version, Some(rev.into()));
-                assert_eq!(source.text, "{not json");
-            }
-            other => panic!("expected InvalidRecord, got {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn watch_sees_changes_and_deletes() {
-        let store = MemoryStore::new();
-        let lock = store.lock("e");
-        let mut w = lock.watch().unwrap();
-        let v = lock.create(&rec("a")).await.unwrap();
-        match w.next().await {
-            Some(Ok(LockEvent::Changed(got))) => assert_eq!(got.version, v),
-            other => panic!("{other:?}"),
-        }
-        store.delete("e");
-        assert!(matches!(w.next().await, Some(Ok(LockEvent::Deleted))));
-    }
-
-    #[tokio::test]
-    async fn injected_faults() {
-        let store = MemoryStore::new();
-        let lock = store.lock("e");
-        lock.control().set_unavailable(true);
-        assert!(matches!(
-            lock.get().await,
-            Err(LockError::Unavailable { .. })
-        ));
-        // Another handle on the same record is unaffected.
-        assert!(store.lock("e").get().await.unwrap().is_none());
-        assert_eq!(lock.control().requests(), 1);
     }
 }

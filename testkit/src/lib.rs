@@ -9,7 +9,11 @@
 //!   inject and objects in memory or in etcd;
 //! - [`etcd`]: clusters of real `etcd` processes, members killed, stopped and
 //!   restarted;
-//! - [`checker`]: watches an election under test and fails on two leaders at once.
+//! - [`checker`]: watches an election under test and fails on two leaders at once;
+//! - [`contract`]: the [`LeaseLock`](leaderelection::LeaseLock) contract as scenarios,
+//!   to run against every lock, this crate's and your own;
+//! - [`faults`]: a wrapper that cuts off, slows and counts one replica's requests to
+//!   any lock.
 //!
 //! # Feature flags
 //!
@@ -23,4 +27,6 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
 pub mod apiserver;
 pub mod checker;
+pub mod contract;
 pub mod etcd;
+pub mod faults;

@@ -2,12 +2,13 @@
 //! can be cut or slowed, backends that hand out locks, and the runner of seeds.
 
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leaderelection::{Config, ElectionEvent, LeaderElector, LeaseLock, MemoryControl, MemoryStore};
+use leaderelection::{Config, ElectionEvent, LeaderElector, LeaseLock, MemoryStore};
 use leaderelection_testkit::checker::{Checker, Report};
+use leaderelection_testkit::faults::{Faults, FaultyLock};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
@@ -51,7 +52,7 @@ impl Timing {
 /// One replica's way to its backend, which a scenario can cut or slow.
 #[derive(Clone, Debug)]
 pub enum Link {
-    Memory(Arc<MemoryControl>),
+    Memory(Faults),
     #[allow(dead_code)] // built only with the real backends' features
     Proxy(crate::proxy::Handle),
     /// A replica that scenarios do not cut off or slow.
@@ -99,8 +100,8 @@ impl Backend for Memory {
         Timing::virtual_default()
     }
     async fn connect(&self, election: &str) -> (Box<dyn LeaseLock>, Link) {
-        let lock = self.store.lock(election);
-        let link = Link::Memory(lock.control());
+        let lock = FaultyLock::new(self.store.lock(election));
+        let link = Link::Memory(lock.faults());
         (Box::new(lock), link)
     }
 }

@@ -217,6 +217,18 @@ async fn guaranteed_update(
             if !(create_allowed && resource.create_on_update) {
                 return Err(ApiError::not_found(resource, name));
             }
+            // kube-apiserver takes the body's uid as a precondition, checked against
+            // the empty object it finds: a PUT carrying the uid of a deleted object
+            // fails instead of creating a new one.
+            if let Some(uid) = meta_str(&obj, "uid").filter(|u| !u.is_empty()) {
+                return Err(ApiError::conflict(
+                    resource,
+                    name,
+                    &format!(
+                        "Precondition failed: UID in precondition: {uid}, UID in object meta: "
+                    ),
+                ));
+            }
             meta_mut(&mut obj).remove("resourceVersion");
             prepare_create(&mut obj);
             validation::validate(resource, &obj)?;
