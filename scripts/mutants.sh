@@ -24,7 +24,7 @@ rm -rf "$work"
 git worktree prune
 git worktree add --detach --force "$work" HEAD >/dev/null
 trap 'git -C "$root" worktree remove --force "$work" >/dev/null 2>&1 || true' EXIT
-export CARGO_TARGET_DIR="$root/target/mutants"
+export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target}"
 
 files=(src/elector.rs src/term.rs src/leadership.rs src/lock/mod.rs)
 args=()
