@@ -92,7 +92,7 @@ pub struct Options {
     /// This replica's identity [default: host name and a random suffix]
     #[arg(long, value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
     pub identity: Option<String>,
-    /// The file lock's file [default: <temp dir>/leaderelection-<name>.json]
+    /// The file lock's file [default: leaderelection-NAME.json in the temp dir]
     #[arg(long, value_name = "PATH")]
     pub lock_file: Option<PathBuf>,
     /// Address of the /healthz, /readyz and /metrics server

@@ -11,9 +11,9 @@
 //! cargo run -p leaderelection-examples --bin scheduler -- --demo  # three replicas, a crash, a handover
 //! ```
 //!
-//! Each replica prints one line per event on stdout (`<time> <identity> <EVENT>
-//! <details>`), logs to stderr (`RUST_LOG`), and serves `/healthz`, `/readyz` and
-//! `/metrics` (the library's `leader_election_*` metrics).
+//! Each replica prints one line per event on stdout
+//! (`<time> <identity> <EVENT> <details>`), logs to stderr (`RUST_LOG`), and serves
+//! `/healthz`, `/readyz` and `/metrics` (the library's `leader_election_*` metrics).
 //! SIGTERM or Ctrl-C stops the work, then releases the lease.
 
 use std::fmt::Display;

@@ -13,11 +13,11 @@ use etcd_client::{Certificate, Identity, TlsOptions};
 use super::connect::config_error;
 use crate::error::LockError;
 
-/// The prefix [`EtcdLock`] puts before the election name: the record of election
+/// The prefix [`EtcdLock`](crate::EtcdLock) puts before the election name: the record of election
 /// `kube-scheduler` lives under `/leaderelection/kube-scheduler`.
 pub const DEFAULT_PREFIX: &str = "/leaderelection/";
 
-/// How long [`connect`] waits for each endpoint by default.
+/// How long [`connect`](crate::EtcdLock::connect) waits for each endpoint by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How long a request waits for etcd to start answering by default.
@@ -30,7 +30,7 @@ pub(super) type Tls = TlsOptions;
 #[derive(Clone)]
 pub(super) enum Tls {}
 
-/// How to reach etcd and how [`EtcdLock`] stores its record.
+/// How to reach etcd and how [`EtcdLock`](crate::EtcdLock) stores its record.
 ///
 /// The TLS and credential options carry the names of kube-apiserver's flags, so a
 /// component can map its own `--etcd-servers`, `--etcd-cafile`, `--etcd-certfile` and
@@ -130,7 +130,7 @@ impl EtcdOptions {
         self
     }
 
-    /// What [`EtcdLock`] puts before the election name to form its key (verbatim, so
+    /// What [`EtcdLock`](crate::EtcdLock) puts before the election name to form its key (verbatim, so
     /// end it with `/`). Default [`DEFAULT_PREFIX`].
     #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -138,7 +138,7 @@ impl EtcdOptions {
         self
     }
 
-    /// Whether [`EtcdLock`] binds the key to an etcd lease whose TTL is the holder's
+    /// Whether [`EtcdLock`](crate::EtcdLock) binds the key to an etcd lease whose TTL is the holder's
     /// lease duration, so that etcd deletes the record when the leader dies and
     /// watching standbys take over at once. Default false.
     #[must_use]
@@ -147,7 +147,7 @@ impl EtcdOptions {
         self
     }
 
-    /// How long [`connect`] waits for each endpoint to answer. Default 5s.
+    /// How long [`connect`](crate::EtcdLock::connect) waits for each endpoint to answer. Default 5s.
     #[must_use]
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
