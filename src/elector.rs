@@ -15,6 +15,7 @@ use crate::error::{ConfigError, LockError};
 use crate::leadership::Leadership;
 use crate::lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 use crate::record::{truncate, LeaderElectionRecord};
+use crate::status::Reporter;
 use crate::term::{observers, Core, Elected, Renewal, Term};
 
 /// Longest lease a standby honours from a record. A holder asking for more is
@@ -267,6 +268,7 @@ impl LeaderElector {
                 continue;
             }
 
+            self.shared.core.report.no_live_leader();
             match self.try_acquire(o).await {
                 Ok(acquired) => return Some(acquired),
                 Err(e) if e.is_contention() => {
@@ -375,6 +377,7 @@ impl LeaderElector {
             term: LeaseTerm {
                 lock: &*self.shared.lock,
                 config: &self.shared.core.config,
+                report: &self.shared.core.report,
                 record,
                 version,
             },
@@ -413,6 +416,7 @@ async fn next_event(watch: &mut Option<WatchStream>) -> Option<Result<LockEvent,
 struct LeaseTerm<'a> {
     lock: &'a dyn LeaseLock,
     config: &'a Config,
+    report: &'a Reporter,
     record: LeaderElectionRecord,
     version: Version,
 }
@@ -448,7 +452,7 @@ impl Term for LeaseTerm<'_> {
                 self.version = v;
                 return Ok(attempt_at);
             }
-            Err(Renewal::Failed(LockError::Conflict)) => {}
+            Err(Renewal::Failed(LockError::Conflict)) => self.report.slow_path(),
             Err(e) => return Err(e),
         }
         // The version moved: read to learn whether someone else holds it now, or only

@@ -20,6 +20,7 @@
 //! | `file` | yes | [`FileLock`], a lock in a file for replicas on one host |
 //! | `etcd` | no | etcd locks on the `etcd-client` crate (needs `protoc` to build) |
 //! | `kube` | no | Kubernetes Lease, Endpoints, ConfigMap and Multi locks on the `kube` crate |
+//! | `metrics` | no | [`Metrics`]: client-go's `leader_election_*` metrics and more, on `prometheus-client` |
 //!
 //! The in-memory lock, [`MemoryStore`], is always built. Test support (a Kubernetes
 //! API test server, real etcd clusters, a checker of elections) is the
@@ -59,6 +60,8 @@ mod error;
 mod etcd_election;
 mod leadership;
 pub mod lock;
+#[cfg(feature = "metrics")]
+mod metrics;
 mod record;
 mod status;
 mod term;
@@ -83,6 +86,9 @@ pub use lock::etcd::{EtcdLock, EtcdOptions};
 pub use lock::file::FileLock;
 pub use lock::memory::{MemoryLock, MemoryStore};
 pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
+#[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
+pub use metrics::Metrics;
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
 pub use status::{ElectionEvent, Status};
 pub use term::HealthError;

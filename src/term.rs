@@ -221,7 +221,10 @@ impl Core {
                             return Outcome::Shutdown;
                         }
                     }
-                    match term.renew(deadline).await {
+                    let attempt = Instant::now();
+                    let renewal = term.renew(deadline).await;
+                    self.report.renewal(attempt.elapsed(), matches!(renewal, Err(Renewal::Failed(_))));
+                    match renewal {
                         Ok(at) => {
                             last_success = at;
                             self.renewed(Some(at));
@@ -326,6 +329,8 @@ impl Core {
 /// argument documents `leader()`, whose source differs by backend.
 macro_rules! observers {
     ($leader_doc:literal) => {
+        $crate::status::reporting!();
+
         /// The configuration.
         pub fn config(&self) -> &$crate::Config {
             &self.shared.core.config

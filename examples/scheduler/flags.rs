@@ -1,127 +1,146 @@
-//! kube-scheduler's leader election flags, and Go's duration syntax.
-//!
-//! Hand-written: a dozen flags do not need a parser crate, and the rules are pflag's:
-//! `--flag=value` or `--flag value`, booleans only as `--flag` or `--flag=false`, the
-//! last occurrence wins.
+//! kube-scheduler's leader election flags on clap, and Go's duration syntax.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::NonEmptyStringValueParser;
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, ValueEnum};
 use leaderelection::{Config, ConfigError};
 
 /// The lock kinds `--leader-elect-resource-lock` accepts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "lower")]
 pub enum LockKind {
-    /// A file on this host (the embedded default).
+    /// A file on this host (the embedded default)
     File,
-    /// A key in etcd.
+    /// A key in etcd (feature `etcd`)
     Etcd,
-    /// A `coordination.k8s.io/v1` Lease (kube-scheduler's default).
+    /// A coordination.k8s.io/v1 Lease, kube-scheduler's default (feature `kube`)
     Leases,
-    /// The leader annotation on an Endpoints object.
+    /// The leader annotation on an Endpoints object (feature `kube`)
     Endpoints,
-    /// The leader annotation on a ConfigMap.
+    /// The leader annotation on a ConfigMap (feature `kube`)
     ConfigMaps,
-    /// Endpoints and Lease together, for migrating to Leases.
+    /// Endpoints and Lease together, for migrating to Leases (feature `kube`)
     EndpointsLeases,
-    /// ConfigMap and Lease together, for migrating to Leases.
+    /// ConfigMap and Lease together, for migrating to Leases (feature `kube`)
     ConfigMapsLeases,
 }
 
 impl LockKind {
-    const ALL: [(&'static str, LockKind); 7] = [
-        ("file", LockKind::File),
-        ("etcd", LockKind::Etcd),
-        ("leases", LockKind::Leases),
-        ("endpoints", LockKind::Endpoints),
-        ("configmaps", LockKind::ConfigMaps),
-        ("endpointsleases", LockKind::EndpointsLeases),
-        ("configmapsleases", LockKind::ConfigMapsLeases),
-    ];
-
     /// The flag value that names this kind.
-    pub fn name(self) -> &'static str {
-        Self::ALL
-            .iter()
-            .find(|(_, k)| *k == self)
-            .map_or("?", |(n, _)| n)
+    pub fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned())
     }
-
-    fn parse(value: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == value).map(|(_, k)| *k)
-    }
-
-    fn names() -> String {
-        Self::ALL.map(|(n, _)| n).join(", ")
-    }
-}
-
-/// Everything the command line says.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Options {
-    /// `--leader-elect`: run an election (true) or always act (false).
-    pub leader_elect: bool,
-    /// `--leader-elect-lease-duration`.
-    pub lease_duration: Duration,
-    /// `--leader-elect-renew-deadline`.
-    pub renew_deadline: Duration,
-    /// `--leader-elect-retry-period`.
-    pub retry_period: Duration,
-    /// `--leader-elect-resource-lock`.
-    pub resource_lock: LockKind,
-    /// `--leader-elect-resource-name`: the election and its stored object.
-    pub resource_name: String,
-    /// `--leader-elect-resource-namespace`.
-    pub resource_namespace: String,
-    /// `--etcd-servers`, comma separated.
-    pub etcd_servers: Vec<String>,
-    /// `--kubeconfig`; empty means in-cluster or `$KUBECONFIG`.
-    pub kubeconfig: Option<PathBuf>,
-    /// `--identity`; default: the host name and a random suffix.
-    pub identity: Option<String>,
-    /// `--lock-file`, for the file lock; default: in the temp directory, after the name.
-    pub lock_file: Option<PathBuf>,
-    /// `--bind-address` of the health and metrics server.
-    pub bind_address: IpAddr,
-    /// `--port` of the health and metrics server.
-    pub port: u16,
-    /// Whether `--port` was given (else a busy default port falls back to a free one).
-    pub port_given: bool,
-    /// `--assign-interval`: how often the leader assigns a pending pod.
-    pub assign_interval: Duration,
-    /// `--demo`: run the three-replica demo instead of one replica.
-    pub demo: bool,
 }
 
 /// The port kube-scheduler served plain-HTTP health and metrics on before 1.23.
 pub const DEFAULT_PORT: u16 = 10251;
 
-impl Default for Options {
-    fn default() -> Self {
-        Self {
-            leader_elect: true,
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
-            retry_period: Duration::from_secs(2),
-            resource_lock: LockKind::File,
-            resource_name: "kube-scheduler".into(),
-            resource_namespace: "kube-system".into(),
-            etcd_servers: vec!["http://127.0.0.1:2379".into()],
-            kubeconfig: None,
-            identity: None,
-            lock_file: None,
-            bind_address: IpAddr::from([127, 0, 0, 1]),
-            port: DEFAULT_PORT,
-            port_given: false,
-            assign_interval: Duration::from_secs(1),
-            demo: false,
-        }
-    }
+/// An example scheduler replica: it assigns pending pods only while it leads the
+/// election, and stands by otherwise. Run the same command in two terminals to see one
+/// active and one standby; stop the active one and watch the other take over.
+#[derive(Clone, Debug, PartialEq, Parser)]
+#[command(
+    name = "scheduler",
+    after_help = "\
+Durations use Go's syntax: 15s, 1m30s, 500ms, 1.5h.
+Timings must satisfy lease-duration > renew-deadline > 1.2 * retry-period > 0.
+The etcd and Kubernetes locks are cargo features of the example package:
+  cargo run -p leaderelection-examples --features etcd --bin scheduler -- --leader-elect-resource-lock=etcd
+  cargo run -p leaderelection-examples --features kube --bin scheduler -- --leader-elect-resource-lock=leases
+SIGTERM or Ctrl-C stops the work first, then releases the lease so a standby takes over at once.
+Serves /healthz, /readyz and /metrics. Set RUST_LOG=leaderelection=debug to see every renewal."
+)]
+pub struct Options {
+    /// Run leader election; false means always act
+    #[arg(long, value_name = "true|false", num_args = 0..=1, require_equals = true,
+          default_value = "true", default_missing_value = "true", value_parser = parse_bool)]
+    pub leader_elect: bool,
+    /// How long standbys wait after the last renewal before taking over
+    #[arg(long = "leader-elect-lease-duration", value_name = "DURATION", default_value = "15s", value_parser = parse_go_duration)]
+    pub lease_duration: Duration,
+    /// How long the leader retries a failed renewal before it steps down
+    #[arg(long = "leader-elect-renew-deadline", value_name = "DURATION", default_value = "10s", value_parser = parse_go_duration)]
+    pub renew_deadline: Duration,
+    /// How often the leader renews and standbys retry
+    #[arg(long = "leader-elect-retry-period", value_name = "DURATION", default_value = "2s", value_parser = parse_go_duration)]
+    pub retry_period: Duration,
+    /// The lock kind (kube-scheduler's default is leases)
+    #[arg(
+        long = "leader-elect-resource-lock",
+        value_name = "KIND",
+        default_value = "file"
+    )]
+    pub resource_lock: LockKind,
+    /// The election, and the object that stores it
+    #[arg(long = "leader-elect-resource-name", value_name = "NAME", default_value = "kube-scheduler", value_parser = NonEmptyStringValueParser::new())]
+    pub resource_name: String,
+    /// Namespace of that object, for the Kubernetes locks
+    #[arg(long = "leader-elect-resource-namespace", value_name = "NS", default_value = "kube-system", value_parser = NonEmptyStringValueParser::new())]
+    pub resource_namespace: String,
+    /// Comma-separated etcd endpoints, for the etcd lock
+    #[arg(long, value_name = "URLS", value_delimiter = ',', default_value = "http://127.0.0.1:2379", value_parser = NonEmptyStringValueParser::new())]
+    pub etcd_servers: Vec<String>,
+    /// kubeconfig for the Kubernetes locks [default: in-cluster, then $KUBECONFIG]
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// This replica's identity [default: host name and a random suffix]
+    #[arg(long, value_name = "ID", value_parser = NonEmptyStringValueParser::new())]
+    pub identity: Option<String>,
+    /// The file lock's file [default: leaderelection-NAME.json in the temp dir]
+    #[arg(long, value_name = "PATH")]
+    pub lock_file: Option<PathBuf>,
+    /// Address of the /healthz, /readyz and /metrics server
+    #[arg(long, value_name = "IP", default_value = "127.0.0.1")]
+    pub bind_address: IpAddr,
+    /// Port of that server; 0 picks a free one [default: 10251, or a free port when it is taken]
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// How often the leader assigns a pending pod
+    #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = positive_duration)]
+    pub assign_interval: Duration,
+    /// Start three replicas, crash the leader, stop the next one gracefully, and print
+    /// a timeline (about 15 seconds)
+    #[arg(long)]
+    pub demo: bool,
+    /// Catches `--leader-elect false`, to say how booleans take a value.
+    #[arg(hide = true)]
+    pub stray: Vec<String>,
 }
 
 impl Options {
+    /// Parses the command line; on a bad one prints the error naming the flag and
+    /// exits with status 2 (0 for `--help`).
+    pub fn parse_or_exit() -> Self {
+        let o = Self::parse();
+        if let Some(arg) = o.stray.first() {
+            let hint = if parse_bool(arg).is_ok() {
+                format!("boolean flags take their value after '=', as in --leader-elect={arg}")
+            } else {
+                "all options are --flags (see --help)".into()
+            };
+            Self::command()
+                .error(
+                    ErrorKind::UnknownArgument,
+                    format!("{arg}: unexpected argument; {hint}"),
+                )
+                .exit();
+        }
+        if o.leader_elect {
+            if let Err(e) = o.config().validate() {
+                Self::command()
+                    .error(ErrorKind::ValueValidation, config_error(e, &o))
+                    .exit();
+            }
+        }
+        o
+    }
+
     /// The elector's configuration these options describe.
     pub fn config(&self) -> Config {
         let mut config = Config::new(self.resource_name.clone())
@@ -153,228 +172,27 @@ impl Options {
     }
 }
 
-/// What to do.
-#[derive(Debug, PartialEq)]
-pub enum Parsed {
-    /// Print [`HELP`] and exit 0.
-    Help,
-    /// Run with these options.
-    Run(Box<Options>),
-}
-
-/// A bad command line, naming the flag. The process exits with status 2.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FlagError {
-    /// The flag (or argument) at fault, as typed.
-    pub flag: String,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl fmt::Display for FlagError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.flag, self.message)
-    }
-}
-
-impl std::error::Error for FlagError {}
-
-fn err(flag: &str, message: impl Into<String>) -> FlagError {
-    FlagError {
-        flag: flag.to_owned(),
-        message: message.into(),
-    }
-}
-
-/// Usage text for `--help`.
-pub const HELP: &str = "\
-An example scheduler replica: it assigns pending pods only while it leads the
-election, and stands by otherwise. Run the same command in two terminals to see
-one active and one standby; stop the active one and watch the other take over.
-
-Usage: scheduler [flags]
-       scheduler --demo
-
-Leader election (kube-scheduler's flags):
-      --leader-elect[=true|false]            Run leader election; false means always act (default true)
-      --leader-elect-lease-duration DURATION How long standbys wait after the last renewal before taking over (default 15s)
-      --leader-elect-renew-deadline DURATION How long the leader retries a failed renewal before it steps down (default 10s)
-      --leader-elect-retry-period DURATION   How often the leader renews and standbys retry (default 2s)
-      --leader-elect-resource-lock KIND      file, etcd, leases, endpoints, configmaps, endpointsleases or
-                                             configmapsleases (default file; kube-scheduler's default is leases)
-      --leader-elect-resource-name NAME      The election, and the object that stores it (default kube-scheduler)
-      --leader-elect-resource-namespace NS   Namespace of that object, for the Kubernetes locks (default kube-system)
-      --etcd-servers URLS                    Comma-separated etcd endpoints, for the etcd lock (default http://127.0.0.1:2379)
-      --kubeconfig PATH                      kubeconfig for the Kubernetes locks (default: in-cluster, then $KUBECONFIG)
-      --identity ID                          This replica's identity (default: host name and a random suffix)
-
-This example:
-      --lock-file PATH                       The file lock's file (default: <temp dir>/leaderelection-<name>.json)
-      --bind-address IP                      Address of the /healthz and /metrics server (default 127.0.0.1)
-      --port PORT                            Port of that server; 0 picks a free one (default 10251, or a free
-                                             port when 10251 is taken and --port was not given)
-      --assign-interval DURATION             How often the leader assigns a pending pod (default 1s)
-      --demo                                 Start three replicas, crash the leader, stop the next one
-                                             gracefully, and print a timeline (about 15 seconds)
-  -h, --help                                 Show this help
-
-Durations use Go's syntax: 15s, 1m30s, 500ms, 1.5h.
-Timings must satisfy lease-duration > renew-deadline > 1.2 * retry-period > 0.
-SIGTERM or Ctrl-C stops the work first, then releases the lease so a standby takes over at once.
-Set RUST_LOG=leaderelection=debug to see every renewal.
-";
-
-const VALUE_FLAGS: [&str; 13] = [
-    "--leader-elect-lease-duration",
-    "--leader-elect-renew-deadline",
-    "--leader-elect-retry-period",
-    "--leader-elect-resource-lock",
-    "--leader-elect-resource-name",
-    "--leader-elect-resource-namespace",
-    "--etcd-servers",
-    "--kubeconfig",
-    "--identity",
-    "--lock-file",
-    "--bind-address",
-    "--port",
-    "--assign-interval",
-];
-
-/// Parses the arguments after the program name.
-///
-/// # Errors
-///
-/// A [`FlagError`] naming the first bad flag, or the timing flag a combination of
-/// timings breaks.
-pub fn parse<S: AsRef<str>>(args: &[S]) -> Result<Parsed, FlagError> {
-    let mut o = Options::default();
-    let mut args = args.iter().map(AsRef::as_ref);
-    while let Some(arg) = args.next() {
-        if arg == "-h" || arg == "--help" {
-            return Ok(Parsed::Help);
-        }
-        if !arg.starts_with("--") || arg == "--" {
-            return Err(err(
-                arg,
-                if arg.eq_ignore_ascii_case("false") || arg.eq_ignore_ascii_case("true") {
-                    "unexpected argument; boolean flags take their value after '=', as in --leader-elect=false"
-                } else {
-                    "unexpected argument; all options are --flags (see --help)"
-                },
-            ));
-        }
-        let (flag, inline) = match arg.split_once('=') {
-            Some((f, v)) => (f, Some(v)),
-            None => (arg, None),
-        };
-        // Booleans never consume the next argument, as in pflag.
-        match flag {
-            "--leader-elect" => {
-                o.leader_elect = match inline {
-                    None => true,
-                    Some(v) => parse_bool(v).ok_or_else(|| {
-                        err(flag, format!("invalid boolean {v:?}; use true or false"))
-                    })?,
-                };
-                continue;
-            }
-            "--demo" => {
-                if inline.is_some() {
-                    return Err(err(flag, "takes no value"));
-                }
-                o.demo = true;
-                continue;
-            }
-            _ => {}
-        }
-        if !VALUE_FLAGS.contains(&flag) {
-            return Err(err(flag, "unknown flag (see --help)"));
-        }
-        let value = match inline {
-            Some(v) => v,
-            None => args
-                .next()
-                .ok_or_else(|| err(flag, "flag needs an argument"))?,
-        };
-        let duration = || parse_go_duration(value).map_err(|e| err(flag, format!("{e}")));
-        match flag {
-            "--leader-elect-lease-duration" => o.lease_duration = duration()?,
-            "--leader-elect-renew-deadline" => o.renew_deadline = duration()?,
-            "--leader-elect-retry-period" => o.retry_period = duration()?,
-            "--assign-interval" => {
-                o.assign_interval = duration()?;
-                if o.assign_interval.is_zero() {
-                    return Err(err(flag, "must be greater than zero"));
-                }
-            }
-            "--leader-elect-resource-lock" => {
-                o.resource_lock = LockKind::parse(value).ok_or_else(|| {
-                    err(
-                        flag,
-                        format!(
-                            "unknown lock {value:?}; expected one of {}",
-                            LockKind::names()
-                        ),
-                    )
-                })?;
-            }
-            "--leader-elect-resource-name" => o.resource_name = non_empty(flag, value)?,
-            "--leader-elect-resource-namespace" => o.resource_namespace = non_empty(flag, value)?,
-            "--etcd-servers" => {
-                o.etcd_servers = value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect();
-                if o.etcd_servers.is_empty() {
-                    return Err(err(flag, "needs at least one URL"));
-                }
-            }
-            "--kubeconfig" => {
-                o.kubeconfig = Some(value).filter(|v| !v.is_empty()).map(PathBuf::from)
-            }
-            "--identity" => o.identity = Some(non_empty(flag, value)?),
-            "--lock-file" => o.lock_file = Some(PathBuf::from(non_empty(flag, value)?)),
-            "--bind-address" => {
-                o.bind_address = value
-                    .parse()
-                    .map_err(|_| err(flag, format!("{value:?} is not an IP address")))?;
-            }
-            "--port" => {
-                o.port = value
-                    .parse()
-                    .map_err(|_| err(flag, format!("{value:?} is not a port (0-65535)")))?;
-                o.port_given = true;
-            }
-            _ => return Err(err(flag, "unknown flag (see --help)")),
-        }
-    }
-    if o.leader_elect {
-        o.config().validate().map_err(|e| config_error(e, &o))?;
-    }
-    Ok(Parsed::Run(Box::new(o)))
-}
-
 /// Names the flag behind each of the elector's configuration errors.
-fn config_error(e: ConfigError, o: &Options) -> FlagError {
-    let lease = "--leader-elect-lease-duration";
-    let renew = "--leader-elect-renew-deadline";
-    let retry = "--leader-elect-retry-period";
+fn config_error(e: ConfigError, o: &Options) -> String {
+    let (lease, renew, retry) = (
+        "--leader-elect-lease-duration",
+        "--leader-elect-renew-deadline",
+        "--leader-elect-retry-period",
+    );
     match e {
-        ConfigError::LeaseNotAfterRenewDeadline { lease: l, renew: r } => err(
-            lease,
-            format!("{} must be greater than {renew} ({})", go(l), go(r)),
-        ),
-        // Computed here rather than taken from the error, in exact decimal.
-        ConfigError::RenewDeadlineNotAfterRetry { renew: r, .. } => err(
-            renew,
+        ConfigError::LeaseNotAfterRenewDeadline { lease: l, renew: r } => {
             format!(
-                "{} must be greater than 1.2 * {retry} (1.2 * {} = {})",
-                go(r),
-                go(o.retry_period),
-                go(o.retry_period * 6 / 5)
-            ),
+                "{lease}: {} must be greater than {renew} ({})",
+                go(l),
+                go(r)
+            )
+        }
+        // Computed here rather than taken from the error, in exact decimal.
+        ConfigError::RenewDeadlineNotAfterRetry { renew: r, .. } => format!(
+            "{renew}: {} must be greater than 1.2 * {retry} (1.2 * {} = {})",
+            go(r),
+            go(o.retry_period),
+            go(o.retry_period * 6 / 5)
         ),
         ConfigError::Zero { field } => {
             let flag = match field {
@@ -382,27 +200,27 @@ fn config_error(e: ConfigError, o: &Options) -> FlagError {
                 "renew_deadline" => renew,
                 _ => retry,
             };
-            err(flag, "must be greater than zero")
+            format!("{flag}: must be greater than zero")
         }
-        ConfigError::LeaseTooLong(d) => err(lease, format!("{} is too long", go(d))),
-        ConfigError::EmptyIdentity => err("--identity", "must not be empty"),
-        other => err("--leader-elect", other.to_string()),
+        ConfigError::LeaseTooLong(d) => format!("{lease}: {} is too long", go(d)),
+        other => format!("--leader-elect: {other}"),
     }
-}
-
-fn non_empty(flag: &str, value: &str) -> Result<String, FlagError> {
-    if value.is_empty() {
-        return Err(err(flag, "must not be empty"));
-    }
-    Ok(value.to_owned())
 }
 
 /// Go's `strconv.ParseBool`.
-fn parse_bool(v: &str) -> Option<bool> {
+fn parse_bool(v: &str) -> Result<bool, String> {
     match v {
-        "1" | "t" | "T" | "true" | "TRUE" | "True" => Some(true),
-        "0" | "f" | "F" | "false" | "FALSE" | "False" => Some(false),
-        _ => None,
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!("invalid boolean {v:?}; use true or false")),
+    }
+}
+
+fn positive_duration(v: &str) -> Result<Duration, String> {
+    match parse_go_duration(v) {
+        Ok(d) if d.is_zero() => Err("must be greater than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -643,163 +461,60 @@ mod tests {
         }
     }
 
-    fn run(args: &[&str]) -> Options {
-        match parse(args) {
-            Ok(Parsed::Run(o)) => *o,
-            other => panic!("{args:?} gave {other:?}"),
-        }
-    }
-
-    fn fails(args: &[&str]) -> FlagError {
-        match parse(args) {
-            Err(e) => e,
-            Ok(other) => panic!("{args:?} was accepted: {other:?}"),
-        }
+    fn run(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("scheduler").chain(args.iter().copied()))
     }
 
     #[test]
     fn defaults_are_kube_schedulers_but_on_the_file_lock() {
-        let o = run(&[]);
-        assert_eq!(o, Options::default());
+        let o = run(&[]).unwrap();
         assert!(o.leader_elect);
+        let c = o.config();
         assert_eq!(
-            (o.lease_duration, o.renew_deadline, o.retry_period),
-            (
-                Duration::from_secs(15),
-                Duration::from_secs(10),
-                Duration::from_secs(2)
-            )
+            c,
+            Config::new("kube-scheduler").identity(c.identity.clone())
         );
         assert_eq!(o.resource_lock, LockKind::File);
-        assert_eq!(o.resource_name, "kube-scheduler");
         assert!(o
             .lock_file()
             .ends_with("leaderelection-kube-scheduler.json"));
+        Options::command().debug_assert();
     }
 
     #[test]
-    fn both_flag_forms_and_the_last_one_wins() {
+    fn flags_take_go_values() {
         let o = run(&[
-            "--leader-elect-lease-duration=30s",
-            "--leader-elect-renew-deadline",
-            "20s",
-            "--leader-elect-retry-period",
-            "4s",
+            "--leader-elect=f",
+            "--leader-elect-lease-duration=1m30s",
             "--leader-elect-resource-lock",
-            "leases",
-            "--leader-elect-resource-name=my-sched",
-            "--leader-elect-resource-namespace",
-            "ops",
-            "--etcd-servers=http://a:2379, http://b:2379",
-            "--kubeconfig",
-            "/k/config",
-            "--identity=node-1",
-            "--bind-address",
-            "0.0.0.0",
-            "--port=0",
-            "--identity",
-            "node-2",
-        ]);
-        assert_eq!(o.lease_duration, Duration::from_secs(30));
-        assert_eq!(o.renew_deadline, Duration::from_secs(20));
-        assert_eq!(o.retry_period, Duration::from_secs(4));
-        assert_eq!(o.resource_lock, LockKind::Leases);
-        assert_eq!(o.resource_name, "my-sched");
-        assert_eq!(o.resource_namespace, "ops");
+            "configmapsleases",
+            "--etcd-servers=http://a:2379,http://b:2379",
+        ])
+        .unwrap();
+        assert!(!o.leader_elect);
+        assert_eq!(o.lease_duration, Duration::from_secs(90));
+        assert_eq!(o.resource_lock, LockKind::ConfigMapsLeases);
+        assert_eq!(o.resource_lock.name(), "configmapsleases");
         assert_eq!(o.etcd_servers, ["http://a:2379", "http://b:2379"]);
-        assert_eq!(o.kubeconfig, Some(PathBuf::from("/k/config")));
-        assert_eq!(o.identity.as_deref(), Some("node-2"));
-        assert_eq!(o.bind_address, IpAddr::from([0, 0, 0, 0]));
-        assert_eq!((o.port, o.port_given), (0, true));
-        assert_eq!(o.config().identity, "node-2");
-        for (name, kind) in LockKind::ALL {
-            let flag = format!("--leader-elect-resource-lock={name}");
-            assert_eq!(run(&[flag.as_str()]).resource_lock, kind);
-            assert_eq!(kind.name(), name);
+        assert!(run(&["--leader-elect"]).unwrap().leader_elect);
+        for (args, words) in [
+            (&["--leader-elect-retry-period=2x"][..], "unknown unit"),
+            (&["--assign-interval=0s"], "greater than zero"),
+            (&["--identity="], "--identity"),
+            (&["--leader-elect-resource-lock=zookeeper"], "zookeeper"),
+        ] {
+            let e = run(args).unwrap_err();
+            assert_eq!(e.exit_code(), 2);
+            assert!(e.to_string().contains(words), "{args:?}: {e}");
         }
-    }
-
-    #[test]
-    fn booleans_take_their_value_after_equals() {
-        assert!(!run(&["--leader-elect=false"]).leader_elect);
-        assert!(run(&["--leader-elect=false", "--leader-elect"]).leader_elect);
-        assert!(run(&["--leader-elect=T"]).leader_elect);
-        let e = fails(&["--leader-elect", "false"]);
-        assert_eq!(e.flag, "false");
-        assert!(e.message.contains("--leader-elect=false"), "{e}");
-        assert_eq!(fails(&["--leader-elect=maybe"]).flag, "--leader-elect");
-        assert!(run(&["--demo"]).demo);
-    }
-
-    #[test]
-    fn bad_flags_name_the_flag() {
-        let cases: &[(&[&str], &str, &str)] = &[
-            (&["--no-such-flag"], "--no-such-flag", "unknown flag"),
-            (&["--no-such-flag=1"], "--no-such-flag", "unknown flag"),
-            (&["positional"], "positional", "unexpected argument"),
-            (&["--identity"], "--identity", "needs an argument"),
-            (&["--identity="], "--identity", "must not be empty"),
-            (
-                &["--leader-elect-lease-duration", "15"],
-                "--leader-elect-lease-duration",
-                "missing unit",
-            ),
-            (
-                &["--leader-elect-retry-period=2x"],
-                "--leader-elect-retry-period",
-                "unknown unit",
-            ),
-            (
-                &["--leader-elect-resource-lock=zookeeper"],
-                "--leader-elect-resource-lock",
-                "expected one of file, etcd, leases",
-            ),
-            (&["--port=70000"], "--port", "not a port"),
-            (&["--bind-address=localhost"], "--bind-address", "not an IP"),
-            (&["--etcd-servers=,"], "--etcd-servers", "at least one"),
-            (
-                &["--assign-interval=0s"],
-                "--assign-interval",
-                "greater than zero",
-            ),
-            (&["--demo=yes"], "--demo", "no value"),
-        ];
-        for (args, flag, words) in cases {
-            let e = fails(args);
-            assert_eq!(e.flag, *flag, "{args:?}: {e}");
-            assert!(e.message.contains(words), "{args:?}: {e}");
-        }
-        assert_eq!(parse(&["--help"]), Ok(Parsed::Help));
-        assert_eq!(parse(&["--port=x", "-h"]), Err(fails(&["--port=x"])));
     }
 
     #[test]
     fn invalid_timings_name_the_flag_and_the_rule() {
-        let e = fails(&["--leader-elect-lease-duration=10s"]);
-        assert_eq!(e.flag, "--leader-elect-lease-duration");
+        let o = run(&["--leader-elect-retry-period=9s"]).unwrap();
         assert_eq!(
-            e.message,
-            "10s must be greater than --leader-elect-renew-deadline (10s)"
+            config_error(o.config().validate().unwrap_err(), &o),
+            "--leader-elect-renew-deadline: 10s must be greater than 1.2 * --leader-elect-retry-period (1.2 * 9s = 10.8s)"
         );
-        let e = fails(&["--leader-elect-retry-period=9s"]);
-        assert_eq!(e.flag, "--leader-elect-renew-deadline");
-        assert_eq!(
-            e.message,
-            "10s must be greater than 1.2 * --leader-elect-retry-period (1.2 * 9s = 10.8s)"
-        );
-        let e = fails(&[
-            "--leader-elect-retry-period=0s",
-            "--leader-elect-renew-deadline=1s",
-        ]);
-        assert_eq!(e.flag, "--leader-elect-retry-period");
-        assert_eq!(e.message, "must be greater than zero");
-        // Without an election the timings do not matter.
-        assert!(!run(&["--leader-elect=false", "--leader-elect-lease-duration=1s"]).leader_elect);
-        // client-go's smallest sensible setting is fine.
-        run(&[
-            "--leader-elect-lease-duration=2s",
-            "--leader-elect-renew-deadline=1.5s",
-            "--leader-elect-retry-period=500ms",
-        ]);
     }
 }

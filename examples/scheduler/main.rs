@@ -11,18 +11,20 @@
 //! cargo run -p leaderelection-examples --bin scheduler -- --demo  # three replicas, a crash, a handover
 //! ```
 //!
-//! Each replica prints one line per event on stdout (`<time> <identity> <EVENT>
-//! <details>`), logs to stderr (`RUST_LOG`), and serves `/healthz` and `/metrics`.
+//! Each replica prints one line per event on stdout
+//! (`<time> <identity> <EVENT> <details>`), logs to stderr (`RUST_LOG`), and serves
+//! `/healthz`, `/readyz` and `/metrics` (the library's `leader_election_*` metrics).
 //! SIGTERM or Ctrl-C stops the work, then releases the lease.
 
 use std::fmt::Display;
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leaderelection::{ElectionEvent, FileLock, LeaderElector, LeaseLock};
+use leaderelection::{ElectionEvent, FileLock, LeaderElector, LeaseLock, Metrics};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::registry::Registry;
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -32,18 +34,10 @@ mod demo;
 mod flags;
 mod http;
 
-use flags::{go, LockKind, Options, Parsed};
+use flags::{go, LockKind, Options};
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let opts = match flags::parse(&args) {
-        Ok(Parsed::Help) => {
-            print!("{}", flags::HELP);
-            return ExitCode::SUCCESS;
-        }
-        Ok(Parsed::Run(opts)) => *opts,
-        Err(e) => return usage_error(e),
-    };
+    let opts = Options::parse_or_exit();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -120,6 +114,16 @@ async fn replica(opts: Options) -> ExitCode {
         None
     };
 
+    let mut registry = Registry::default();
+    if let Some(elector) = &elector {
+        elector.set_metrics(&Metrics::new(&mut registry));
+    }
+    let assignments = Counter::default();
+    registry.register(
+        "scheduler_example_assignments",
+        "Pods this replica assigned while it led",
+        assignments.clone(),
+    );
     let listener = match bind(&opts).await {
         Ok(listener) => listener,
         Err(message) => {
@@ -132,19 +136,18 @@ async fn replica(opts: Options) -> ExitCode {
         .map_or_else(|_| "?".into(), |a| a.to_string());
     let state = Arc::new(http::State {
         elector: elector.clone(),
-        name: opts.resource_name.clone(),
-        assignments: Default::default(),
+        registry,
     });
-    tokio::spawn(http::serve(listener, state.clone(), shutdown.clone()));
+    tokio::spawn(http::serve(listener, state, shutdown.clone()));
     out.say(
         "READY",
-        format!("{lock_description}; serving http://{addr}/healthz and /metrics"),
+        format!("{lock_description}; serving http://{addr}/healthz (and /readyz, /metrics)"),
     );
 
     let work = Work {
         out: out.clone(),
         interval: opts.assign_interval,
-        state,
+        assignments,
         shutdown: shutdown.clone(),
     };
     match elector {
@@ -177,7 +180,7 @@ async fn replica(opts: Options) -> ExitCode {
 struct Work {
     out: Out,
     interval: Duration,
-    state: Arc<http::State>,
+    assignments: Counter,
     shutdown: CancellationToken,
 }
 
@@ -226,7 +229,7 @@ impl Work {
                     // side can refuse a deposed leader's late writes.
                     self.out.say("ASSIGN", format!("pod-{pod:04x} -> {node} ({token})"));
                     assigned += 1;
-                    self.state.assignments.fetch_add(1, Ordering::Relaxed);
+                    self.assignments.inc();
                 }
             }
         }
@@ -301,10 +304,10 @@ async fn next_signal() -> &'static str {
 /// The health server's socket. A busy default port falls back to a free one, so that
 /// two replicas started with the same command on one host both run.
 async fn bind(opts: &Options) -> Result<TcpListener, String> {
-    let addr = SocketAddr::new(opts.bind_address, opts.port);
+    let addr = SocketAddr::new(opts.bind_address, opts.port.unwrap_or(flags::DEFAULT_PORT));
     match TcpListener::bind(addr).await {
         Ok(listener) => Ok(listener),
-        Err(e) if !opts.port_given && e.kind() == std::io::ErrorKind::AddrInUse => {
+        Err(e) if opts.port.is_none() && e.kind() == std::io::ErrorKind::AddrInUse => {
             TcpListener::bind(SocketAddr::new(opts.bind_address, 0))
                 .await
                 .map_err(|e| format!("cannot listen on {}: {e}", opts.bind_address))
@@ -397,7 +400,7 @@ async fn kube_lock(kind: LockKind, opts: &Options) -> Result<Box<dyn LeaseLock>,
     let client = kube::Client::try_from(config)
         .map_err(|e| SetupError::Failed(format!("cannot build a Kubernetes client: {e}")))?;
     KubeLock::from_resource_lock_name(
-        kind.name(),
+        &kind.name(),
         client,
         &opts.resource_namespace,
         &opts.resource_name,
@@ -407,7 +410,7 @@ async fn kube_lock(kind: LockKind, opts: &Options) -> Result<Box<dyn LeaseLock>,
 
 #[cfg(not(feature = "kube"))]
 async fn kube_lock(kind: LockKind, _opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
-    Err(not_built(kind.name(), "kube", ""))
+    Err(not_built(&kind.name(), "kube", ""))
 }
 
 #[cfg(any(not(feature = "etcd"), not(feature = "kube")))]

@@ -26,8 +26,11 @@ fn run_to_end(args: &[&str]) -> Output {
 #[test]
 fn bad_flags_and_invalid_timings_exit_2_naming_the_flag() {
     let cases: &[(&[&str], &str)] = &[
-        (&["--no-such-flag"], "--no-such-flag: unknown flag"),
-        (&["--leader-elect-lease-duration", "15"], "--leader-elect-lease-duration: time: missing unit"),
+        (&["--no-such-flag"], "unexpected argument '--no-such-flag'"),
+        (
+            &["--leader-elect-lease-duration", "15"],
+            "for '--leader-elect-lease-duration <DURATION>': time: missing unit",
+        ),
         (
             &["--leader-elect-renew-deadline=20s"],
             "--leader-elect-lease-duration: 15s must be greater than --leader-elect-renew-deadline (20s)",
@@ -76,7 +79,7 @@ fn help_lists_the_flags_and_exits_0() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
-        "--leader-elect[=true|false]",
+        "--leader-elect[=<true|false>]",
         "--leader-elect-lease-duration",
         "--leader-elect-renew-deadline",
         "--leader-elect-retry-period",
@@ -91,6 +94,8 @@ fn help_lists_the_flags_and_exits_0() {
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");
     }
+    // The locks that are a cargo feature away say which feature.
+    assert!(help.contains("--features etcd") && help.contains("--features kube"));
 }
 
 /// A running replica and what it printed.
@@ -267,6 +272,16 @@ fn two_replicas_one_active_failover_on_kill_and_release_on_sigterm() {
     // Both endpoints answer; the gauge tells the active from the standby.
     for url in &urls {
         assert_eq!(get(url, "/healthz"), (200, "ok".to_owned()));
+        assert_eq!(get(url, "/readyz"), (200, "ok".to_owned()));
+        let (_, metrics) = get(url, "/metrics");
+        for series in [
+            r#"leader_election_slowpath_total{name="example-test"} 0"#,
+            r#"leader_election_transitions_total{name="example-test"}"#,
+            r#"leader_election_renewal_duration_seconds_count{name="example-test"}"#,
+            "# TYPE scheduler_example_assignments counter",
+        ] {
+            assert!(metrics.contains(series), "no {series} in {metrics}");
+        }
     }
     assert_eq!(
         master_status(&urls[a]),
