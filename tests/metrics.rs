@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use leaderelection::{Config, LeaderElectionRecord, LeaderElector, MemoryStore, Metrics};
+use leaderelection_testkit::faults::FaultyLock;
 use prometheus_client::registry::Registry;
 use tokio::time::sleep;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +38,8 @@ fn held_by(holder: &str) -> String {
 #[tokio::test(start_paused = true)]
 async fn metrics_follow_acquire_renewals_conflicts_failures_loss_and_release() {
     let store = MemoryStore::new();
-    let lock = store.lock(NAME);
-    let control = lock.control();
+    let lock = FaultyLock::new(store.lock(NAME));
+    let control = lock.faults();
     control.set_latency(Duration::from_millis(5));
     let elector = LeaderElector::new(lock, Config::new(NAME).identity("a")).unwrap();
     let mut registry = Registry::default();

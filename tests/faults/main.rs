@@ -230,7 +230,8 @@ fn args() -> Args {
     // `FAULTS_FILTER` selects like a command-line filter, for runners that pass the
     // same arguments to every test binary (scripts/mutants.sh).
     if let Ok(f) = std::env::var("FAULTS_FILTER") {
-        a.filters.extend(f.split(',').filter(|f| !f.is_empty()).map(str::to_owned));
+        a.filters
+            .extend(f.split(',').filter(|f| !f.is_empty()).map(str::to_owned));
     }
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
