@@ -19,7 +19,9 @@ use leaderelection::{
     Config, ElectionEvent, EtcdElection, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
     LockEvent, Version,
 };
-use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions, TestCerts};
+use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions};
+#[cfg(feature = "etcd-tls")]
+use leaderelection_testkit::etcd::TestCerts;
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
@@ -1382,6 +1384,7 @@ async fn unreachable_and_malformed_endpoints_are_named() {
     assert!(err.to_string().contains("no etcd endpoint"), "{err}");
 }
 
+#[cfg(feature = "etcd-tls")]
 fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("leaderelection-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
