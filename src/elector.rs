@@ -391,8 +391,7 @@ impl LeaderElector {
                 false,
             ),
             (_, Some(prev)) => {
-                let prev_live =
-                    matches!(&prev.seen, Seen::Record(v) if !v.record.is_released());
+                let prev_live = matches!(&prev.seen, Seen::Record(v) if !v.record.is_released());
                 (prev.live, prev_live)
             }
             (_, None) => (None, false),
@@ -500,7 +499,6 @@ impl LeaseTerm<'_> {
         }
         Ok(attempt_at)
     }
-
 }
 
 /// One lock call of a term, finished by `deadline`. Not a method: the term holds a
@@ -523,8 +521,12 @@ impl Term for LeaseTerm<'_> {
         let attempt_at = Instant::now();
         self.record.renew_time = Some(jiff::Timestamp::now());
         // Fast path: one compare-and-swap with the version we wrote last.
-        match by(self.config, deadline, self.lock.update(&self.record, &self.version))
-            .await
+        match by(
+            self.config,
+            deadline,
+            self.lock.update(&self.record, &self.version),
+        )
+        .await
         {
             Ok(v) => {
                 let expected = std::mem::replace(&mut self.version, v);
@@ -547,8 +549,12 @@ impl Term for LeaseTerm<'_> {
             return Err(Renewal::Lost(holder));
         }
         self.record.leader_transitions = current.record.leader_transitions;
-        self.version = by(self.config, deadline, self.lock.update(&self.record, &current.version))
-            .await?;
+        self.version = by(
+            self.config,
+            deadline,
+            self.lock.update(&self.record, &current.version),
+        )
+        .await?;
         self.renewed(attempt_at, &current.version)
     }
 

@@ -343,12 +343,25 @@ impl EtcdElection {
     }
 
     /// Waits until no key created before ours is left (Go's `waitDeletes`), keeping
-    /// the session alive meanwhile.
+    /// the session alive meanwhile, and then until the session of the last leader seen
+    /// has ended too.
+    ///
+    /// Anyone can delete the leader's key (`etcdctl del`) while its session, and so
+    /// perhaps its work, is still alive: that leader steps down when it sees the
+    /// delete and then revokes its session. Leading before that would overlap its
+    /// work, so the next candidate waits until etcd no longer has that session (revoked,
+    /// or expired). A leader that resigned revoked its session with its key, and is
+    /// followed at once.
     async fn wait_turn(&self, session: &mut Session, shutdown: &CancellationToken) -> Turn {
         let config = &self.shared.core.config;
         let mut watch: Option<etcd_client::WatchStream> = None;
         let mut next_keepalive = session.alive_since + config.retry_period;
         let mut read = true;
+        // The last other key seen leading; checked once ours is first.
+        let mut predecessor: Option<EtcdLeader> = None;
+        // True while ours is first but the predecessor's session lives: checked again
+        // after every keep-alive.
+        let mut waiting = false;
         loop {
             if read {
                 read = false;
@@ -358,7 +371,27 @@ impl EtcdElection {
                             .core
                             .report
                             .set_leader(leader.as_ref().map(|l| l.value.clone()), false);
+                        waiting = false;
+                        let ours_first = leader.as_ref().is_some_and(|l| l.key == session.key);
+                        if let Some(p) = predecessor.as_ref().filter(|_| ours_first) {
+                            match self.session_alive(p).await {
+                                Ok(false) => predecessor = None,
+                                alive => {
+                                    if let Err(e) = alive {
+                                        debug!(error = %e, "cannot tell whether the last leader's session ended; asking again");
+                                    } else {
+                                        info!(predecessor = %p.key, "the leader's key was deleted but its session lives; waiting for it to end");
+                                    }
+                                    self.shared
+                                        .core
+                                        .report
+                                        .set_leader(Some(p.value.clone()), false);
+                                    waiting = true;
+                                }
+                            }
+                        }
                         match leader {
+                            Some(_) if waiting => {}
                             Some(l) if l.key == session.key => {
                                 // Our turn. Lead from a fresh keep-alive, so the term
                                 // starts with the whole session ahead of it.
@@ -377,6 +410,7 @@ impl EtcdElection {
                             }
                             Some(l) if l.create_revision < session.create_revision => {
                                 debug!(leader = %l.value, "waiting for the keys created before ours");
+                                predecessor = Some(l);
                             }
                             _ => return Turn::SessionLost("our candidate key is gone".into()),
                         }
@@ -427,7 +461,7 @@ impl EtcdElection {
                             next_keepalive = now + config.retry_period;
                         }
                     }
-                    if watch.is_none() {
+                    if watch.is_none() || waiting {
                         read = true;
                     }
                 }
@@ -527,6 +561,42 @@ impl EtcdElection {
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok((resp.kvs().first().map(EtcdLeader::from_kv), revision))
+    }
+
+    /// Whether etcd still has the session lease of `leader`'s key. etcd answers a
+    /// lease it no longer has (revoked, expired) with a TTL of -1.
+    async fn session_alive(&self, leader: &EtcdLeader) -> Result<bool, LockError> {
+        let lease = if leader.lease != 0 {
+            leader.lease
+        } else {
+            // A key etcd reports without a lease: Go names it after the session anyway.
+            let hex = leader.key.rsplit('/').next().unwrap_or_default();
+            match i64::from_str_radix(hex, 16) {
+                Ok(id) => id,
+                Err(_) => return Ok(false),
+            }
+        };
+        let resp = self
+            .shared
+            .core
+            .call(async {
+                self.shared
+                    .client
+                    .lease_client()
+                    .time_to_live(lease, None)
+                    .await
+                    .map_err(|e| self.err("ask the session of the last leader in", e))
+            })
+            .await;
+        match resp {
+            Ok(r) => Ok(r.ttl() >= 0),
+            Err(LockError::Unavailable { source, .. })
+                if source.to_string().contains("lease not found") =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One keep-alive on the session; on success the session is alive from when it

@@ -1055,12 +1055,18 @@ async fn a_renewal_that_wrote_nothing_does_not_extend_the_lease() {
     on.store(true, Ordering::SeqCst);
     leadership.lost().await;
     let lost_at = Instant::now();
-    assert!(skipped.load(Ordering::SeqCst) >= 3, "renewals were not tried");
+    assert!(
+        skipped.load(Ordering::SeqCst) >= 3,
+        "renewals were not tried"
+    );
     assert_eq!(
         leadership.valid_until(),
         valid_until,
         "a write that stored nothing extended the lease"
     );
-    assert_eq!(lost_at, valid_until, "did not step down at the renew deadline");
+    assert_eq!(
+        lost_at, valid_until,
+        "did not step down at the renew deadline"
+    );
     task.await.unwrap();
 }
