@@ -1541,7 +1541,10 @@ async fn etcd_lock_tampered(cluster: &EtcdCluster, native: bool, blank: bool) {
         let kv = client.get(key.as_str(), None).await.unwrap().kvs()[0].clone();
         let mut record = LeaderElectionRecord::from_json(kv.value_str().unwrap()).unwrap();
         record.holder_identity.clear();
-        client.put(key.as_str(), record.to_json(), None).await.unwrap();
+        client
+            .put(key.as_str(), record.to_json(), None)
+            .await
+            .unwrap();
     } else {
         client.delete(key.as_str(), None).await.unwrap();
     }
@@ -1578,10 +1581,18 @@ async fn etcd_election_leaders_key_deleted_next_waits_for_its_session() {
             leader: Box::new(move || e2.leader()),
         }
     };
-    let a_election = election(&cluster, "tamper", takeover::fast("tamper", "a").recampaign(false)).await;
+    let a_election = election(
+        &cluster,
+        "tamper",
+        takeover::fast("tamper", "a").recampaign(false),
+    )
+    .await;
     let a = run("a", a_election.clone());
     wait_until("a leads", Duration::from_secs(20), || (a.is_leader)()).await;
-    let b = run("b", election(&cluster, "tamper", takeover::fast("tamper", "b")).await);
+    let b = run(
+        "b",
+        election(&cluster, "tamper", takeover::fast("tamper", "b")).await,
+    );
     takeover::leader_and_standby(&a, &b).await;
 
     // An operator's `etcdctl del` of the leader's key: its session is still alive.
@@ -1592,5 +1603,13 @@ async fn etcd_election_leaders_key_deleted_next_waits_for_its_session() {
     let retry = Duration::from_millis(500);
     // The successor may lead once a's session is revoked, after a's work stopped.
     let earliest = tampered_at + takeover::WORK_STOP;
-    takeover::check_takeover("etcd election", &spans, (a, b), tampered_at, earliest, retry).await;
+    takeover::check_takeover(
+        "etcd election",
+        &spans,
+        (a, b),
+        tampered_at,
+        earliest,
+        retry,
+    )
+    .await;
 }

@@ -135,15 +135,21 @@ pub async fn check_takeover(
     earliest: Instant,
     retry: Duration,
 ) {
-    wait(
-        &format!("{what}: b leads"),
-        Duration::from_secs(30),
-        || (b.is_leader)(),
-    )
-    .await;
-    wait(&format!("{what}: a's work stopped"), Duration::from_secs(10), || {
-        spans.lock().unwrap().iter().all(|s| s.end.is_some() || s.who != "a")
+    wait(&format!("{what}: b leads"), Duration::from_secs(30), || {
+        (b.is_leader)()
     })
+    .await;
+    wait(
+        &format!("{what}: a's work stopped"),
+        Duration::from_secs(10),
+        || {
+            spans
+                .lock()
+                .unwrap()
+                .iter()
+                .all(|s| s.end.is_some() || s.who != "a")
+        },
+    )
     .await;
     let all = spans.lock().unwrap().clone();
     let a_span = all.iter().find(|s| s.who == "a").expect("a led");
