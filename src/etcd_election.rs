@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
 use crate::config::Config;
+use crate::elector::MAX_HONOURED_LEASE;
 use crate::error::{ConfigError, LockError};
 use crate::leadership::Leadership;
 use crate::lock::etcd::{is_lease_gone, map_error, BACKEND};
@@ -350,8 +352,9 @@ impl EtcdElection {
     /// perhaps its work, is still alive: that leader steps down when it sees the
     /// delete and then revokes its session. Leading before that would overlap its
     /// work, so the next candidate waits until etcd no longer has that session (revoked,
-    /// or expired). A leader that resigned revoked its session with its key, and is
-    /// followed at once.
+    /// or expired), or for one session TTL from the delete, by when a leader of ours has
+    /// stopped its work. A leader of ours resigns by revoking its session, and is
+    /// followed at once; Go's `Resign` keeps its session, and is followed after the TTL.
     async fn wait_turn(&self, session: &mut Session, shutdown: &CancellationToken) -> Turn {
         let config = &self.shared.core.config;
         let mut watch: Option<etcd_client::WatchStream> = None;
@@ -362,6 +365,8 @@ impl EtcdElection {
         // True while ours is first but the predecessor's session lives: checked again
         // after every keep-alive.
         let mut waiting = false;
+        // When ours was first seen first while the predecessor's session lived.
+        let mut vanished_at: Option<Instant> = None;
         loop {
             if read {
                 read = false;
@@ -374,8 +379,16 @@ impl EtcdElection {
                         waiting = false;
                         let ours_first = leader.as_ref().is_some_and(|l| l.key == session.key);
                         if let Some(p) = predecessor.as_ref().filter(|_| ours_first) {
+                            let since = *vanished_at.get_or_insert_with(Instant::now);
                             match self.session_alive(p).await {
-                                Ok(false) => predecessor = None,
+                                Ok(None) => predecessor = None,
+                                // A leader of ours stops its work within its lease of
+                                // losing its key; Go's `Resign` deletes the key and keeps
+                                // the session, which cannot be told from a stray delete:
+                                // both are followed one session TTL after the delete.
+                                Ok(Some(ttl)) if Instant::now() >= since + ttl => {
+                                    predecessor = None
+                                }
                                 alive => {
                                     if let Err(e) = alive {
                                         debug!(error = %e, "cannot tell whether the last leader's session ended; asking again");
@@ -411,6 +424,7 @@ impl EtcdElection {
                             Some(l) if l.create_revision < session.create_revision => {
                                 debug!(leader = %l.value, "waiting for the keys created before ours");
                                 predecessor = Some(l);
+                                vanished_at = None;
                             }
                             _ => return Turn::SessionLost("our candidate key is gone".into()),
                         }
@@ -563,9 +577,10 @@ impl EtcdElection {
         Ok((resp.kvs().first().map(EtcdLeader::from_kv), revision))
     }
 
-    /// Whether etcd still has the session lease of `leader`'s key. etcd answers a
-    /// lease it no longer has (revoked, expired) with a TTL of -1.
-    async fn session_alive(&self, leader: &EtcdLeader) -> Result<bool, LockError> {
+    /// The granted TTL of the session lease of `leader`'s key while etcd still has it;
+    /// `None` once it is gone. etcd answers a lease it no longer has (revoked,
+    /// expired) with a TTL of -1.
+    async fn session_alive(&self, leader: &EtcdLeader) -> Result<Option<Duration>, LockError> {
         let lease = if leader.lease != 0 {
             leader.lease
         } else {
@@ -573,7 +588,7 @@ impl EtcdElection {
             let hex = leader.key.rsplit('/').next().unwrap_or_default();
             match i64::from_str_radix(hex, 16) {
                 Ok(id) => id,
-                Err(_) => return Ok(false),
+                Err(_) => return Ok(None),
             }
         };
         let resp = self
@@ -589,11 +604,15 @@ impl EtcdElection {
             })
             .await;
         match resp {
-            Ok(r) => Ok(r.ttl() >= 0),
+            Ok(r) if r.ttl() < 0 => Ok(None),
+            Ok(r) => {
+                let granted = Duration::from_secs(u64::try_from(r.granted_ttl()).unwrap_or(0));
+                Ok(Some(granted.min(MAX_HONOURED_LEASE)))
+            }
             Err(LockError::Unavailable { source, .. })
                 if source.to_string().contains("lease not found") =>
             {
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(e),
         }
