@@ -92,6 +92,20 @@ impl Seen {
 struct Observation {
     seen: Seen,
     since: Instant,
+    /// The last record with a holder seen in this campaign, kept while later states
+    /// (deleted, blanked, garbled) replace it: their writer may not be that holder,
+    /// who may still be acting until its lease runs out.
+    live: Option<Live>,
+    /// True when the record seen directly before `seen` was `live` itself, so that a
+    /// release can be told from a blank written later by someone else.
+    follows_live: bool,
+}
+
+/// A holder last seen alive: its lease as honoured, from when its record last changed.
+#[derive(Clone, Copy)]
+struct Live {
+    until: Instant,
+    leader_transitions: i32,
 }
 
 /// The state a new leader starts from.
@@ -286,19 +300,32 @@ impl LeaderElector {
 
     /// `Some(instant)` when another holder's lease is still running on our clock;
     /// `None` when this replica may try to take it.
+    ///
+    /// A record that is gone, blank or unreadable is free only once the last holder
+    /// seen alive has run out of lease: anyone with write access (an operator's
+    /// `kubectl delete`, an editor) can produce it while that holder still acts. Only
+    /// the holder's own release is taken at once; see [`is_release`].
     fn expiry(&self, o: &Observation) -> Option<Instant> {
         let config = &self.shared.core.config;
-        let lease = match &o.seen {
-            Seen::Absent => return None,
-            Seen::Record(v) if v.record.is_released() => return None,
+        let live_until = o.live.map(|l| l.until);
+        let until = match &o.seen {
             Seen::Record(v) if v.record.holder_identity == config.identity => return None,
-            Seen::Record(v) => honoured_lease(v.record.lease_duration_seconds, config),
+            Seen::Record(v) if v.record.is_released() => {
+                if o.follows_live && o.live.is_some_and(|l| is_release(&v.record, l)) {
+                    return None;
+                }
+                live_until?
+            }
+            Seen::Absent => live_until?,
+            Seen::Record(v) => o.since + honoured_lease(v.record.lease_duration_seconds, config),
             // Nobody can tell who holds an unreadable record: wait one full lease of
             // ours after it last changed, in case a holder is alive, then overwrite it.
-            Seen::Invalid { version: Some(_) } => config.lease_duration,
+            Seen::Invalid { version: Some(_) } => {
+                let ours = o.since + config.lease_duration;
+                live_until.map_or(ours, |l| l.max(ours))
+            }
             Seen::Invalid { version: None } => return Some(Instant::now() + config.retry_period),
         };
-        let until = o.since + lease;
         (until > Instant::now()).then_some(until)
     }
 
@@ -351,13 +378,31 @@ impl LeaderElector {
         if !changed {
             return;
         }
+        let now = Instant::now();
+        let config = &self.shared.core.config;
         let holder = match &seen {
             Seen::Record(v) if !v.record.is_released() => Some(v.record.holder_identity.clone()),
             _ => None,
         };
+        let (live, follows_live) = match (&seen, obs.as_ref()) {
+            (Seen::Record(v), _) if !v.record.is_released() => (
+                Some(Live {
+                    until: now + honoured_lease(v.record.lease_duration_seconds, config),
+                    leader_transitions: v.record.leader_transitions,
+                }),
+                false,
+            ),
+            (_, Some(prev)) => {
+                let prev_live = matches!(&prev.seen, Seen::Record(v) if !v.record.is_released());
+                (prev.live, prev_live)
+            }
+            (_, None) => (None, false),
+        };
         *obs = Some(Observation {
             seen,
-            since: Instant::now(),
+            since: now,
+            live,
+            follows_live,
         });
         self.shared.core.report.set_leader(holder, false);
     }
@@ -380,6 +425,8 @@ impl LeaderElector {
                 report: &self.shared.core.report,
                 record,
                 version,
+                watch: None,
+                may_watch: true,
             },
         }
     }
@@ -393,6 +440,17 @@ impl LeaderElector {
             "the lock holds an invalid record; it is overwritten if it stays unchanged for a lease duration"
         );
     }
+}
+
+/// True when `record`, seen directly after the live holder's record `live`, is what
+/// that holder writes to release (client-go's `release()`): no holder, a one-second
+/// lease, and the holder's `leaderTransitions` kept. A blank written by anyone else
+/// (`kubectl edit`, a tool that clears the holder) almost always differs in one of
+/// these; one that matches exactly cannot be told apart (docs/safety.md).
+fn is_release(record: &LeaderElectionRecord, live: Live) -> bool {
+    record.is_released()
+        && record.lease_duration_seconds == 1
+        && record.leader_transitions == live.leader_transitions
 }
 
 /// The lease a standby grants the holder: the holder's own `leaseDurationSeconds`,
@@ -412,29 +470,52 @@ async fn next_event(watch: &mut Option<WatchStream>) -> Option<Result<LockEvent,
 }
 
 /// A term over a [`LeaseLock`]: renewed by compare-and-swap on the version written
-/// last, released by writing client-go's released record.
+/// last, released by writing client-go's released record, and ended early when the
+/// lock's watch shows the record taken, deleted, blanked or garbled.
 struct LeaseTerm<'a> {
     lock: &'a dyn LeaseLock,
     config: &'a Config,
     report: &'a Reporter,
     record: LeaderElectionRecord,
     version: Version,
+    /// The watch on our own record. Kept here, not in the `lost_early` future, which
+    /// is dropped whenever the renewal timer fires first.
+    watch: Option<WatchStream>,
+    /// False once the lock said it cannot watch, or after the watch ended until the
+    /// next successful renewal, which shows the backend reachable again.
+    may_watch: bool,
 }
 
 impl LeaseTerm<'_> {
-    /// One lock call, finished by `deadline`.
-    async fn by<T>(
-        &self,
-        deadline: Instant,
-        fut: impl Future<Output = Result<T, LockError>>,
-    ) -> Result<T, Renewal> {
-        match timeout_at(deadline, fut).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Renewal::Failed(e)),
-            Err(_) => Err(Renewal::Failed(LockError::Timeout(
-                self.config.renew_deadline,
-            ))),
+    /// The verdict on a write that returned our version: one that answers with the
+    /// version it was given changed nothing (a server skips a write that stores the
+    /// same bytes, as whole-second annotation times can), so it proves nobody else
+    /// wrote, but not that the lease was extended for the others.
+    fn renewed(&mut self, attempt_at: Instant, expected: &Version) -> Result<Instant, Renewal> {
+        if self.version == *expected {
+            return Err(Renewal::Failed(LockError::NotApplied {
+                lock: self.lock.describe(),
+                version: expected.clone(),
+            }));
         }
+        if self.watch.is_none() {
+            self.may_watch = true;
+        }
+        Ok(attempt_at)
+    }
+}
+
+/// One lock call of a term, finished by `deadline`. Not a method: the term holds a
+/// watch stream, which is not `Sync`, so it cannot be borrowed across an await.
+async fn by<T>(
+    config: &Config,
+    deadline: Instant,
+    fut: impl Future<Output = Result<T, LockError>>,
+) -> Result<T, Renewal> {
+    match timeout_at(deadline, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(Renewal::Failed(e)),
+        Err(_) => Err(Renewal::Failed(LockError::Timeout(config.renew_deadline))),
     }
 }
 
@@ -444,20 +525,23 @@ impl Term for LeaseTerm<'_> {
         let attempt_at = Instant::now();
         self.record.renew_time = Some(jiff::Timestamp::now());
         // Fast path: one compare-and-swap with the version we wrote last.
-        match self
-            .by(deadline, self.lock.update(&self.record, &self.version))
-            .await
+        match by(
+            self.config,
+            deadline,
+            self.lock.update(&self.record, &self.version),
+        )
+        .await
         {
             Ok(v) => {
-                self.version = v;
-                return Ok(attempt_at);
+                let expected = std::mem::replace(&mut self.version, v);
+                return self.renewed(attempt_at, &expected);
             }
             Err(Renewal::Failed(LockError::Conflict)) => self.report.slow_path(),
             Err(e) => return Err(e),
         }
         // The version moved: read to learn whether someone else holds it now, or only
         // touched the object (labels, a Go client's annotation rewrite).
-        let current = match self.by(deadline, self.lock.get()).await {
+        let current = match by(self.config, deadline, self.lock.get()).await {
             Ok(Some(v)) => v,
             Ok(None) | Err(Renewal::Failed(LockError::InvalidRecord { .. })) => {
                 return Err(Renewal::Lost(None))
@@ -469,10 +553,56 @@ impl Term for LeaseTerm<'_> {
             return Err(Renewal::Lost(holder));
         }
         self.record.leader_transitions = current.record.leader_transitions;
-        self.version = self
-            .by(deadline, self.lock.update(&self.record, &current.version))
-            .await?;
-        Ok(attempt_at)
+        self.version = by(
+            self.config,
+            deadline,
+            self.lock.update(&self.record, &current.version),
+        )
+        .await?;
+        self.renewed(attempt_at, &current.version)
+    }
+
+    async fn lost_early(&mut self) -> Option<String> {
+        loop {
+            if self.watch.is_none() {
+                if self.may_watch {
+                    self.watch = self.lock.watch();
+                    self.may_watch = false;
+                }
+                if self.watch.is_none() {
+                    // Until the next renewal reopens it, only renewals can tell.
+                    return std::future::pending().await;
+                }
+            }
+            match next_event(&mut self.watch).await {
+                Some(Ok(LockEvent::Changed(v))) => {
+                    if v.record.holder_identity == self.config.identity {
+                        // Our own renewal, or a touch that kept us as holder (labels,
+                        // a Go client's annotation rewrite): the next renewal's
+                        // compare-and-swap sorts out the version.
+                        continue;
+                    }
+                    let holder = v.record.holder_identity;
+                    info!(holder = %truncate(&holder, 256), "the record no longer names this replica");
+                    return Some(holder).filter(|h| !h.is_empty());
+                }
+                Some(Ok(LockEvent::Deleted)) => {
+                    info!("the record was deleted");
+                    return None;
+                }
+                Some(Err(LockError::InvalidRecord { source, .. })) => {
+                    info!(reason = %source.reason, "the record became unreadable");
+                    return None;
+                }
+                other => {
+                    // A broken watch says nothing about the lease; renewals still do.
+                    if let Some(Err(e)) = other {
+                        debug!(error = %e, "watch on our record failed; renewals go on");
+                    }
+                    self.watch = None;
+                }
+            }
+        }
     }
 
     async fn release(&mut self, last_success: Instant) {

@@ -48,6 +48,18 @@ pub enum LockError {
     /// The operation did not finish in time.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// A write answered with the version it was given: the backend stored nothing (a
+    /// server skips a write that changes no byte). A renewal that wrote nothing did not
+    /// extend the lease for the others, so the elector retries it until the renew
+    /// deadline. Make each write differ (the record's `renewTime` does, unless renewals
+    /// come faster than the backend's time precision).
+    #[error("the write to {lock} was not applied: the record stayed at version {version}")]
+    NotApplied {
+        /// The lock, as [`LeaseLock::describe`](crate::LeaseLock::describe) names it.
+        lock: String,
+        /// The version before and after the write.
+        version: Version,
+    },
     /// The stored record could not be parsed.
     #[error("{source}")]
     InvalidRecord {

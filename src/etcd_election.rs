@@ -17,6 +17,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn};
 
 use crate::config::Config;
+use crate::elector::MAX_HONOURED_LEASE;
 use crate::error::{ConfigError, LockError};
 use crate::leadership::Leadership;
 use crate::lock::etcd::{is_lease_gone, map_error, BACKEND};
@@ -343,12 +345,28 @@ impl EtcdElection {
     }
 
     /// Waits until no key created before ours is left (Go's `waitDeletes`), keeping
-    /// the session alive meanwhile.
+    /// the session alive meanwhile, and then until the session of the last leader seen
+    /// has ended too.
+    ///
+    /// Anyone can delete the leader's key (`etcdctl del`) while its session, and so
+    /// perhaps its work, is still alive: that leader steps down when it sees the
+    /// delete and then revokes its session. Leading before that would overlap its
+    /// work, so the next candidate waits until etcd no longer has that session (revoked,
+    /// or expired), or for one session TTL from the delete, by when a leader of ours has
+    /// stopped its work. A leader of ours resigns by revoking its session, and is
+    /// followed at once; Go's `Resign` keeps its session, and is followed after the TTL.
     async fn wait_turn(&self, session: &mut Session, shutdown: &CancellationToken) -> Turn {
         let config = &self.shared.core.config;
         let mut watch: Option<etcd_client::WatchStream> = None;
         let mut next_keepalive = session.alive_since + config.retry_period;
         let mut read = true;
+        // The last other key seen leading; checked once ours is first.
+        let mut predecessor: Option<EtcdLeader> = None;
+        // True while ours is first but the predecessor's session lives: checked again
+        // after every keep-alive.
+        let mut waiting = false;
+        // When ours was first seen first while the predecessor's session lived.
+        let mut vanished_at: Option<Instant> = None;
         loop {
             if read {
                 read = false;
@@ -358,7 +376,35 @@ impl EtcdElection {
                             .core
                             .report
                             .set_leader(leader.as_ref().map(|l| l.value.clone()), false);
+                        waiting = false;
+                        let ours_first = leader.as_ref().is_some_and(|l| l.key == session.key);
+                        if let Some(p) = predecessor.as_ref().filter(|_| ours_first) {
+                            let since = *vanished_at.get_or_insert_with(Instant::now);
+                            match self.session_alive(p).await {
+                                Ok(None) => predecessor = None,
+                                // A leader of ours stops its work within its lease of
+                                // losing its key; Go's `Resign` deletes the key and keeps
+                                // the session, which cannot be told from a stray delete:
+                                // both are followed one session TTL after the delete.
+                                Ok(Some(ttl)) if Instant::now() >= since + ttl => {
+                                    predecessor = None
+                                }
+                                alive => {
+                                    if let Err(e) = alive {
+                                        debug!(error = %e, "cannot tell whether the last leader's session ended; asking again");
+                                    } else {
+                                        info!(predecessor = %p.key, "the leader's key was deleted but its session lives; waiting for it to end");
+                                    }
+                                    self.shared
+                                        .core
+                                        .report
+                                        .set_leader(Some(p.value.clone()), false);
+                                    waiting = true;
+                                }
+                            }
+                        }
                         match leader {
+                            Some(_) if waiting => {}
                             Some(l) if l.key == session.key => {
                                 // Our turn. Lead from a fresh keep-alive, so the term
                                 // starts with the whole session ahead of it.
@@ -377,6 +423,8 @@ impl EtcdElection {
                             }
                             Some(l) if l.create_revision < session.create_revision => {
                                 debug!(leader = %l.value, "waiting for the keys created before ours");
+                                predecessor = Some(l);
+                                vanished_at = None;
                             }
                             _ => return Turn::SessionLost("our candidate key is gone".into()),
                         }
@@ -427,7 +475,7 @@ impl EtcdElection {
                             next_keepalive = now + config.retry_period;
                         }
                     }
-                    if watch.is_none() {
+                    if watch.is_none() || waiting {
                         read = true;
                     }
                 }
@@ -527,6 +575,47 @@ impl EtcdElection {
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         Ok((resp.kvs().first().map(EtcdLeader::from_kv), revision))
+    }
+
+    /// The granted TTL of the session lease of `leader`'s key while etcd still has it;
+    /// `None` once it is gone. etcd answers a lease it no longer has (revoked,
+    /// expired) with a TTL of -1.
+    async fn session_alive(&self, leader: &EtcdLeader) -> Result<Option<Duration>, LockError> {
+        let lease = if leader.lease != 0 {
+            leader.lease
+        } else {
+            // A key etcd reports without a lease: Go names it after the session anyway.
+            let hex = leader.key.rsplit('/').next().unwrap_or_default();
+            match i64::from_str_radix(hex, 16) {
+                Ok(id) => id,
+                Err(_) => return Ok(None),
+            }
+        };
+        let resp = self
+            .shared
+            .core
+            .call(async {
+                self.shared
+                    .client
+                    .lease_client()
+                    .time_to_live(lease, None)
+                    .await
+                    .map_err(|e| self.err("ask the session of the last leader in", e))
+            })
+            .await;
+        match resp {
+            Ok(r) if r.ttl() < 0 => Ok(None),
+            Ok(r) => {
+                let granted = Duration::from_secs(u64::try_from(r.granted_ttl()).unwrap_or(0));
+                Ok(Some(granted.min(MAX_HONOURED_LEASE)))
+            }
+            Err(LockError::Unavailable { source, .. })
+                if source.to_string().contains("lease not found") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// One keep-alive on the session; on success the session is alive from when it

@@ -56,7 +56,30 @@ impl Candidate {
     ) -> Self {
         let lock = FaultyLock::new(lock);
         let control = lock.faults();
-        let elector = LeaderElector::new(lock, config).unwrap();
+        Self::launch(Box::new(lock), control, config, terms, work_delay)
+    }
+
+    /// A replica on `lock` with its watch hidden (client-go's polling).
+    fn start_polling(lock: MemoryLock, config: Config, terms: &Terms) -> Self {
+        let lock = FaultyLock::new(lock);
+        let control = lock.faults();
+        Self::launch(
+            Box::new(Polling(lock)),
+            control,
+            config,
+            terms,
+            Duration::ZERO,
+        )
+    }
+
+    fn launch(
+        lock: Box<dyn LeaseLock>,
+        control: Faults,
+        config: Config,
+        terms: &Terms,
+        work_delay: Duration,
+    ) -> Self {
+        let elector = LeaderElector::from_boxed(lock, config).unwrap();
         let shutdown = CancellationToken::new();
         let crashed = CancellationToken::new();
         let task = tokio::spawn({
@@ -419,13 +442,14 @@ async fn standby_honours_the_holders_lease_duration_not_its_own() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_candidate_that_wins_at_once_never_opens_a_watch() {
+async fn a_candidate_that_wins_at_once_opens_only_the_leaders_watch() {
     let store = MemoryStore::new();
     let terms = Terms::default();
     let a = Candidate::start(store.lock(NAME), config("a"), &terms);
     sleep(Duration::from_secs(61)).await;
-    // The read, the create, then one compare-and-swap every 2s (at 2s, 4s, .. 60s).
-    assert_eq!(a.control.requests(), 2 + 30);
+    // The read, the create, the leader's watch on its own record, then one
+    // compare-and-swap every 2s (at 2s, 4s, .. 60s). No standby's watch.
+    assert_eq!(a.control.requests(), 2 + 1 + 30);
     a.stop().await;
 }
 
@@ -775,4 +799,279 @@ fn config_validation_mirrors_client_go() {
     assert!(
         LeaderElector::new(MemoryStore::new().lock("x"), Config::default().identity("")).is_err()
     );
+}
+
+// ---- a record deleted or rewritten by someone other than the holder ----------------
+
+/// What a third party does to the record while `a` leads.
+#[derive(Clone, Copy, Debug)]
+enum Tamper {
+    /// `kubectl delete lease`.
+    Delete,
+    /// `kubectl edit` clearing the holder, keeping the rest (lease 15).
+    Blank,
+    /// Another holder written over a live one.
+    Overwrite,
+    /// Text that is no record.
+    Garble,
+}
+
+const TAMPERS: [Tamper; 4] = [
+    Tamper::Delete,
+    Tamper::Blank,
+    Tamper::Overwrite,
+    Tamper::Garble,
+];
+
+async fn tamper(store: &MemoryStore, how: Tamper) {
+    let lock = store.lock(NAME);
+    let current = lock.get().await.unwrap().expect("a record to tamper with");
+    match how {
+        Tamper::Delete => store.delete(NAME),
+        Tamper::Blank | Tamper::Overwrite => {
+            let mut record = current.record.clone();
+            record.holder_identity = match how {
+                Tamper::Blank => String::new(),
+                _ => "c".into(),
+            };
+            record.lease_duration_seconds = 15;
+            lock.update(&record, &current.version).await.unwrap();
+        }
+        Tamper::Garble => {
+            store.put_raw(NAME, "{\"holderIdentity\": [");
+        }
+    }
+}
+
+fn term_of<'a>(terms: &'a [Term], identity: &str) -> Option<&'a Term> {
+    terms.iter().find(|t| t.identity == identity)
+}
+
+/// Leader `a`, standby `b`; at a random moment of a's term the record is tampered
+/// with. `b` must not lead before a's lease, timed from a's last write as b saw it
+/// (or the tampering itself when it left a new holder or garbage), has run out, and
+/// `a` must stop at once. `polling` hides the watch from both.
+async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let writes = Writes::follow(&store);
+    let start = |cfg: Config| {
+        let lock = store.lock(NAME);
+        if polling {
+            Candidate::start_polling(lock, cfg, &terms)
+        } else {
+            Candidate::start(lock, cfg, &terms)
+        }
+    };
+    // `a` does not campaign again, so that b's takeover is what is measured.
+    let a = start(config("a").recampaign(false));
+    sleep(Duration::from_millis(10)).await;
+    let b = start(config("b"));
+    sleep(Duration::from_millis(rng.random_range(0..20_000))).await;
+    assert!(a.elector.is_leader());
+    let last_a = writes.last_by("a");
+    let tampered_at = Instant::now();
+    tamper(&store, how).await;
+    sleep(Duration::from_secs(40)).await;
+
+    let terms_now = terms.lock().unwrap().clone();
+    let ctx = format!("{how:?}, seed {seed}, polling {polling}");
+    let a_term = term_of(&terms_now, "a").unwrap();
+    let a_end = a_term.end.unwrap_or_else(|| panic!("{ctx}: a still leads"));
+    // With a watch, a stops as the change arrives; polling, at its next renewal.
+    let promptly = if polling {
+        Duration::from_millis(2_500)
+    } else {
+        Duration::from_millis(1)
+    };
+    assert!(
+        a_end - tampered_at <= promptly,
+        "{ctx}: a stopped {:?} after the tampering",
+        a_end - tampered_at
+    );
+    let b_term = term_of(&terms_now, "b").unwrap_or_else(|| panic!("{ctx}: b never led"));
+    // A polling standby may have last seen a's record change up to one poll (2s
+    // jittered by client-go's factor 1.2: under 4.4s) before a's last write.
+    let missed = if polling {
+        Duration::from_millis(4_400)
+    } else {
+        Duration::ZERO
+    };
+    let a_lease_out = match how {
+        Tamper::Delete | Tamper::Blank => last_a + Duration::from_secs(15) - missed,
+        // A new holder, or an unreadable record: a full lease from the change.
+        Tamper::Overwrite | Tamper::Garble => tampered_at + Duration::from_secs(15),
+    };
+    assert!(
+        b_term.start >= a_lease_out,
+        "{ctx}: b led {:?} before a's lease ran out",
+        a_lease_out - b_term.start
+    );
+    assert!(
+        b_term.start - a_lease_out <= Duration::from_millis(4_500) + missed,
+        "{ctx}: b took {:?} after the lease ran out",
+        b_term.start - a_lease_out
+    );
+    assert_no_overlap(&terms);
+    b.stop().await;
+    a.task.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn deleted_record_is_not_taken_before_the_holders_lease_runs_out() {
+    for seed in 0..8 {
+        tampered_record(Tamper::Delete, seed, false).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn blanked_record_is_not_taken_before_the_holders_lease_runs_out() {
+    for seed in 0..8 {
+        tampered_record(Tamper::Blank, seed, false).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn overwritten_record_ends_the_term_and_is_timed_for_the_new_holder() {
+    for seed in 0..8 {
+        tampered_record(Tamper::Overwrite, seed, false).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn garbled_record_ends_the_term_and_is_not_taken_early() {
+    for seed in 0..8 {
+        tampered_record(Tamper::Garble, seed, false).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn polling_replicas_do_not_take_a_tampered_record_early_either() {
+    for (i, how) in TAMPERS.into_iter().enumerate() {
+        for seed in 0..3 {
+            tampered_record(how, 100 + 10 * i as u64 + seed, true).await;
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_genuine_release_is_still_taken_at_once_at_any_moment() {
+    for seed in 0..8 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let store = MemoryStore::new();
+        let terms = Terms::default();
+        let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+        sleep(Duration::from_millis(10)).await;
+        let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+        sleep(Duration::from_millis(rng.random_range(0..20_000))).await;
+        let released_at = Instant::now();
+        a.stop().await;
+        sleep(Duration::from_millis(10)).await;
+        let terms_now = terms.lock().unwrap().clone();
+        let b_term = term_of(&terms_now, "b")
+            .unwrap_or_else(|| panic!("seed {seed}: b did not take the released lease"));
+        assert!(b_term.start - released_at <= Duration::from_millis(10));
+        assert_no_overlap(&terms);
+        b.stop().await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_standby_that_never_saw_a_holder_takes_a_blank_record_at_once() {
+    let store = MemoryStore::new();
+    let terms = Terms::default();
+    let blank = LeaderElectionRecord {
+        lease_duration_seconds: 15,
+        leader_transitions: 4,
+        ..Default::default()
+    };
+    store.lock(NAME).create(&blank).await.unwrap();
+    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    sleep(Duration::from_millis(1)).await;
+    assert!(a.elector.is_leader());
+    a.stop().await;
+}
+
+/// A lock whose writes, once switched on, answer with the version they were given
+/// and store nothing, as a server that skips a write changing no byte.
+#[derive(Debug)]
+struct NoOpWrites {
+    inner: MemoryLock,
+    on: Arc<std::sync::atomic::AtomicBool>,
+    skipped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait]
+impl LeaseLock for NoOpWrites {
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        self.inner.get().await
+    }
+    async fn create(&self, r: &LeaderElectionRecord) -> Result<Version, LockError> {
+        self.inner.create(r).await
+    }
+    async fn update(&self, r: &LeaderElectionRecord, v: &Version) -> Result<Version, LockError> {
+        use std::sync::atomic::Ordering;
+        if self.on.load(Ordering::SeqCst) {
+            self.skipped.fetch_add(1, Ordering::SeqCst);
+            return Ok(v.clone());
+        }
+        self.inner.update(r, v).await
+    }
+    fn watch(&self) -> Option<leaderelection::WatchStream> {
+        self.inner.watch()
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_renewal_that_wrote_nothing_does_not_extend_the_lease() {
+    use std::sync::atomic::Ordering;
+    let store = MemoryStore::new();
+    let lock = NoOpWrites {
+        inner: store.lock(NAME),
+        on: Arc::default(),
+        skipped: Arc::default(),
+    };
+    let (on, skipped) = (lock.on.clone(), lock.skipped.clone());
+    let elector = LeaderElector::new(lock, config("a").recampaign(false)).unwrap();
+    let held: Arc<Mutex<Option<leaderelection::Leadership>>> = Arc::default();
+    let t0 = Instant::now();
+    let task = tokio::spawn({
+        let (elector, held) = (elector.clone(), held.clone());
+        async move {
+            elector
+                .run(CancellationToken::new(), move |leadership| {
+                    *held.lock().unwrap() = Some(leadership.clone());
+                    async move { leadership.lost().await }
+                })
+                .await
+        }
+    });
+    // Renewals at 2s and 4s are real; from 5s on every write is skipped.
+    sleep(Duration::from_secs(5)).await;
+    let leadership = held.lock().unwrap().clone().expect("a leads");
+    let valid_until = leadership.valid_until();
+    assert_eq!(valid_until, t0 + Duration::from_secs(4 + 10));
+    on.store(true, Ordering::SeqCst);
+    tokio::time::timeout(Duration::from_secs(60), leadership.lost())
+        .await
+        .expect("renewals that wrote nothing kept the leadership");
+    let lost_at = Instant::now();
+    assert!(
+        skipped.load(Ordering::SeqCst) >= 3,
+        "renewals were not tried"
+    );
+    assert_eq!(
+        leadership.valid_until(),
+        valid_until,
+        "a write that stored nothing extended the lease"
+    );
+    assert_eq!(
+        lost_at, valid_until,
+        "did not step down at the renew deadline"
+    );
+    task.await.unwrap();
 }

@@ -1178,3 +1178,83 @@ async fn multilock_events_go_on_both_objects() {
     })
     .await
 }
+
+// ---- a record deleted or rewritten by someone else -------------------------------
+
+#[path = "takeover/mod.rs"]
+mod takeover;
+
+/// Leader a, watching standby b on a Lease or an Endpoints lock; the object deleted
+/// (`kubectl delete`) or its holder blanked (`kubectl edit`) behind their backs. b must
+/// not take it before a's lease ran out, and a's work must have stopped first.
+async fn kube_tampered(cluster: &Cluster, kind: ResourceLockKind, blank: bool) {
+    let name = cluster
+        .name(&format!("tamper-{kind}-{}", blank as u8))
+        .to_lowercase();
+    let what = format!("{kind}, blank {blank}");
+    let spans = takeover::Spans::default();
+    let a = takeover::Running::elector(
+        "a",
+        cluster.lock(kind, &name),
+        takeover::fast(&name, "a").recampaign(false),
+        &spans,
+    );
+    takeover::wait("a leads", Duration::from_secs(20), || (a.is_leader)()).await;
+    let b = takeover::Running::elector(
+        "b",
+        cluster.lock(kind, &name),
+        takeover::fast(&name, "b"),
+        &spans,
+    );
+    takeover::leader_and_standby(&a, &b).await;
+
+    let client = cluster.client.clone();
+    let tampered_at = Instant::now();
+    match (kind, blank) {
+        (ResourceLockKind::Leases, false) => {
+            let api: Api<Lease> = Api::namespaced(client, NS);
+            api.delete(&name, &DeleteParams::default()).await.unwrap();
+        }
+        (ResourceLockKind::Leases, true) => {
+            let api: Api<Lease> = Api::namespaced(client, NS);
+            let patch = serde_json::json!({"spec": {"holderIdentity": ""}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+        (_, false) => {
+            let api: Api<Endpoints> = Api::namespaced(client, NS);
+            api.delete(&name, &DeleteParams::default()).await.unwrap();
+        }
+        (_, true) => {
+            let api: Api<Endpoints> = Api::namespaced(client, NS);
+            let current = api.get(&name).await.unwrap();
+            let text = current.metadata.annotations.unwrap()[LEADER_ANNOTATION].clone();
+            let mut record = LeaderElectionRecord::from_json(&text).unwrap();
+            record.holder_identity.clear();
+            let patch = serde_json::json!({"metadata": {"annotations": {LEADER_ANNOTATION: record.to_json()}}});
+            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .unwrap();
+        }
+    }
+    let retry = Duration::from_millis(500);
+    let earliest = takeover::lease_out(tampered_at, Duration::from_secs(3), retry);
+    takeover::check_takeover(&what, &spans, (a, b), tampered_at, earliest, retry).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_or_blanked_lease_and_endpoints_are_not_taken_while_the_leader_may_act() {
+    bounded(
+        "deleted_or_blanked_lease_and_endpoints_are_not_taken_while_the_leader_may_act",
+        async {
+            let (_server, cluster) = server().await;
+            for kind in [ResourceLockKind::Leases, ResourceLockKind::Endpoints] {
+                for blank in [false, true] {
+                    kube_tampered(&cluster, kind, blank).await;
+                }
+            }
+        },
+    )
+    .await
+}

@@ -19,9 +19,9 @@ use leaderelection::{
     Config, ElectionEvent, EtcdElection, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
     LockEvent, Version,
 };
-use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions};
 #[cfg(feature = "etcd-tls")]
 use leaderelection_testkit::etcd::TestCerts;
+use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
@@ -748,15 +748,22 @@ async fn native_lease_revoked_the_leader_steps_down_at_once() {
         .await
         .expect("the leader steps down at its next renewal");
     let stepped_down = revoked_at.elapsed();
-    // etcd deleted the key with the lease; the standby took it at once.
+    // etcd deleted the key with the lease. To the standby that is a delete by someone
+    // else: it waits out the leader's lease (10s) as it observed it. The old leader,
+    // whose work has stopped, may create the record again at once.
     let standby = 1 - leader;
-    wait_until("the standby leads", Duration::from_secs(4), || {
-        replicas[standby].is_leader()
+    wait_until("a new term begins", Duration::from_secs(15), || {
+        replicas.iter().flat_map(|r| r.terms()).max() > Some(token)
     })
     .await;
     let took_over = revoked_at.elapsed();
-    assert!(replicas[standby].terms()[0] > token);
-    assert!(!replicas[leader].is_leader());
+    if replicas[standby].is_leader() {
+        assert!(
+            took_over >= Duration::from_secs(8),
+            "took over after {took_over:?}"
+        );
+    }
+    assert!(replicas.iter().flat_map(|r| r.terms()).max() > Some(token));
     eprintln!(
         "revoked lease: stepped down after {stepped_down:?}, standby led after {took_over:?}"
     );
@@ -1215,9 +1222,19 @@ async fn etcd_election_interoperates_with_etcdctl_elect() {
     sleep(Duration::from_secs(1)).await;
     assert!(!replica.is_leader());
 
-    // etcdctl resigns: ours leads at once, and etcdctl's observer mode sees it.
-    let resigned_at = Instant::now();
+    // etcdctl resigns (Go's `Resign`: the key is deleted, the session kept). That
+    // cannot be told from a stray `etcdctl del` while the session lives, so ours waits;
+    // once the session goes (Go's `Session.Close` revokes it), ours leads at once, and
+    // etcdctl's observer mode sees it.
+    let go_lease = ours.current_leader().await.unwrap().unwrap().lease;
     go.interrupt().await;
+    sleep(Duration::from_secs(1)).await;
+    assert!(
+        !replica.is_leader(),
+        "led while the resigned leader's session lived"
+    );
+    let resigned_at = Instant::now();
+    raw(&cluster).await.lease_revoke(go_lease).await.unwrap();
     wait_until("ours leads", Duration::from_secs(5), || replica.is_leader()).await;
     eprintln!(
         "etcdctl resigned; ours led after {:?}",
@@ -1541,4 +1558,107 @@ async fn user_and_password_with_expiring_tokens() {
         root.leases().await.unwrap().leases().is_empty(),
         "a lease was left behind"
     );
+}
+
+// ---- a record deleted or rewritten by someone else -------------------------------
+
+#[path = "../takeover/mod.rs"]
+mod takeover;
+
+/// Leader a, watching standby b, both `EtcdLock`s (`native` lease mode or not); the
+/// key deleted or blanked behind their backs. b must not take it before a's lease ran
+/// out, and a's work must have stopped first.
+async fn etcd_lock_tampered(cluster: &EtcdCluster, native: bool, blank: bool) {
+    let name = format!("tamper-{}-{}", native as u8, blank as u8);
+    let what = format!("etcd lock, native lease {native}, blank {blank}");
+    let spans = takeover::Spans::default();
+    let options = || EtcdOptions::new().native_lease(native);
+    let a = takeover::Running::elector(
+        "a",
+        lock(cluster, &name, options()).await,
+        takeover::fast(&name, "a").recampaign(false),
+        &spans,
+    );
+    let b_lock = lock(cluster, &name, options()).await;
+    let b = takeover::Running::elector("b", b_lock, takeover::fast(&name, "b"), &spans);
+    takeover::leader_and_standby(&a, &b).await;
+
+    let mut client = raw(cluster).await;
+    let key = format!("/leaderelection/{name}");
+    let tampered_at = Instant::now();
+    if blank {
+        let kv = client.get(key.as_str(), None).await.unwrap().kvs()[0].clone();
+        let mut record = LeaderElectionRecord::from_json(kv.value_str().unwrap()).unwrap();
+        record.holder_identity.clear();
+        client
+            .put(key.as_str(), record.to_json(), None)
+            .await
+            .unwrap();
+    } else {
+        client.delete(key.as_str(), None).await.unwrap();
+    }
+    let retry = Duration::from_millis(500);
+    let earliest = takeover::lease_out(tampered_at, Duration::from_secs(3), retry);
+    takeover::check_takeover(&what, &spans, (a, b), tampered_at, earliest, retry).await;
+}
+
+#[tokio::test]
+async fn etcd_lock_deleted_or_blanked_record_is_not_taken_while_the_leader_may_act() {
+    let cluster = start(1);
+    for native in [false, true] {
+        for blank in [false, true] {
+            etcd_lock_tampered(&cluster, native, blank).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn etcd_election_leaders_key_deleted_next_waits_for_its_session() {
+    let cluster = start(1);
+    let spans = takeover::Spans::default();
+    let run = |who: &'static str, e: EtcdElection| {
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn({
+            let (e, shutdown, work) = (e.clone(), shutdown.clone(), takeover::work(who, &spans));
+            async move { e.run(shutdown, work).await }
+        });
+        let e2 = e.clone();
+        takeover::Running {
+            shutdown,
+            task,
+            is_leader: Box::new(move || e.is_leader()),
+            leader: Box::new(move || e2.leader()),
+        }
+    };
+    let a_election = election(
+        &cluster,
+        "tamper",
+        takeover::fast("tamper", "a").recampaign(false),
+    )
+    .await;
+    let a = run("a", a_election.clone());
+    wait_until("a leads", Duration::from_secs(20), || (a.is_leader)()).await;
+    let b = run(
+        "b",
+        election(&cluster, "tamper", takeover::fast("tamper", "b")).await,
+    );
+    takeover::leader_and_standby(&a, &b).await;
+
+    // An operator's `etcdctl del` of the leader's key: its session is still alive.
+    let key = a_election.current_leader().await.unwrap().unwrap().key;
+    let mut client = raw(&cluster).await;
+    let tampered_at = Instant::now();
+    client.delete(key.as_str(), None).await.unwrap();
+    let retry = Duration::from_millis(500);
+    // The successor may lead once a's session is revoked, after a's work stopped.
+    let earliest = tampered_at + takeover::WORK_STOP;
+    takeover::check_takeover(
+        "etcd election",
+        &spans,
+        (a, b),
+        tampered_at,
+        earliest,
+        retry,
+    )
+    .await;
 }
