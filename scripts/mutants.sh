@@ -41,7 +41,7 @@ cd "$work"
 export FAULTS_FILTER=memory FAULTS_SEEDS=5
 set +e
 cargo mutants --in-place --package leaderelection "${args[@]}" --output "$out" \
-    --timeout-multiplier 3 "$@" \
+    --timeout 10 "$@" \
     -- --lib --test elector --test contract --test faults \
     -- --skip hundred_candidates_with_random_crashes
 status=$?
