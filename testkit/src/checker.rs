@@ -123,6 +123,10 @@ pub struct Interval {
     /// True when the test stalled the leader during the term ([`Checker::stalled`]):
     /// the term is then judged by its accepted writes only.
     pub stalled: bool,
+    /// True when the test asked the leader to step down gracefully
+    /// ([`Checker::stepping_down`]): it releases the lease after its work stopped, so
+    /// the next term may follow at once.
+    pub handed_over: bool,
     start_seq: u64,
     end_seq: u64,
 }
@@ -137,6 +141,7 @@ impl Interval {
             end: None,
             valid_until: None,
             stalled: false,
+            handed_over: false,
             start_seq: next_seq(),
             end_seq: 0,
         }
@@ -169,7 +174,11 @@ impl fmt::Display for Interval {
             write!(f, ", stalled")?;
         }
         match self.end {
-            Some(end) => write!(f, ", worked {:?})", end.saturating_duration_since(self.start)),
+            Some(end) => write!(
+                f,
+                ", worked {:?})",
+                end.saturating_duration_since(self.start)
+            ),
             None => write!(f, ", still working)"),
         }
     }
@@ -224,7 +233,10 @@ impl Line {
 
     /// `BEGIN` for `leadership`'s term.
     pub fn begin(leadership: &Leadership) -> Line {
-        Self::of(|token, identity| Line::Begin { token, identity }, leadership)
+        Self::of(
+            |token, identity| Line::Begin { token, identity },
+            leadership,
+        )
     }
 
     /// `ACT` for `leadership`'s term.
@@ -261,10 +273,7 @@ impl FromStr for Line {
         let bad = || InvalidLine(s.to_owned());
         let mut parts = s.trim().splitn(3, ' ');
         let kind = parts.next().ok_or_else(bad)?;
-        let token = parts
-            .next()
-            .and_then(|t| t.parse().ok())
-            .ok_or_else(bad)?;
+        let token = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
         let identity = parts.next().ok_or_else(bad)?.to_owned();
         match kind {
             "BEGIN" => Ok(Line::Begin { token, identity }),
@@ -407,16 +416,24 @@ impl Checker {
     }
 
     /// A leader's work that writes to the fenced store at once and then every `every`
-    /// while [`Leadership::is_valid`] holds, and stops when leadership is lost, its
-    /// validity ran out, or a write is refused.
+    /// while [`Leadership::is_valid`] holds, waits while its validity has run out (a
+    /// renewal may yet succeed), and stops when leadership is lost or a write is refused.
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future ends the term at that moment, as a crash would.
     pub async fn act_while_valid(self, leadership: Leadership, every: Duration) {
         let term = self.begin(&leadership);
-        while leadership.is_valid() && term.act().is_ok() {
-            let next = (Instant::now() + every).min(leadership.valid_until());
+        while !leadership.is_lost() {
+            let now = Instant::now();
+            let next = if leadership.is_valid() {
+                if term.act().is_err() {
+                    break;
+                }
+                (now + every).min(leadership.valid_until())
+            } else {
+                now + every
+            };
             tokio::select! {
                 _ = leadership.lost() => break,
                 _ = tokio::time::sleep_until(next) => {}
@@ -435,6 +452,17 @@ impl Checker {
         }
     }
 
+    /// Marks the terms `identity` is leading now as handed over: the test shuts the
+    /// leader down gracefully, and it releases the lease once its work stopped. The
+    /// takeover that follows is left out of [`Report::min_margin`].
+    pub fn stepping_down(&self, identity: &str) {
+        for i in &mut self.state().intervals {
+            if i.identity == identity && i.end.is_none() {
+                i.handed_over = true;
+            }
+        }
+    }
+
     /// Takes a line reported by another process, stamped now: `BEGIN` starts a term,
     /// `ACT` writes to the fenced store, `END` ends the term. Returns whether an `ACT`
     /// was accepted (true for other lines).
@@ -447,7 +475,10 @@ impl Checker {
             }
             Line::Act { token, identity } => self.store.write_at(identity, *token, now).is_ok(),
             Line::End { token, identity } => {
-                self.end_open(|i| i.identity == *identity && i.fencing_token == *token, now);
+                self.end_open(
+                    |i| i.identity == *identity && i.fencing_token == *token,
+                    now,
+                );
                 true
             }
         }
@@ -529,14 +560,14 @@ impl Checker {
                     Some(last.unwrap_or((t.start, t.start_seq)))
                 } else {
                     let acts = of(t).into_iter().map(|w| (w.at, w.seq)).max();
-                    t.end.map(|e| (e, t.end_seq)).map(|e| acts.map_or(e, |a| a.max(e)))
+                    t.end
+                        .map(|e| (e, t.end_seq))
+                        .map(|e| acts.map_or(e, |a| a.max(e)))
                 }
             })
             .collect();
-        let first_act: Vec<Option<Instant>> = terms
-            .iter()
-            .map(|t| of(t).first().map(|w| w.at))
-            .collect();
+        let first_act: Vec<Option<Instant>> =
+            terms.iter().map(|t| of(t).first().map(|w| w.at)).collect();
 
         let mut violations = Vec::new();
         // The term whose work stops last among those seen, and the greatest token.
@@ -550,7 +581,9 @@ impl Checker {
                     Some(s) if s <= began => takeovers.push(Takeover {
                         from: terms[p].clone(),
                         to: t.clone(),
-                        margin: first_act[i].unwrap_or(t.start).saturating_duration_since(s.0),
+                        margin: first_act[i]
+                            .unwrap_or(t.start)
+                            .saturating_duration_since(s.0),
                     }),
                     _ => violations.push(Violation::Overlap {
                         first: terms[p].clone(),
@@ -794,9 +827,15 @@ impl Report {
         self.violations.iter().filter(|v| f(v)).count()
     }
 
-    /// The smallest [takeover margin](Takeover::margin), if any leader changed.
+    /// The smallest [takeover margin](Takeover::margin) between two identities after
+    /// a term that was not [handed over](Interval::handed_over), if any. (A replica
+    /// that finds its own identity in the record resumes at once, by design.)
     pub fn min_margin(&self) -> Option<Duration> {
-        self.takeovers.iter().map(|t| t.margin).min()
+        self.takeovers
+            .iter()
+            .filter(|t| !t.from.handed_over && t.from.identity != t.to.identity)
+            .map(|t| t.margin)
+            .min()
     }
 
     /// Share of the window with a leader, from 0 to 1.
@@ -1013,7 +1052,8 @@ impl fmt::Display for Summary {
             scenario: "total".into(),
             ..Row::default()
         };
-        let secs = |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.3}s", d.as_secs_f64()));
+        let secs =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.3}s", d.as_secs_f64()));
         for r in &self.rows {
             writeln!(
                 f,
@@ -1092,6 +1132,11 @@ mod tests {
         assert_eq!(r.led, Duration::from_secs(25));
         assert_eq!(r.takeovers.len(), 2);
         assert_eq!(r.min_margin(), Some(Duration::ZERO));
+        let c = checker_with(&[term("a", 1, 0, None)]);
+        c.stepping_down("a");
+        c.end_open(|_| true, at(4));
+        c.record(term("b", 2, 4, Some(5)));
+        assert_eq!(c.report().min_margin(), None);
     }
 
     #[tokio::test(start_paused = true)]
@@ -1193,6 +1238,11 @@ mod tests {
         // had not stopped, and the two terms overlap.
         assert!(!c.receive(&"ACT 3 p1".parse().unwrap()));
         let r = c.report();
-        assert_eq!((r.overlaps(), r.actions, r.refused), (1, 3, 1), "{}", r.explain());
+        assert_eq!(
+            (r.overlaps(), r.actions, r.refused),
+            (1, 3, 1),
+            "{}",
+            r.explain()
+        );
     }
 }

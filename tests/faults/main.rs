@@ -90,6 +90,16 @@ pub fn generic() -> Vec<(&'static str, Generic, usize)> {
             |b, r, n| Box::pin(scenarios::elector_dropped(b, r, n)),
             3,
         ),
+        (
+            "takeover-margin",
+            |b, r, n| Box::pin(scenarios::takeover_margin(b, r, n)),
+            3,
+        ),
+        (
+            "ambiguous-writes",
+            |b, r, n| Box::pin(scenarios::ambiguous_writes(b, r, n)),
+            4,
+        ),
     ]
 }
 
@@ -230,7 +240,8 @@ fn args() -> Args {
     // `FAULTS_FILTER` selects like a command-line filter, for runners that pass the
     // same arguments to every test binary (scripts/mutants.sh).
     if let Ok(f) = std::env::var("FAULTS_FILTER") {
-        a.filters.extend(f.split(',').filter(|f| !f.is_empty()).map(str::to_owned));
+        a.filters
+            .extend(f.split(',').filter(|f| !f.is_empty()).map(str::to_owned));
     }
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
