@@ -328,7 +328,7 @@ impl<'a> Election<'a> {
         });
         let (lock, link) = self.backend.connect(&self.name).await;
         let config = self.timing.config(&self.name, &id);
-        let style = self.style.unwrap_or(if self.next_id % 2 == 0 {
+        let style = self.style.unwrap_or(if self.next_id.is_multiple_of(2) {
             Style::Eager
         } else {
             Style::Polite
