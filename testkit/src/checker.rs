@@ -1,35 +1,52 @@
-//! A safety checker for elections under test: never two leaders, fencing tokens that
-//! only grow, and the figures that show how the election fared.
+//! A safety checker for elections under test: it judges what each leader's work did,
+//! not what the elector claimed.
 //!
 //! Every elector under test hands each [`Leadership`] it is given to the same
-//! [`Checker`] (most simply through [`Checker::hold`] as the leader's work). The
-//! checker keeps one [`Interval`] per term as the term's own handle reports it:
-//! identity, fencing token, start ([`Leadership::acquired_at`]) and end (when the work
-//! saw the loss, but never later than [`Leadership::valid_until`], the instant up to
-//! which the handle said acting was safe). All instants are on the host's monotonic
-//! clock (tokio's clock, so paused-clock tests work too).
+//! [`Checker`]. The leader's work records its term with [`Checker::begin`] and acts
+//! through [`Term::act`]: a write, with the term's fencing token, to the checker's
+//! [`FencedStore`], which refuses a token lower than one it has accepted and logs
+//! every attempt. Work in another process reports the same events as [`Line`]s,
+//! stamped by [`Checker::receive`] on arrival with the checking process's own clock.
 //!
-//! [`Checker::report`] then finds every [`Violation`]: two intervals that overlap, or
-//! a term whose fencing token is not greater than that of every earlier term; and it
-//! measures the share of the observed window during which someone led and the worst
-//! leaderless gap. A [`Summary`] gathers reports across runs and scenarios into the
-//! table a fault suite prints.
+//! A term runs from [`Leadership::acquired_at`] until its work actually stopped: the
+//! work's future finished or was dropped (or, for another process, its `END` line,
+//! its last action, or its kill). [`Checker::report`] then finds every [`Violation`]:
+//!
+//! - **overlap**: a term began before an earlier term's work stopped;
+//! - **acted after validity**: a write the store accepted, made when the term's own
+//!   [`Leadership::valid_until`] had passed;
+//! - **stale token accepted**: the store accepted a write whose token is lower than
+//!   that of a term that had already begun;
+//! - **fencing regression**: a term whose token is not greater than every earlier one.
+//!
+//! A term the test [stalled](Checker::stalled) (a process under SIGSTOP, a task no
+//! longer polled) is judged by its accepted writes only: a stalled leader whose late
+//! writes the store refused is fenced, not two leaders, and is counted in
+//! [`Report::refused`]. The report also measures, per takeover, the margin between the
+//! old term's last activity and the new term's first write, the share of the observed
+//! window during which someone led and the worst leaderless gap. A [`Summary`]
+//! gathers reports across runs and scenarios into the table a fault suite prints.
+//!
+//! Instants are on tokio's clock, so paused-clock tests work too. Events at one
+//! instant (common under a paused clock) keep the order in which they happened.
 
 use std::fmt;
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use crate::fenced::{next_seq, FencedStore, Refused, Write};
 use leaderelection::Leadership;
 
-/// How long after its validity ended a term's work may notice the loss before it
-/// counts as [noticed late](Interval::noticed_late). On the real clock the elector fires
-/// `lost` a timer tick after `valid_until`; only a stall takes longer than this.
+/// How long after its validity ended a term's work may stop before it counts as
+/// [noticed late](Interval::noticed_late). On the real clock the elector fires `lost`
+/// a timer tick after `valid_until`; only a stall takes longer than this.
 pub const LATE_AFTER: Duration = Duration::from_millis(250);
 
-/// The record of one election's leadership terms, shared by every elector under test.
+/// The record of one election's leadership terms and of what their work did, shared
+/// by every elector under test.
 ///
 /// Cheap to clone; clones share the same record. The observed window opens when the
 /// checker is created and closes at [`close`](Self::close) (or at the report).
@@ -51,7 +68,12 @@ pub const LATE_AFTER: Duration = Duration::from_millis(250);
 ///     let elector = LeaderElector::new(store.lock("jobs"), Config::new("jobs").identity(id))?;
 ///     let (checker, shutdown) = (checker.clone(), shutdown.clone());
 ///     runs.push(tokio::spawn(async move {
-///         elector.run(shutdown, move |leadership| checker.clone().hold(leadership)).await
+///         elector
+///             .run(shutdown, move |leadership| {
+///                 // Write to the fenced store every second while valid.
+///                 checker.clone().act_while_valid(leadership, Duration::from_secs(1))
+///             })
+///             .await
 ///     }));
 /// }
 /// tokio::time::sleep(Duration::from_secs(60)).await;
@@ -63,11 +85,13 @@ pub const LATE_AFTER: Duration = Duration::from_millis(250);
 /// let report = checker.report();
 /// report.assert_safe();
 /// assert_eq!(report.intervals, 1);
+/// assert!(report.actions >= 59);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Checker {
     inner: Arc<Mutex<State>>,
+    store: FencedStore,
 }
 
 #[derive(Debug)]
@@ -76,66 +100,65 @@ struct State {
     closed: Option<Instant>,
     intervals: Vec<Interval>,
     faults: Vec<(Instant, String)>,
+    /// Writes (by sequence number) made after the writer's `valid_until`.
+    late_writes: Vec<(u64, Instant)>,
 }
 
-/// One term of leadership, as its [`Leadership`] handle reported it.
+/// One term of leadership: when it began and when its work stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Interval {
     /// The leader's identity.
     pub identity: String,
     /// The term's fencing token.
     pub fencing_token: u64,
     /// When the term began: [`Leadership::acquired_at`], the moment the acquiring
-    /// write was sent (no later than the moment it took effect).
+    /// write was sent (for another process, when its `BEGIN` line arrived).
     pub start: Instant,
-    /// When the term ended: the moment the work saw the loss, or the term's last
-    /// [`Leadership::valid_until`] if that came first. `None` while it lasts.
+    /// When the work stopped: its future finished or was dropped. `None` while it runs.
     pub end: Option<Instant>,
-    /// When the work saw the loss. Later than `end` when the leader was stalled past
-    /// its validity (a paused process): such a leader must check
-    /// [`Leadership::is_valid`] or rely on fencing downstream.
-    pub noticed: Option<Instant>,
+    /// The term's last [`Leadership::valid_until`] as its work saw it; `None` when the
+    /// term ran in another process, whose clock is not this one.
+    pub valid_until: Option<Instant>,
+    /// True when the test stalled the leader during the term ([`Checker::stalled`]):
+    /// the term is then judged by its accepted writes only.
+    pub stalled: bool,
+    /// True when the test asked the leader to step down gracefully
+    /// ([`Checker::stepping_down`]): it releases the lease after its work stopped, so
+    /// the next term may follow at once.
+    pub handed_over: bool,
+    start_seq: u64,
+    end_seq: u64,
 }
 
 impl Interval {
-    /// True when the work noticed the loss more than [`LATE_AFTER`] after the term had
-    /// stopped being valid: it was stalled (a paused process, a starved runtime).
+    /// A term that began at `start` and still runs, as a test reports one by hand.
+    pub fn new(identity: impl Into<String>, fencing_token: u64, start: Instant) -> Self {
+        Self {
+            identity: identity.into(),
+            fencing_token,
+            start,
+            end: None,
+            valid_until: None,
+            stalled: false,
+            handed_over: false,
+            start_seq: next_seq(),
+            end_seq: 0,
+        }
+    }
+
+    /// The same term, ended at `end`.
+    #[must_use]
+    pub fn ended(mut self, end: Instant) -> Self {
+        self.end = Some(end);
+        self.end_seq = next_seq();
+        self
+    }
+
+    /// True when the work stopped more than [`LATE_AFTER`] after the term had stopped
+    /// being valid: it was stalled (a paused process, a starved runtime).
     pub fn noticed_late(&self) -> bool {
-        matches!((self.end, self.noticed), (Some(e), Some(n)) if n > e + LATE_AFTER)
-    }
-
-    /// The interval as one line of JSON with instants as `CLOCK_MONOTONIC` nanoseconds,
-    /// so that a child process can report its terms to the test that checks them
-    /// (the monotonic clock is shared by every process of a host).
-    ///
-    /// Only meaningful on tokio's real clock, not a paused one.
-    pub fn to_wire(&self) -> String {
-        let wire = Wire {
-            identity: self.identity.clone(),
-            fencing_token: self.fencing_token,
-            start_ns: to_monotonic_ns(self.start),
-            end_ns: self.end.map(to_monotonic_ns),
-            noticed_ns: self.noticed.map(to_monotonic_ns),
-        };
-        // A struct of strings and integers always serializes.
-        serde_json::to_string(&wire).unwrap_or_default()
-    }
-
-    /// Reads a line written by [`to_wire`](Self::to_wire), possibly in another process.
-    ///
-    /// # Errors
-    ///
-    /// [`InvalidInterval`] when the line is not such an interval.
-    pub fn from_wire(line: &str) -> Result<Self, InvalidInterval> {
-        let wire: Wire =
-            serde_json::from_str(line.trim()).map_err(|e| InvalidInterval(e.to_string()))?;
-        Ok(Self {
-            identity: wire.identity,
-            fencing_token: wire.fencing_token,
-            start: from_monotonic_ns(wire.start_ns),
-            end: wire.end_ns.map(from_monotonic_ns),
-            noticed: wire.noticed_ns.map(from_monotonic_ns),
-        })
+        matches!((self.valid_until, self.end), (Some(v), Some(e)) if e > v + LATE_AFTER)
     }
 }
 
@@ -147,64 +170,123 @@ impl fmt::Display for Interval {
             "{:.64} (fencing token {}",
             self.identity, self.fencing_token
         )?;
+        if self.stalled {
+            write!(f, ", stalled")?;
+        }
         match self.end {
-            Some(end) => write!(f, ", led {:?})", end.saturating_duration_since(self.start)),
-            None => write!(f, ", still leading)"),
+            Some(end) => write!(
+                f,
+                ", worked {:?})",
+                end.saturating_duration_since(self.start)
+            ),
+            None => write!(f, ", still working)"),
         }
     }
 }
 
-/// A line that [`Interval::from_wire`] could not read.
+/// One event of a term in another process, as a line of text on its stdout:
+/// `BEGIN <token> <identity>`, `ACT <token> <identity>` (a write to the fenced store)
+/// or `END <token> <identity>`. The checking process stamps each line when it arrives
+/// ([`Checker::receive`]), so every term is on one clock even when the reporting
+/// process's clocks are faked.
+///
+/// # Examples
+///
+/// ```
+/// use leaderelection_testkit::checker::Line;
+///
+/// let line: Line = "ACT 42 node a".parse().unwrap();
+/// assert_eq!(line, Line::Act { token: 42, identity: "node a".into() });
+/// assert_eq!(line.to_string(), "ACT 42 node a");
+/// assert!("hello".parse::<Line>().is_err());
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// The term's work started.
+    Begin {
+        /// The term's fencing token.
+        token: u64,
+        /// The leader's identity.
+        identity: String,
+    },
+    /// The term's work wrote to the fenced store.
+    Act {
+        /// The term's fencing token.
+        token: u64,
+        /// The leader's identity.
+        identity: String,
+    },
+    /// The term's work stopped.
+    End {
+        /// The term's fencing token.
+        token: u64,
+        /// The leader's identity.
+        identity: String,
+    },
+}
+
+impl Line {
+    /// The line for `kind` (`BEGIN`, `ACT` or `END`) of `leadership`'s term.
+    fn of(kind: fn(u64, String) -> Line, leadership: &Leadership) -> Line {
+        kind(leadership.fencing_token(), leadership.identity().to_owned())
+    }
+
+    /// `BEGIN` for `leadership`'s term.
+    pub fn begin(leadership: &Leadership) -> Line {
+        Self::of(
+            |token, identity| Line::Begin { token, identity },
+            leadership,
+        )
+    }
+
+    /// `ACT` for `leadership`'s term.
+    pub fn act(leadership: &Leadership) -> Line {
+        Self::of(|token, identity| Line::Act { token, identity }, leadership)
+    }
+
+    /// `END` for `leadership`'s term.
+    pub fn end(leadership: &Leadership) -> Line {
+        Self::of(|token, identity| Line::End { token, identity }, leadership)
+    }
+}
+
+impl fmt::Display for Line {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, token, identity) = match self {
+            Line::Begin { token, identity } => ("BEGIN", token, identity),
+            Line::Act { token, identity } => ("ACT", token, identity),
+            Line::End { token, identity } => ("END", token, identity),
+        };
+        write!(f, "{kind} {token} {identity}")
+    }
+}
+
+/// A line that is not a [`Line`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("invalid interval line (expected the JSON that Interval::to_wire writes): {0}")]
-pub struct InvalidInterval(String);
+#[error("not a term event (expected `BEGIN|ACT|END <token> <identity>`): {0:.80}")]
+pub struct InvalidLine(String);
 
-#[derive(Serialize, Deserialize)]
-struct Wire {
-    identity: String,
-    fencing_token: u64,
-    start_ns: u64,
-    end_ns: Option<u64>,
-    noticed_ns: Option<u64>,
-}
+impl FromStr for Line {
+    type Err = InvalidLine;
 
-/// Nanoseconds on `CLOCK_MONOTONIC` now. Rust's `Instant` reads the same clock on
-/// Linux, which is what makes instants of different processes comparable.
-fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
-
-fn to_monotonic_ns(t: Instant) -> u64 {
-    let now = Instant::now();
-    let now_ns = monotonic_now_ns();
-    if t <= now {
-        now_ns.saturating_sub((now - t).as_nanos() as u64)
-    } else {
-        now_ns.saturating_add((t - now).as_nanos() as u64)
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || InvalidLine(s.to_owned());
+        let mut parts = s.trim().splitn(3, ' ');
+        let kind = parts.next().ok_or_else(bad)?;
+        let token = parts.next().and_then(|t| t.parse().ok()).ok_or_else(bad)?;
+        let identity = parts.next().ok_or_else(bad)?.to_owned();
+        match kind {
+            "BEGIN" => Ok(Line::Begin { token, identity }),
+            "ACT" => Ok(Line::Act { token, identity }),
+            "END" => Ok(Line::End { token, identity }),
+            _ => Err(bad()),
+        }
     }
 }
 
-fn from_monotonic_ns(ns: u64) -> Instant {
-    let now = Instant::now();
-    let now_ns = monotonic_now_ns();
-    if ns <= now_ns {
-        now.checked_sub(Duration::from_nanos(now_ns - ns))
-            .unwrap_or(now)
-    } else {
-        now + Duration::from_nanos(ns - now_ns)
-    }
-}
-
-/// One term being recorded: ends when [`end`](Self::end) is called or when dropped
-/// (a crashed process's work is dropped mid-term).
+/// One term being recorded: its work acts through [`act`](Self::act); it ends when
+/// [`end`](Self::end) is called or when dropped (a crashed process's work is dropped
+/// mid-term).
 #[derive(Debug)]
 pub struct Term {
     checker: Checker,
@@ -214,8 +296,34 @@ pub struct Term {
 }
 
 impl Term {
-    /// Ends the term now, or at the handle's [`Leadership::valid_until`] if that passed
-    /// already.
+    /// One action of the work: a write to the checker's fenced store with the term's
+    /// fencing token, now.
+    ///
+    /// # Errors
+    ///
+    /// [`Refused`] when a later term wrote first: the work should stop.
+    pub fn act(&self) -> Result<(), Refused> {
+        let now = Instant::now();
+        let valid_until = self.leadership.valid_until();
+        let (seq, result) = self.checker.store.logged_write(
+            self.leadership.identity(),
+            self.leadership.fencing_token(),
+            now,
+        );
+        let mut state = self.checker.state();
+        state.intervals[self.index].valid_until = Some(valid_until);
+        if now >= valid_until {
+            state.late_writes.push((seq, valid_until));
+        }
+        result
+    }
+
+    /// The leadership this term records.
+    pub fn leadership(&self) -> &Leadership {
+        &self.leadership
+    }
+
+    /// Ends the term now: the work stopped.
     pub fn end(mut self) {
         self.finish();
     }
@@ -225,11 +333,12 @@ impl Term {
             return;
         }
         let now = Instant::now();
-        let end = now.min(self.leadership.valid_until());
+        let valid_until = self.leadership.valid_until();
         let mut state = self.checker.state();
         let interval = &mut state.intervals[self.index];
-        interval.end = Some(end);
-        interval.noticed = Some(now);
+        interval.end = Some(now);
+        interval.end_seq = next_seq();
+        interval.valid_until = Some(valid_until);
     }
 }
 
@@ -245,8 +354,11 @@ impl Default for Checker {
     }
 }
 
+/// An instant with its place among events at that instant.
+type At = (Instant, u64);
+
 impl Checker {
-    /// A checker whose observed window opens now.
+    /// A checker whose observed window opens now, with an empty fenced store.
     pub fn new() -> Self {
         Self {
             inner: Arc::new(Mutex::new(State {
@@ -254,7 +366,9 @@ impl Checker {
                 closed: None,
                 intervals: Vec::new(),
                 faults: Vec::new(),
+                late_writes: Vec::new(),
             })),
+            store: FencedStore::new(),
         }
     }
 
@@ -263,17 +377,22 @@ impl Checker {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The fenced store the terms' work writes to.
+    pub fn store(&self) -> &FencedStore {
+        &self.store
+    }
+
     /// Starts recording the term `leadership` stands for.
     pub fn begin(&self, leadership: &Leadership) -> Term {
         let index = {
             let mut state = self.state();
-            state.intervals.push(Interval {
-                identity: leadership.identity().to_owned(),
-                fencing_token: leadership.fencing_token(),
-                start: leadership.acquired_at(),
-                end: None,
-                noticed: None,
-            });
+            let mut interval = Interval::new(
+                leadership.identity(),
+                leadership.fencing_token(),
+                leadership.acquired_at(),
+            );
+            interval.valid_until = Some(leadership.valid_until());
+            state.intervals.push(interval);
             state.intervals.len() - 1
         };
         Term {
@@ -284,7 +403,8 @@ impl Checker {
         }
     }
 
-    /// The leader's work of a test: records the term until leadership is lost.
+    /// A leader's work that records the term and does nothing until leadership is
+    /// lost: for tests that check who led, not what the work did.
     ///
     /// # Cancel safety
     ///
@@ -295,8 +415,90 @@ impl Checker {
         term.end();
     }
 
-    /// Adds a term recorded elsewhere, such as one read with [`Interval::from_wire`]
-    /// from a child process.
+    /// A leader's work that writes to the fenced store at once and then every `every`
+    /// while [`Leadership::is_valid`] holds, waits while its validity has run out (a
+    /// renewal may yet succeed), and stops when leadership is lost or a write is refused.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future ends the term at that moment, as a crash would.
+    pub async fn act_while_valid(self, leadership: Leadership, every: Duration) {
+        let term = self.begin(&leadership);
+        while !leadership.is_lost() {
+            let now = Instant::now();
+            let next = if leadership.is_valid() {
+                if term.act().is_err() {
+                    break;
+                }
+                (now + every).min(leadership.valid_until())
+            } else {
+                now + every
+            };
+            tokio::select! {
+                _ = leadership.lost() => break,
+                _ = tokio::time::sleep_until(next) => {}
+            }
+        }
+        term.end();
+    }
+
+    /// Marks the terms `identity` is leading now as stalled: the test stopped the
+    /// process or task. A stalled term is judged by its accepted writes only.
+    pub fn stalled(&self, identity: &str) {
+        for i in &mut self.state().intervals {
+            if i.identity == identity && i.end.is_none() {
+                i.stalled = true;
+            }
+        }
+    }
+
+    /// Marks the terms `identity` is leading now as handed over: the test shuts the
+    /// leader down gracefully, and it releases the lease once its work stopped. The
+    /// takeover that follows is left out of [`Report::min_margin`].
+    pub fn stepping_down(&self, identity: &str) {
+        for i in &mut self.state().intervals {
+            if i.identity == identity && i.end.is_none() {
+                i.handed_over = true;
+            }
+        }
+    }
+
+    /// Takes a line reported by another process, stamped now: `BEGIN` starts a term,
+    /// `ACT` writes to the fenced store, `END` ends the term. Returns whether an `ACT`
+    /// was accepted (true for other lines).
+    pub fn receive(&self, line: &Line) -> bool {
+        let now = Instant::now();
+        match line {
+            Line::Begin { token, identity } => {
+                self.record(Interval::new(identity.clone(), *token, now));
+                true
+            }
+            Line::Act { token, identity } => self.store.write_at(identity, *token, now).is_ok(),
+            Line::End { token, identity } => {
+                self.end_open(
+                    |i| i.identity == *identity && i.fencing_token == *token,
+                    now,
+                );
+                true
+            }
+        }
+    }
+
+    /// Ends now every open term of `identity`: its process was killed.
+    pub fn killed(&self, identity: &str) {
+        self.end_open(|i| i.identity == identity, Instant::now());
+    }
+
+    fn end_open(&self, which: impl Fn(&Interval) -> bool, at: Instant) {
+        for i in &mut self.state().intervals {
+            if i.end.is_none() && which(i) {
+                i.end = Some(at);
+                i.end_seq = next_seq();
+            }
+        }
+    }
+
+    /// Adds a term recorded elsewhere.
     pub fn record(&self, interval: Interval) {
         self.state().intervals.push(interval);
     }
@@ -326,57 +528,121 @@ impl Checker {
         }
     }
 
-    /// Checks every term against every other and measures the window.
+    /// Checks every term against every other and against the fenced store's log, and
+    /// measures the window.
     ///
-    /// Two terms overlap when one begins before another has ended (a term still
-    /// running overlaps every term that begins after it). A fencing regression is a
-    /// term whose token is not greater than the token of every term that began
-    /// before it.
+    /// A term's work runs from its start until its work stopped; a stalled term's,
+    /// until its last accepted write (or its start). Two terms overlap when one begins
+    /// before another's work stopped (a term still working overlaps every term that
+    /// begins after it).
     pub fn report(&self) -> Report {
+        let writes = self.store.writes();
         let state = self.state();
         let closed = state.closed.unwrap_or_else(Instant::now);
         let mut terms = state.intervals.clone();
-        terms.sort_by_key(|t| (t.start, t.fencing_token));
+        terms.sort_by_key(|t| (t.start, t.start_seq, t.fencing_token));
+        let of = |t: &Interval| -> Vec<&Write> {
+            writes
+                .iter()
+                .filter(|w| w.identity == t.identity && w.token == t.fencing_token)
+                .collect()
+        };
+        // When each term's work stopped, as far as its acts tell; None: still working.
+        let stop: Vec<Option<At>> = terms
+            .iter()
+            .map(|t| {
+                if t.stalled {
+                    let last = of(t)
+                        .into_iter()
+                        .filter(|w| w.accepted)
+                        .map(|w| (w.at, w.seq))
+                        .max();
+                    Some(last.unwrap_or((t.start, t.start_seq)))
+                } else {
+                    let acts = of(t).into_iter().map(|w| (w.at, w.seq)).max();
+                    t.end
+                        .map(|e| (e, t.end_seq))
+                        .map(|e| acts.map_or(e, |a| a.max(e)))
+                }
+            })
+            .collect();
+        let first_act: Vec<Option<Instant>> =
+            terms.iter().map(|t| of(t).first().map(|w| w.at)).collect();
 
         let mut violations = Vec::new();
-        // The term that ends last among those seen, and the term with the greatest token.
-        let mut last_ending: Option<&Interval> = None;
-        let mut greatest: Option<&Interval> = None;
-        for t in &terms {
-            if let Some(prev) = last_ending {
-                if prev.end.is_none_or(|end| t.start < end) {
-                    violations.push(Violation::Overlap {
-                        first: prev.clone(),
+        // The term whose work stops last among those seen, and the greatest token.
+        let mut last_stopping: Option<usize> = None;
+        let mut greatest: Option<usize> = None;
+        let mut takeovers = Vec::new();
+        for (i, t) in terms.iter().enumerate() {
+            let began = (t.start, t.start_seq);
+            if let Some(p) = last_stopping {
+                match stop[p] {
+                    Some(s) if s <= began => takeovers.push(Takeover {
+                        from: terms[p].clone(),
+                        to: t.clone(),
+                        margin: first_act[i]
+                            .unwrap_or(t.start)
+                            .saturating_duration_since(s.0),
+                    }),
+                    _ => violations.push(Violation::Overlap {
+                        first: terms[p].clone(),
                         second: t.clone(),
-                    });
+                    }),
                 }
             }
             if let Some(g) = greatest {
-                if t.fencing_token <= g.fencing_token {
+                if t.fencing_token <= terms[g].fencing_token {
                     violations.push(Violation::FencingRegression {
-                        earlier: g.clone(),
+                        earlier: terms[g].clone(),
                         later: t.clone(),
                     });
                 }
             }
-            if last_ending.is_none_or(|p| p.end.is_some() && t.end.is_none_or(|e| Some(e) > p.end))
-            {
-                last_ending = Some(t);
+            let later = |a: Option<At>, b: Option<At>| match (a, b) {
+                (None, _) => true,
+                (Some(_), None) => false,
+                (Some(a), Some(b)) => a > b,
+            };
+            if last_stopping.is_none_or(|p| stop[p].is_some() && later(stop[i], stop[p])) {
+                last_stopping = Some(i);
             }
-            if greatest.is_none_or(|g| t.fencing_token > g.fencing_token) {
-                greatest = Some(t);
+            if greatest.is_none_or(|g| t.fencing_token > terms[g].fencing_token) {
+                greatest = Some(i);
             }
         }
 
-        // Coverage: the union of the terms clipped to the window.
+        // Accepted writes after the writer's validity, and accepted stale tokens.
+        for (seq, valid_until) in &state.late_writes {
+            if let Some(w) = writes.iter().find(|w| w.seq == *seq && w.accepted) {
+                violations.push(Violation::ActedAfterValidity {
+                    write: w.clone(),
+                    valid_until: *valid_until,
+                });
+            }
+        }
+        for w in writes.iter().filter(|w| w.accepted) {
+            let newer = terms
+                .iter()
+                .filter(|t| t.fencing_token > w.token && (t.start, t.start_seq) < (w.at, w.seq))
+                .max_by_key(|t| t.fencing_token);
+            if let Some(t) = newer {
+                violations.push(Violation::StaleTokenAccepted {
+                    write: w.clone(),
+                    newer: t.clone(),
+                });
+            }
+        }
+
+        // Coverage: the union of the terms' work, clipped to the window.
         let opened = state.opened;
         let window = closed.saturating_duration_since(opened);
         let mut led = Duration::ZERO;
         let mut worst_gap = Duration::ZERO;
         let mut covered_to = opened;
-        for t in &terms {
+        for (t, s) in terms.iter().zip(&stop) {
             let start = t.start.clamp(opened, closed);
-            let end = t.end.unwrap_or(closed).clamp(opened, closed);
+            let end = s.map_or(closed, |s| s.0).clamp(opened, closed);
             if start > covered_to {
                 worst_gap = worst_gap.max(start - covered_to);
             }
@@ -391,10 +657,14 @@ impl Checker {
             intervals: terms.len(),
             faults: state.faults.len(),
             noticed_late: terms.iter().filter(|t| t.noticed_late()).count(),
+            stalled: terms.iter().filter(|t| t.stalled).count(),
+            actions: writes.len(),
+            refused: writes.iter().filter(|w| !w.accepted).count(),
             window,
             led,
             worst_gap,
             violations,
+            takeovers,
             terms,
             fault_log: state
                 .faults
@@ -406,16 +676,46 @@ impl Checker {
     }
 }
 
+/// A change of leader without overlap, found by [`Checker::report`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Takeover {
+    /// The term whose work stopped.
+    pub from: Interval,
+    /// The term that began after it.
+    pub to: Interval,
+    /// From the old term's last activity (its work stopping or its last write, for a
+    /// stalled term its last accepted write) to the new term's first write (its start
+    /// if it never wrote). For a leader that stopped renewing, the election promises
+    /// at least `lease_duration - renew_deadline` here.
+    pub margin: Duration,
+}
+
 /// A breach of the election's safety found by [`Checker::report`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Violation {
-    /// `second` began before `first` ended: two leaders at once.
+    /// `second` began before the work of `first` stopped: two leaders at once.
     Overlap {
         /// The term that began first.
         first: Interval,
-        /// The term that began while `first` still ran.
+        /// The term that began while the work of `first` still ran.
         second: Interval,
+    },
+    /// The store accepted `write`, made after its term's validity had run out.
+    ActedAfterValidity {
+        /// The write.
+        write: Write,
+        /// The writer's `valid_until` when it wrote.
+        valid_until: Instant,
+    },
+    /// The store accepted `write`, whose token is lower than that of `newer`, a term
+    /// that had already begun: fencing did not protect.
+    StaleTokenAccepted {
+        /// The write.
+        write: Write,
+        /// The newest term that had begun before it.
+        newer: Interval,
     },
     /// `later` began after `earlier` with a token that is not greater.
     FencingRegression {
@@ -438,12 +738,26 @@ impl fmt::Display for Violation {
                 if let Some(end) = first.end {
                     write!(
                         f,
-                        ", {:?} before it ended",
+                        ", {:?} before its work stopped",
                         end.saturating_duration_since(second.start)
                     )?;
                 }
                 Ok(())
             }
+            Violation::ActedAfterValidity { write, valid_until } => write!(
+                f,
+                "{:.64} (fencing token {}) wrote {:?} after its validity ran out, and the store accepted it",
+                write.identity,
+                write.token,
+                write.at.saturating_duration_since(*valid_until)
+            ),
+            Violation::StaleTokenAccepted { write, newer } => write!(
+                f,
+                "the store accepted fencing token {} from {:.64} {:?} after {newer} began",
+                write.token,
+                write.identity,
+                write.at.saturating_duration_since(newer.start)
+            ),
             Violation::FencingRegression { earlier, later } => write!(
                 f,
                 "fencing token did not grow: {later} began {:?} after {earlier} began",
@@ -461,17 +775,25 @@ pub struct Report {
     pub intervals: usize,
     /// Faults noted with [`Checker::fault`].
     pub faults: usize,
-    /// Terms whose work noticed the loss well after the term's validity ran out
+    /// Terms whose work stopped well after the term's validity ran out
     /// ([`Interval::noticed_late`]).
     pub noticed_late: usize,
+    /// Terms the test stalled ([`Checker::stalled`]).
+    pub stalled: usize,
+    /// Writes to the fenced store, accepted or refused.
+    pub actions: usize,
+    /// Writes the fenced store refused: late writes of deposed leaders.
+    pub refused: usize,
     /// Length of the observed window.
     pub window: Duration,
-    /// Time within the window during which some replica led.
+    /// Time within the window during which some replica's work ran.
     pub led: Duration,
     /// The longest stretch of the window without a leader.
     pub worst_gap: Duration,
-    /// Overlaps and fencing regressions; empty when the run was safe.
+    /// Every violation; empty when the run was safe.
     pub violations: Vec<Violation>,
+    /// Every change of leader without overlap, in order.
+    pub takeovers: Vec<Takeover>,
     /// Every term, in order of start.
     pub terms: Vec<Interval>,
     /// Every fault, with its time since the window opened.
@@ -483,18 +805,37 @@ pub struct Report {
 impl Report {
     /// Number of overlapping pairs of terms found.
     pub fn overlaps(&self) -> usize {
-        self.violations
-            .iter()
-            .filter(|v| matches!(v, Violation::Overlap { .. }))
-            .count()
+        self.count(|v| matches!(v, Violation::Overlap { .. }))
     }
 
     /// Number of terms whose fencing token did not grow.
     pub fn fencing_regressions(&self) -> usize {
-        self.violations
+        self.count(|v| matches!(v, Violation::FencingRegression { .. }))
+    }
+
+    /// Number of accepted writes made after validity, or with a stale token.
+    pub fn bad_writes(&self) -> usize {
+        self.count(|v| {
+            matches!(
+                v,
+                Violation::ActedAfterValidity { .. } | Violation::StaleTokenAccepted { .. }
+            )
+        })
+    }
+
+    fn count(&self, f: impl Fn(&Violation) -> bool) -> usize {
+        self.violations.iter().filter(|v| f(v)).count()
+    }
+
+    /// The smallest [takeover margin](Takeover::margin) between two identities after
+    /// a term that was not [handed over](Interval::handed_over), if any. (A replica
+    /// that finds its own identity in the record resumes at once, by design.)
+    pub fn min_margin(&self) -> Option<Duration> {
+        self.takeovers
             .iter()
-            .filter(|v| matches!(v, Violation::FencingRegression { .. }))
-            .count()
+            .filter(|t| !t.from.handed_over && t.from.identity != t.to.identity)
+            .map(|t| t.margin)
+            .min()
     }
 
     /// Share of the window with a leader, from 0 to 1.
@@ -569,18 +910,28 @@ pub struct Row {
     pub faults: usize,
     /// Terms of leadership, over all runs.
     pub intervals: usize,
+    /// Writes of the terms' work to the fenced store.
+    pub actions: usize,
     /// Overlapping pairs of terms (must be 0).
     pub overlaps: usize,
+    /// Accepted writes after validity or with a stale token (must be 0).
+    pub bad_writes: usize,
     /// Terms whose fencing token did not grow (must be 0).
     pub fencing_regressions: usize,
-    /// Terms whose work noticed the loss after its validity ran out (stalled leaders).
+    /// Terms the test stalled.
+    pub stalled: usize,
+    /// Terms whose work stopped well after its validity ran out.
     pub noticed_late: usize,
+    /// Writes the fenced store refused (late writes of deposed leaders).
+    pub refused: usize,
     /// Total observed time.
     pub window: Duration,
     /// Total time with a leader.
     pub led: Duration,
     /// The longest leaderless gap of any run.
     pub worst_gap: Duration,
+    /// The smallest takeover margin of any run.
+    pub min_margin: Option<Duration>,
 }
 
 impl Row {
@@ -591,49 +942,61 @@ impl Row {
         }
         self.led.as_secs_f64() / self.window.as_secs_f64()
     }
+
+    fn absorb(&mut self, r: &Row) {
+        self.runs += r.runs;
+        self.faults += r.faults;
+        self.intervals += r.intervals;
+        self.actions += r.actions;
+        self.overlaps += r.overlaps;
+        self.bad_writes += r.bad_writes;
+        self.fencing_regressions += r.fencing_regressions;
+        self.stalled += r.stalled;
+        self.noticed_late += r.noticed_late;
+        self.refused += r.refused;
+        self.window += r.window;
+        self.led += r.led;
+        self.worst_gap = self.worst_gap.max(r.worst_gap);
+        self.min_margin = match (self.min_margin, r.min_margin) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
 }
 
 impl Summary {
     /// Adds one run of `scenario`.
     pub fn add(&mut self, scenario: &str, report: &Report) {
-        let row = match self.rows.iter_mut().position(|r| r.scenario == scenario) {
-            Some(i) => &mut self.rows[i],
-            None => {
-                self.rows.push(Row {
-                    scenario: scenario.to_owned(),
-                    ..Row::default()
-                });
-                self.rows.last_mut().expect("just pushed")
-            }
-        };
-        row.runs += 1;
-        row.faults += report.faults;
-        row.intervals += report.intervals;
-        row.overlaps += report.overlaps();
-        row.fencing_regressions += report.fencing_regressions();
-        row.noticed_late += report.noticed_late;
-        row.window += report.window;
-        row.led += report.led;
-        row.worst_gap = row.worst_gap.max(report.worst_gap);
+        self.merge_row(Row {
+            scenario: scenario.to_owned(),
+            runs: 1,
+            faults: report.faults,
+            intervals: report.intervals,
+            actions: report.actions,
+            overlaps: report.overlaps(),
+            bad_writes: report.bad_writes(),
+            fencing_regressions: report.fencing_regressions(),
+            stalled: report.stalled,
+            noticed_late: report.noticed_late,
+            refused: report.refused,
+            window: report.window,
+            led: report.led,
+            worst_gap: report.worst_gap,
+            min_margin: report.min_margin(),
+        });
+    }
+
+    fn merge_row(&mut self, row: Row) {
+        match self.rows.iter_mut().find(|m| m.scenario == row.scenario) {
+            Some(m) => m.absorb(&row),
+            None => self.rows.push(row),
+        }
     }
 
     /// Adds every row of `other`.
     pub fn merge(&mut self, other: &Summary) {
         for r in &other.rows {
-            match self.rows.iter_mut().find(|m| m.scenario == r.scenario) {
-                Some(m) => {
-                    m.runs += r.runs;
-                    m.faults += r.faults;
-                    m.intervals += r.intervals;
-                    m.overlaps += r.overlaps;
-                    m.fencing_regressions += r.fencing_regressions;
-                    m.noticed_late += r.noticed_late;
-                    m.window += r.window;
-                    m.led += r.led;
-                    m.worst_gap = m.worst_gap.max(r.worst_gap);
-                }
-                None => self.rows.push(r.clone()),
-            }
+            self.merge_row(r.clone());
         }
     }
 
@@ -651,7 +1014,7 @@ impl Summary {
     pub fn is_safe(&self) -> bool {
         self.rows
             .iter()
-            .all(|r| r.overlaps == 0 && r.fencing_regressions == 0)
+            .all(|r| r.overlaps == 0 && r.bad_writes == 0 && r.fencing_regressions == 0)
     }
 }
 
@@ -664,56 +1027,66 @@ impl fmt::Display for Summary {
             .chain([8])
             .max()
             .unwrap_or(8);
-        writeln!(
-            f,
-            "{:<width$} {:>5} {:>6} {:>9} {:>8} {:>10} {:>7} {:>8} {:>11}",
-            "scenario",
-            "runs",
-            "faults",
-            "intervals",
-            "overlaps",
-            "fencing-",
-            "late",
-            "led",
-            "worst gap"
-        )?;
-        writeln!(
-            f,
-            "{:<width$} {:>5} {:>6} {:>9} {:>8} {:>10} {:>7} {:>8} {:>11}",
-            "", "", "", "", "", "regress.", "notice", "share", ""
-        )?;
-        let mut total = Row::default();
+        let heads = [
+            ("runs", ""),
+            ("faults", ""),
+            ("terms", ""),
+            ("writes", ""),
+            ("overlaps", ""),
+            ("bad", "writes"),
+            ("fencing", "regress."),
+            ("stalled", ""),
+            ("refused", "writes"),
+            ("led", "share"),
+            ("worst gap", ""),
+            ("min", "margin"),
+        ];
+        for line in 0..2 {
+            write!(f, "{:<width$}", if line == 0 { "scenario" } else { "" })?;
+            for (a, b) in heads {
+                write!(f, " {:>9}", if line == 0 { a } else { b })?;
+            }
+            writeln!(f)?;
+        }
+        let mut total = Row {
+            scenario: "total".into(),
+            ..Row::default()
+        };
+        let secs =
+            |d: Option<Duration>| d.map_or("-".to_owned(), |d| format!("{:.3}s", d.as_secs_f64()));
         for r in &self.rows {
             writeln!(
                 f,
-                "{:<width$} {:>5} {:>6} {:>9} {:>8} {:>10} {:>7} {:>7.2}% {:>10.3}s",
+                "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8.2}% {:>9} {:>9}",
                 r.scenario,
                 r.runs,
                 r.faults,
                 r.intervals,
+                r.actions,
                 r.overlaps,
+                r.bad_writes,
                 r.fencing_regressions,
-                r.noticed_late,
+                r.stalled,
+                r.refused,
                 r.leader_share() * 100.0,
-                r.worst_gap.as_secs_f64()
+                secs(Some(r.worst_gap)),
+                secs(r.min_margin),
             )?;
-            total.runs += r.runs;
-            total.faults += r.faults;
-            total.intervals += r.intervals;
-            total.overlaps += r.overlaps;
-            total.fencing_regressions += r.fencing_regressions;
-            total.noticed_late += r.noticed_late;
+            total.absorb(r);
         }
         write!(
             f,
-            "{:<width$} {:>5} {:>6} {:>9} {:>8} {:>10} {:>7}",
+            "{:<width$} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "total",
             total.runs,
             total.faults,
             total.intervals,
+            total.actions,
             total.overlaps,
+            total.bad_writes,
             total.fencing_regressions,
-            total.noticed_late
+            total.stalled,
+            total.refused
         )
     }
 }
@@ -722,14 +1095,17 @@ impl fmt::Display for Summary {
 mod tests {
     use super::*;
 
+    fn at(s: u64) -> Instant {
+        // One base for every test instant: the paused clock does not move meanwhile.
+        thread_local!(static BASE: Instant = Instant::now());
+        BASE.with(|b| *b + Duration::from_secs(s))
+    }
+
     fn term(id: &str, token: u64, start: u64, end: Option<u64>) -> Interval {
-        let base = Instant::now();
-        Interval {
-            identity: id.into(),
-            fencing_token: token,
-            start: base + Duration::from_secs(start),
-            end: end.map(|e| base + Duration::from_secs(e)),
-            noticed: end.map(|e| base + Duration::from_secs(e)),
+        let t = Interval::new(id, token, at(start));
+        match end {
+            Some(e) => t.ended(at(e)),
+            None => t,
         }
     }
 
@@ -754,11 +1130,18 @@ mod tests {
         assert_eq!(r.intervals, 3);
         assert_eq!(r.worst_gap, Duration::from_secs(5));
         assert_eq!(r.led, Duration::from_secs(25));
+        assert_eq!(r.takeovers.len(), 2);
+        assert_eq!(r.min_margin(), Some(Duration::ZERO));
+        let c = checker_with(&[term("a", 1, 0, None)]);
+        c.stepping_down("a");
+        c.end_open(|_| true, at(4));
+        c.record(term("b", 2, 4, Some(5)));
+        assert_eq!(c.report().min_margin(), None);
     }
 
     #[tokio::test(start_paused = true)]
     async fn overlap_is_found_even_behind_a_short_term() {
-        // a runs 0..30; b (5..10) and c (12..20) both begin while a still leads.
+        // a runs 0..30; b (5..10) and c (12..20) both begin while a still works.
         let c = checker_with(&[
             term("a", 1, 0, Some(30)),
             term("b", 2, 5, Some(10)),
@@ -798,25 +1181,68 @@ mod tests {
         assert!(c.report().is_safe());
     }
 
-    #[tokio::test]
-    async fn wire_format_round_trips_across_the_monotonic_clock() {
-        let start = Instant::now();
-        let t = Interval {
-            identity: "node a".into(),
-            fencing_token: 42,
-            start,
-            end: Some(start + Duration::from_millis(1500)),
-            noticed: None,
-        };
-        let back = Interval::from_wire(&t.to_wire()).unwrap();
-        assert_eq!(back.identity, "node a");
-        assert_eq!(back.fencing_token, 42);
-        let drift = if back.start > t.start {
-            back.start - t.start
-        } else {
-            t.start - back.start
-        };
-        assert!(drift < Duration::from_millis(5), "{drift:?}");
-        assert!(Interval::from_wire("{not json").is_err());
+    #[tokio::test(start_paused = true)]
+    async fn a_write_after_the_end_extends_the_term() {
+        // a reported its end at 10 but wrote at 12, after b began at 11.
+        let c = checker_with(&[term("a", 1, 0, Some(10)), term("b", 2, 11, Some(20))]);
+        c.store().write_at("a", 1, at(12)).unwrap();
+        let r = c.report();
+        assert_eq!(r.overlaps(), 1, "{}", r.explain());
+        // The store had not seen b's token yet: a stale token accepted.
+        assert_eq!(r.bad_writes(), 1, "{}", r.explain());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_term_whose_late_writes_were_refused_is_fenced() {
+        let c = checker_with(&[term("a", 1, 0, None)]);
+        c.store().write_at("a", 1, at(1)).unwrap();
+        c.stalled("a");
+        c.record(term("b", 2, 20, Some(30)));
+        c.store().write_at("b", 2, at(20)).unwrap();
+        // a resumes and writes once more before it learns that it lost.
+        assert!(c.store().write_at("a", 1, at(25)).is_err());
+        c.end_open(|i| i.identity == "a", at(25));
+        let r = c.report();
+        assert!(r.is_safe(), "{}", r.explain());
+        assert_eq!((r.stalled, r.refused), (1, 1));
+        assert_eq!(r.takeovers[0].margin, Duration::from_secs(19));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_term_whose_late_write_was_accepted_overlaps() {
+        let c = checker_with(&[term("a", 1, 0, None)]);
+        c.stalled("a");
+        c.record(term("b", 2, 20, Some(30)));
+        c.store().write_at("a", 1, at(21)).unwrap();
+        c.store().write_at("b", 2, at(22)).unwrap();
+        let r = c.report();
+        assert_eq!((r.overlaps(), r.bad_writes()), (1, 1), "{}", r.explain());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lines_from_another_process_are_stamped_on_arrival() {
+        let c = Checker::new();
+        for line in ["BEGIN 3 p1", "ACT 3 p1"] {
+            assert!(c.receive(&line.parse().unwrap()));
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        c.receive(&"END 3 p1".parse().unwrap());
+        tokio::time::advance(Duration::from_secs(1)).await;
+        c.receive(&"BEGIN 4 p2".parse().unwrap());
+        c.receive(&"ACT 4 p2".parse().unwrap());
+        c.killed("p2");
+        let r = c.report();
+        assert!(r.is_safe(), "{}", r.explain());
+        assert_eq!(r.takeovers[0].margin, Duration::from_secs(1));
+        // A write after its end, refused or not, from a term nobody stalled: the work
+        // had not stopped, and the two terms overlap.
+        assert!(!c.receive(&"ACT 3 p1".parse().unwrap()));
+        let r = c.report();
+        assert_eq!(
+            (r.overlaps(), r.actions, r.refused),
+            (1, 3, 1),
+            "{}",
+            r.explain()
+        );
     }
 }

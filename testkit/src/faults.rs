@@ -6,6 +6,10 @@
 //! handing the lock to an elector. Latency is on tokio's clock: under a paused clock
 //! a slowed replica costs no real time.
 //!
+//! Writes can also be *ambiguous* ([`WriteFault`]): applied by the store while the
+//! caller sees an error or no answer in time, so that it must read again to learn what
+//! happened, as after a timeout on a real network.
+//!
 //! For faults on the wire (connections refused or reset, packets delayed) of a real
 //! server, put a TCP proxy between the client and the server instead.
 //!
@@ -27,8 +31,9 @@
 //! # }
 //! ```
 
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -48,6 +53,23 @@ struct State {
     unavailable: AtomicBool,
     latency_ms: AtomicU64,
     requests: AtomicU64,
+    write_fault: Mutex<Option<WriteFault>>,
+    ambiguous: AtomicU64,
+}
+
+/// What happens to a write (`create` or `update`) that reaches the store while set
+/// with [`Faults::set_write_fault`]: it is applied, but the caller cannot tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WriteFault {
+    /// Applied, then the reply is lost: the caller gets [`LockError::Unavailable`].
+    LoseReply,
+    /// Applied, then the reply comes this much later: past the caller's timeout when
+    /// longer, so that the caller gives up on a write that took effect.
+    ReplyAfter(Duration),
+    /// Applied this much later, even if the caller stopped waiting meanwhile (a request
+    /// in flight when its client gave up); the caller gets the reply when it lands.
+    LandAfter(Duration),
 }
 
 impl Faults {
@@ -61,6 +83,38 @@ impl Faults {
     pub fn set_latency(&self, latency: Duration) {
         let ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
         self.0.latency_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Makes every write from now on ambiguous as `fault` says; `None` for none.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leaderelection::{LeaderElectionRecord, LeaseLock, LockError, MemoryStore};
+    /// use leaderelection_testkit::faults::{FaultyLock, WriteFault};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let store = MemoryStore::new();
+    /// let lock = FaultyLock::new(store.lock("jobs"));
+    /// lock.faults().set_write_fault(Some(WriteFault::LoseReply));
+    /// let record = LeaderElectionRecord { holder_identity: "a".into(), ..Default::default() };
+    /// // The caller sees an error, but the record was written.
+    /// assert!(matches!(lock.create(&record).await, Err(LockError::Unavailable { .. })));
+    /// assert_eq!(store.lock("jobs").get().await.unwrap().unwrap().record.holder_identity, "a");
+    /// assert_eq!(lock.faults().ambiguous_writes(), 1);
+    /// # }
+    /// ```
+    pub fn set_write_fault(&self, fault: Option<WriteFault>) {
+        *self.0.write_fault.lock().unwrap_or_else(|e| e.into_inner()) = fault;
+    }
+
+    /// Writes applied under a [`WriteFault`] so far.
+    pub fn ambiguous_writes(&self) -> u64 {
+        self.0.ambiguous.load(Ordering::SeqCst)
+    }
+
+    fn write_fault(&self) -> Option<WriteFault> {
+        *self.0.write_fault.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Requests made so far, failed ones included (a watch counts once, when it is
@@ -109,7 +163,7 @@ impl Faults {
 /// ```
 #[derive(Debug)]
 pub struct FaultyLock<L> {
-    inner: L,
+    inner: Arc<L>,
     faults: Faults,
 }
 
@@ -117,7 +171,7 @@ impl<L: LeaseLock> FaultyLock<L> {
     /// `inner` behind switches that start off: no fault, no latency.
     pub fn new(inner: L) -> Self {
         Self {
-            inner,
+            inner: Arc::new(inner),
             faults: Faults::default(),
         }
     }
@@ -131,6 +185,58 @@ impl<L: LeaseLock> FaultyLock<L> {
     pub fn inner(&self) -> &L {
         &self.inner
     }
+
+    /// One write through the faults: `write` applies it to the wrapped lock.
+    async fn write<F, Fut>(&self, write: F) -> Result<Version, LockError>
+    where
+        F: FnOnce(Arc<L>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Version, LockError>> + Send + 'static,
+    {
+        self.faults.enter().await?;
+        let inner = self.inner.clone();
+        let fault = self.faults.write_fault();
+        let applied = |r: &Result<Version, LockError>| {
+            if r.is_ok() && fault.is_some() {
+                self.faults.0.ambiguous.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        match fault {
+            None => write(inner).await,
+            Some(WriteFault::LoseReply) => {
+                let r = write(inner).await;
+                applied(&r);
+                r?;
+                Err(LockError::unavailable(
+                    BACKEND,
+                    "injected fault: the write was applied but its reply was lost",
+                ))
+            }
+            Some(WriteFault::ReplyAfter(d)) => {
+                let r = write(inner).await;
+                applied(&r);
+                tokio::time::sleep(d).await;
+                r
+            }
+            Some(WriteFault::LandAfter(d)) => {
+                // A task of its own: the write lands even if the caller gives up.
+                let faults = self.faults.clone();
+                let landing = tokio::spawn(async move {
+                    tokio::time::sleep(d).await;
+                    let r = write(inner).await;
+                    if r.is_ok() {
+                        faults.0.ambiguous.fetch_add(1, Ordering::SeqCst);
+                    }
+                    r
+                });
+                landing.await.unwrap_or_else(|e| {
+                    Err(LockError::unavailable(
+                        BACKEND,
+                        format!("injected fault: the delayed write failed: {e}"),
+                    ))
+                })
+            }
+        }
+    }
 }
 
 #[async_trait]
@@ -141,8 +247,9 @@ impl<L: LeaseLock> LeaseLock for FaultyLock<L> {
     }
 
     async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
-        self.faults.enter().await?;
-        self.inner.create(record).await
+        let record = record.clone();
+        self.write(move |inner| async move { inner.create(&record).await })
+            .await
     }
 
     async fn update(
@@ -150,8 +257,9 @@ impl<L: LeaseLock> LeaseLock for FaultyLock<L> {
         record: &LeaderElectionRecord,
         expected: &Version,
     ) -> Result<Version, LockError> {
-        self.faults.enter().await?;
-        self.inner.update(record, expected).await
+        let (record, expected) = (record.clone(), expected.clone());
+        self.write(move |inner| async move { inner.update(&record, &expected).await })
+            .await
     }
 
     fn watch(&self) -> Option<WatchStream> {

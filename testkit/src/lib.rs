@@ -9,11 +9,13 @@
 //!   inject and objects in memory or in etcd;
 //! - [`etcd`]: clusters of real `etcd` processes, members killed, stopped and
 //!   restarted;
-//! - [`checker`]: watches an election under test and fails on two leaders at once;
+//! - [`checker`]: judges what each leader's work did and fails on two leaders at once;
 //! - [`contract`]: the [`LeaseLock`](leaderelection::LeaseLock) contract as scenarios,
 //!   to run against every lock, this crate's and your own;
 //! - [`faults`]: a wrapper that cuts off, slows and counts one replica's requests to
-//!   any lock.
+//!   any lock, and writes applied whose reply is lost or late;
+//! - [`fenced`]: the downstream store a leader's work writes to, refusing stale
+//!   fencing tokens.
 //!
 //! # Feature flags
 //!
@@ -30,3 +32,4 @@ pub mod checker;
 pub mod contract;
 pub mod etcd;
 pub mod faults;
+pub mod fenced;

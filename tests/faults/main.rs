@@ -90,6 +90,16 @@ pub fn generic() -> Vec<(&'static str, Generic, usize)> {
             |b, r, n| Box::pin(scenarios::elector_dropped(b, r, n)),
             3,
         ),
+        (
+            "takeover-margin",
+            |b, r, n| Box::pin(scenarios::takeover_margin(b, r, n)),
+            3,
+        ),
+        (
+            "ambiguous-writes",
+            |b, r, n| Box::pin(scenarios::ambiguous_writes(b, r, n)),
+            4,
+        ),
     ]
 }
 

@@ -17,7 +17,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::{sleep, Instant};
 
-use crate::support::{check, Backend, Election, Link};
+use crate::support::{check, Backend, Election, Link, Style};
+use leaderelection_testkit::faults::WriteFault;
 
 /// A random duration in `[lo, hi)`, in milliseconds.
 pub fn between(rng: &mut StdRng, lo: Duration, hi: Duration) -> Duration {
@@ -330,6 +331,123 @@ pub async fn churn(b: &dyn Backend, rng: &mut StdRng, steps: usize) -> Report {
     sleep(t.lease * 2).await;
     let report = e.finish().await;
     check(&report, bound);
+    report
+}
+
+/// Only the leader loses its way to the backend, at a random moment between two
+/// renewals, while its work acts until `valid_until`: the takeover must come exactly
+/// `lease_duration - renew_deadline` after the old work's last activity (under the
+/// paused clock, where requests take no time).
+pub async fn takeover_margin(b: &dyn Backend, rng: &mut StdRng, rounds: usize) -> Report {
+    let mut e = Election::new(b, "takeover-margin");
+    e.style = Some(Style::Eager);
+    let t = e.timing;
+    start(&mut e, rng).await;
+    let bound = takeover_bound(&e);
+    let mut cut = Vec::new();
+    for _ in 0..rounds {
+        // Long enough for every standby to watch again after the last cut.
+        sleep(between(rng, t.lease * 2, t.lease * 3)).await;
+        let l = e.wait_leader(bound).await;
+        let (id, link) = (e.replicas[l].id.clone(), e.replicas[l].link.clone());
+        e.checker.fault(format!("cut leader {id} off"));
+        let term = e
+            .checker
+            .intervals()
+            .into_iter()
+            .rfind(|i| i.identity == id && i.end.is_none());
+        cut.extend(term.map(|i| i.fencing_token));
+        link.cut(true);
+        e.wait_new_leader(&id, bound).await;
+        link.cut(false);
+    }
+    let report = e.finish().await;
+    check(&report, bound);
+    let want = t.lease - t.renew;
+    let margins: Vec<Duration> = report
+        .takeovers
+        .iter()
+        .filter(|k| cut.contains(&k.from.fencing_token))
+        .map(|k| k.margin)
+        .collect();
+    assert!(margins.len() >= rounds, "{margins:?}\n{}", report.explain());
+    assert!(
+        margins.iter().all(|m| *m == want),
+        "takeover margins {margins:?}, expected lease - renew deadline = {want:?}\n{}",
+        report.explain()
+    );
+    report
+}
+
+/// Writes are ambiguous for a while: applied while their reply is lost, comes after
+/// the caller's timeout, or the write lands late after the caller gave up; for the
+/// leader alone or for everyone, while the leader crashes or leaves now and then. The
+/// elector must read again to learn what happened, and never lead twice.
+pub async fn ambiguous_writes(b: &dyn Backend, rng: &mut StdRng, rounds: usize) -> Report {
+    let mut e = Election::new(b, "ambiguous-writes");
+    let t = e.timing;
+    start(&mut e, rng).await;
+    let mut bound = takeover_bound(&e);
+    let faults = |links: &[Link]| -> Vec<leaderelection_testkit::faults::Faults> {
+        links
+            .iter()
+            .filter_map(|l| match l {
+                Link::Memory(f) => Some(f.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let mut ambiguous = 0;
+    for _ in 0..rounds {
+        let l = e.wait_leader(bound).await;
+        sleep(between(rng, t.retry, t.lease)).await;
+        let fault = match rng.random_range(0..3) {
+            0 => WriteFault::LoseReply,
+            1 => WriteFault::ReplyAfter(between(rng, t.retry, t.renew * 2)),
+            _ => WriteFault::LandAfter(between(rng, t.retry, t.lease * 2)),
+        };
+        let lasting = between(rng, t.retry, t.lease * 2);
+        let targets = if rng.random_bool(0.5) {
+            e.checker
+                .fault(format!("{fault:?} for every write, for {lasting:?}"));
+            faults(&e.links())
+        } else {
+            let id = &e.replicas[l].id;
+            e.checker
+                .fault(format!("{fault:?} for the writes of {id}, for {lasting:?}"));
+            faults(std::slice::from_ref(&e.replicas[l].link))
+        };
+        for f in &targets {
+            f.set_write_fault(Some(fault));
+        }
+        sleep(lasting).await;
+        for f in &targets {
+            ambiguous += f.ambiguous_writes();
+            f.set_write_fault(None);
+        }
+        // A write landing late renews an old holder's record: it costs one lease more.
+        bound = bound.max(lasting + t.lease * 3 + t.jittered_retry() * 2 + t.slack);
+        if let Some(l) = e.leader() {
+            let r = e.remove(l).await;
+            if rng.random_bool(0.5) {
+                e.checker.fault(format!("{} leaves", r.id));
+                r.stop().await;
+            } else {
+                e.checker.fault(format!("crash leader {}", r.id));
+                r.crash();
+                r.join().await;
+            }
+            e.join(None).await;
+        }
+    }
+    e.wait_leader(bound).await;
+    let report = e.finish().await;
+    check(&report, bound);
+    assert!(
+        ambiguous > 0,
+        "no write was ambiguous\n{}",
+        report.explain()
+    );
     report
 }
 

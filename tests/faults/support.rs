@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use leaderelection::{Config, ElectionEvent, LeaderElector, LeaseLock, MemoryStore};
+use leaderelection::{Config, ElectionEvent, LeaderElector, Leadership, LeaseLock, MemoryStore};
 use leaderelection_testkit::checker::{Checker, Report};
 use leaderelection_testkit::faults::{Faults, FaultyLock};
 use tokio::sync::{mpsc, watch};
@@ -143,12 +143,59 @@ impl Gate {
     }
 }
 
-/// A replica: an elector in a task whose work is the checker's `hold`.
+/// How a replica's work decides that it may act.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Style {
+    /// Acts while [`Leadership::is_valid`], and stops when `lost` fires.
+    Polite,
+    /// Acts until [`Leadership::valid_until`], whatever `lost` says, and stops only
+    /// then or when its process shuts down: it tests the promise `valid_until` makes.
+    Eager,
+}
+
+/// The work of a leader under test: writes to the checker's fenced store every `tick`
+/// while its style lets it, waits while its validity has run out (a renewal may yet
+/// succeed), and stops as its style says or at the first refused write.
+pub async fn work(
+    checker: Checker,
+    leadership: Leadership,
+    tick: Duration,
+    style: Style,
+    shutdown: CancellationToken,
+) {
+    let term = checker.begin(&leadership);
+    while !shutdown.is_cancelled() {
+        let now = Instant::now();
+        let valid_until = leadership.valid_until();
+        let (lost, may) = (leadership.is_lost(), now < valid_until);
+        let (stop, may) = match style {
+            Style::Polite => (lost, may && !lost),
+            Style::Eager => (lost && !may, may),
+        };
+        if stop || (may && term.act().is_err()) {
+            break;
+        }
+        let next = if may {
+            (now + tick).min(valid_until)
+        } else {
+            now + tick
+        };
+        tokio::select! {
+            _ = leadership.lost(), if style == Style::Polite => break,
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep_until(next) => {}
+        }
+    }
+    term.end();
+}
+
+/// A replica: an elector in a task whose work acts on the checker's fenced store.
 pub struct Replica {
     pub id: String,
     pub elector: LeaderElector,
     pub link: Link,
     pub events: Mutex<mpsc::UnboundedReceiver<ElectionEvent>>,
+    checker: Checker,
     gate: Gate,
     shutdown: CancellationToken,
     killed: CancellationToken,
@@ -156,8 +203,15 @@ pub struct Replica {
 }
 
 impl Replica {
-    pub fn start(lock: Box<dyn LeaseLock>, link: Link, config: Config, checker: &Checker) -> Self {
+    pub fn start(
+        lock: Box<dyn LeaseLock>,
+        link: Link,
+        config: Config,
+        checker: &Checker,
+        style: Style,
+    ) -> Self {
         let id = config.identity.to_owned();
+        let tick = config.retry_period / 4;
         let elector = LeaderElector::from_boxed(lock, config).expect("valid config");
         let events = Mutex::new(elector.events());
         let gate = Gate::default();
@@ -165,10 +219,11 @@ impl Replica {
         let killed = CancellationToken::new();
         let work = {
             let (checker, gate, killed) = (checker.clone(), gate.clone(), killed.clone());
+            let shutdown = shutdown.clone();
             move |leadership| {
                 // The work is stalled and killed with the elector: one process.
-                gate.clone()
-                    .run(killed.clone(), checker.clone().hold(leadership))
+                let work = work(checker.clone(), leadership, tick, style, shutdown.clone());
+                gate.clone().run(killed.clone(), work)
             }
         };
         let task = tokio::spawn(gate.clone().run(killed.clone(), {
@@ -180,6 +235,7 @@ impl Replica {
             elector,
             link,
             events,
+            checker: checker.clone(),
             gate,
             shutdown,
             killed,
@@ -204,11 +260,15 @@ impl Replica {
 
     /// Stops (or resumes) being polled, elector and work alike.
     pub fn stall(&self, stalled: bool) {
+        if stalled {
+            self.checker.stalled(&self.id);
+        }
         self.gate.stall(stalled);
     }
 
     /// Graceful shutdown: the work stops, then the lease is released.
     pub async fn stop(self) {
+        self.checker.stepping_down(&self.id);
         self.gate.stall(false);
         self.shutdown.cancel();
         self.join().await;
@@ -241,6 +301,8 @@ pub struct Election<'a> {
     pub timing: Timing,
     pub checker: Checker,
     pub replicas: Vec<Replica>,
+    /// The style of every replica's work; `None` alternates polite and eager.
+    pub style: Option<Style>,
     next_id: usize,
 }
 
@@ -252,6 +314,7 @@ impl<'a> Election<'a> {
             timing: backend.timing(),
             checker: Checker::new(),
             replicas: Vec::new(),
+            style: None,
             next_id: 0,
         }
     }
@@ -265,8 +328,13 @@ impl<'a> Election<'a> {
         });
         let (lock, link) = self.backend.connect(&self.name).await;
         let config = self.timing.config(&self.name, &id);
+        let style = self.style.unwrap_or(if self.next_id.is_multiple_of(2) {
+            Style::Eager
+        } else {
+            Style::Polite
+        });
         self.replicas
-            .push(Replica::start(lock, link, config, &self.checker));
+            .push(Replica::start(lock, link, config, &self.checker, style));
         self.replicas.len() - 1
     }
 
