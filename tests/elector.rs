@@ -1075,3 +1075,37 @@ async fn a_renewal_that_wrote_nothing_does_not_extend_the_lease() {
     );
     task.await.unwrap();
 }
+
+/// Release is a compare-and-swap on the leader's own last version: a leader that did
+/// not see another holder take the record (it polls, and the takeover came between
+/// two renewals) must not blank that holder's record on its way out.
+#[tokio::test(start_paused = true)]
+async fn release_never_overwrites_a_record_someone_else_took() {
+    let store = MemoryStore::new();
+    let a = LeaderElector::new(Polling(FaultyLock::new(store.lock(NAME))), config("a")).unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (a, shutdown) = (a.clone(), shutdown.clone());
+        async move { a.run(shutdown, |l| async move { l.lost().await }).await }
+    });
+    // Past one renewal, before the next.
+    sleep(Duration::from_millis(2_500)).await;
+    assert!(a.is_leader());
+    let other = store.lock(NAME);
+    let current = other.get().await.unwrap().expect("a's record");
+    let taken = LeaderElectionRecord {
+        holder_identity: "b".into(),
+        lease_duration_seconds: 15,
+        leader_transitions: current.record.leader_transitions + 1,
+        ..current.record.clone()
+    };
+    other.update(&taken, &current.version).await.unwrap();
+
+    shutdown.cancel();
+    run.await.unwrap();
+    let after = other.get().await.unwrap().expect("the record");
+    assert_eq!(
+        after.record.holder_identity, "b",
+        "a's release overwrote the record b holds"
+    );
+}
