@@ -1109,3 +1109,104 @@ async fn release_never_overwrites_a_record_someone_else_took() {
         "a's release overwrote the record b holds"
     );
 }
+
+/// A lock whose writes fail while `failing` is set; reads work.
+#[derive(Debug)]
+struct WritesFail {
+    inner: MemoryLock,
+    failing: Arc<std::sync::atomic::AtomicBool>,
+    writes: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl WritesFail {
+    fn write(&self) -> Result<(), LockError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.writes.fetch_add(1, SeqCst);
+        if self.failing.load(SeqCst) {
+            return Err(LockError::unavailable("test", "writes are failing"));
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl LeaseLock for WritesFail {
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        self.inner.get().await
+    }
+    async fn create(&self, r: &LeaderElectionRecord) -> Result<Version, LockError> {
+        self.write()?;
+        self.inner.create(r).await
+    }
+    async fn update(&self, r: &LeaderElectionRecord, v: &Version) -> Result<Version, LockError> {
+        self.write()?;
+        self.inner.update(r, v).await
+    }
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// A backend that refuses a candidate's writes costs it one attempt per jittered
+/// retry period, never a busy loop, and it leads once the writes go through again.
+#[tokio::test(start_paused = true)]
+async fn a_failing_backend_is_retried_every_retry_period_then_won() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let store = MemoryStore::new();
+    let lock = WritesFail {
+        inner: store.lock(NAME),
+        failing: Arc::new(true.into()),
+        writes: Arc::default(),
+    };
+    let (failing, writes) = (lock.failing.clone(), lock.writes.clone());
+    let a = LeaderElector::new(lock, config("a")).unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (a, shutdown) = (a.clone(), shutdown.clone());
+        async move { a.run(shutdown, |l| async move { l.lost().await }).await }
+    });
+    sleep(Duration::from_secs(20)).await;
+    // 2s to 4.4s apart: 5 to 11 attempts in 20s.
+    let attempts = writes.load(SeqCst);
+    assert!((4..=11).contains(&attempts), "{attempts} attempts in 20s");
+    failing.store(false, SeqCst);
+    sleep(Duration::from_secs(5)).await;
+    assert!(a.is_leader(), "a did not lead once its writes went through");
+    shutdown.cancel();
+    run.await.unwrap();
+}
+
+/// A candidate that loses the race to create the record reads again at once instead
+/// of backing off: it knows the winner within milliseconds.
+#[tokio::test(start_paused = true)]
+async fn the_loser_of_a_creation_race_learns_the_winner_at_once() {
+    let store = MemoryStore::new();
+    let latency = |lock: MemoryLock| {
+        let lock = FaultyLock::new(lock);
+        lock.faults().set_latency(Duration::from_millis(1));
+        lock
+    };
+    let shutdown = CancellationToken::new();
+    let electors: Vec<LeaderElector> = ["a", "b"]
+        .into_iter()
+        .map(|id| LeaderElector::new(latency(store.lock(NAME)), config(id)).unwrap())
+        .collect();
+    let runs: Vec<_> = electors
+        .iter()
+        .map(|e| {
+            let (e, shutdown) = (e.clone(), shutdown.clone());
+            tokio::spawn(async move { e.run(shutdown, |l| async move { l.lost().await }).await })
+        })
+        .collect();
+    sleep(Duration::from_millis(50)).await;
+    let leaders: Vec<_> = electors.iter().filter(|e| e.is_leader()).collect();
+    assert_eq!(leaders.len(), 1, "exactly one of the two leads");
+    let winner = leaders[0].config().identity.clone();
+    for e in &electors {
+        assert_eq!(e.leader().as_deref(), Some(winner.as_str()));
+    }
+    shutdown.cancel();
+    for run in runs {
+        run.await.unwrap();
+    }
+}
