@@ -19,9 +19,9 @@ use leaderelection::{
     Config, ElectionEvent, EtcdElection, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
     LockEvent, Version,
 };
-use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions};
 #[cfg(feature = "etcd-tls")]
 use leaderelection_testkit::etcd::TestCerts;
+use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
