@@ -250,9 +250,9 @@ impl ShardedElector {
                     // Start campaigning at once for shards assigned here.
                     for &shard in &assigned {
                         surplus_since.remove(&shard);
-                        if !running.contains_key(&shard) {
-                            running.insert(shard, self.spawn(&mut tasks, shard, &work));
-                        }
+                        running
+                            .entry(shard)
+                            .or_insert_with(|| self.spawn(&mut tasks, shard, &work));
                     }
                     // Give up a shard assigned elsewhere after one full retry period,
                     // so its new owner has its elector watching when the lease is
