@@ -122,4 +122,7 @@ pub enum ConfigError {
     /// An empty identity would read as "nobody holds the lease".
     #[error("identity must not be empty")]
     EmptyIdentity,
+    /// A [`ShardedElector`](crate::ShardedElector) needs at least one shard.
+    #[error("shards must be at least 1")]
+    NoShards,
 }

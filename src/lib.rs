@@ -11,7 +11,9 @@
 //! - leadership is a value, a [`Leadership`] with a cancellation token, a fencing
 //!   token and the instant until which acting is safe;
 //! - on shutdown the leader's work stops before the lease is released;
-//! - after losing leadership the elector campaigns again.
+//! - after losing leadership the elector campaigns again;
+//! - sharded leadership: [`ShardedElector`] spreads `N` shards, each an election of
+//!   its own, over the live replicas (see `docs/sharding.md`).
 //!
 //! # Feature flags
 //!
@@ -63,6 +65,7 @@ pub mod lock;
 #[cfg(feature = "metrics")]
 mod metrics;
 mod record;
+mod sharded;
 mod status;
 mod term;
 
@@ -90,5 +93,6 @@ pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::Metrics;
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
+pub use sharded::{shard_for_key, LockFactory, ShardStatus, ShardedElector};
 pub use status::{ElectionEvent, Status};
 pub use term::HealthError;

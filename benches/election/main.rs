@@ -21,6 +21,7 @@ mod procstat;
 mod proxy;
 mod scale;
 mod scenario;
+mod sharded;
 mod stats;
 
 use std::sync::Arc;
@@ -46,7 +47,7 @@ pub(crate) struct Plan {
     pub load_window: Duration,
 }
 
-const SECTIONS: [&str; 4] = ["scale", "renew", "failover", "load"];
+const SECTIONS: [&str; 5] = ["scale", "renew", "failover", "load", "sharded"];
 
 impl Plan {
     fn parse(args: &[String]) -> Result<Self, String> {
@@ -503,6 +504,11 @@ async fn run(plan: Plan) -> String {
     };
     let (scale, load) = tokio::join!(scale, load);
     out.push_str(&scale.unwrap_or_else(|e| format!("scale section failed: {e}\n")));
+
+    if plan.wants("sharded") {
+        eprintln!("sharded elector on the memory lock");
+        out.push_str(&sharded::section(&plan).await);
+    }
 
     if plan.wants("renew") {
         eprintln!("renew latency");

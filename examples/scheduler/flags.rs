@@ -104,6 +104,11 @@ pub struct Options {
     /// How often the leader assigns a pending pod
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = positive_duration)]
     pub assign_interval: Duration,
+    /// Split the work into N shards, each a lease of its own (`<name>-shard-<i>`):
+    /// each replica owns about N / replicas shards and assigns only the pods whose
+    /// name hashes to one of them; 0 for active/standby
+    #[arg(long, value_name = "N", default_value = "0")]
+    pub shards: u32,
     /// Start three replicas, crash the leader, stop the next one gracefully, and print
     /// a timeline (about 15 seconds)
     #[arg(long)]

@@ -22,7 +22,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use leaderelection::{ElectionEvent, FileLock, LeaderElector, LeaseLock, Metrics};
+use leaderelection::{
+    shard_for_key, ElectionEvent, FileLock, LeaderElector, LeaseLock, Metrics, ShardedElector,
+};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use rand::Rng;
@@ -89,6 +91,9 @@ async fn replica(opts: Options) -> ExitCode {
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signals(shutdown.clone(), out.clone(), opts.leader_elect));
 
+    if opts.leader_elect && opts.shards > 0 {
+        return sharded_replica(opts, config, out, shutdown).await;
+    }
     let mut lock_description = String::from("leader election disabled: always active");
     let elector = if opts.leader_elect {
         let lock = match build_lock(&opts).await {
@@ -173,6 +178,150 @@ async fn replica(opts: Options) -> ExitCode {
     }
     out.say("EXIT", "stopped");
     ExitCode::SUCCESS
+}
+
+/// A sharded replica: one lease per shard; it assigns only the pods whose name hashes
+/// to a shard it owns, and prints the shards it owns whenever they change.
+async fn sharded_replica(
+    opts: Options,
+    config: leaderelection::Config,
+    out: Out,
+    shutdown: CancellationToken,
+) -> ExitCode {
+    let locks = match lock_factory(&opts).await {
+        Ok(f) => f,
+        Err(SetupError::Usage(message)) => return usage_error(message),
+        Err(SetupError::Failed(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let shards = opts.shards;
+    let elector = match ShardedElector::new(config, shards, move |name: &str| locks(name)) {
+        Ok(e) => e,
+        Err(e) => return usage_error(e),
+    };
+    out.say(
+        "READY",
+        format!(
+            "{shards} shards on {} locks named {}-shard-<i>, members in {}",
+            opts.resource_lock.name(),
+            opts.resource_name,
+            elector.members_lock_name()
+        ),
+    );
+    tokio::spawn(report_shards(elector.clone(), out.clone()));
+    let interval = opts.assign_interval;
+    let work_out = out.clone();
+    elector
+        .run(shutdown, move |shard, leadership| {
+            let out = work_out.clone();
+            async move { assign_shard(out, interval, shards, shard, leadership).await }
+        })
+        .await;
+    out.say("EXIT", "stopped");
+    ExitCode::SUCCESS
+}
+
+/// One shard's work: every interval a pending pod arrives with a random name; assign it
+/// only when its name hashes to this shard (the owner of its shard does otherwise).
+async fn assign_shard(
+    out: Out,
+    interval: Duration,
+    shards: u32,
+    shard: u32,
+    leadership: leaderelection::Leadership,
+) {
+    let token = leadership.fencing_token();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = leadership.lost() => break,
+            _ = tick.tick() => {
+                if !leadership.is_valid() {
+                    break;
+                }
+                let pod = format!("pod-{:04x}", rand::rng().random::<u16>());
+                if shard_for_key(&pod, shards) == shard {
+                    out.say("ASSIGN", format!("{pod} -> node-a (shard {shard}, fencing token {token})"));
+                }
+            }
+        }
+    }
+}
+
+/// Prints the shards this replica owns and the live members whenever they change.
+async fn report_shards(elector: ShardedElector, out: Out) {
+    let mut status = elector.subscribe();
+    let mut last = None;
+    while status.changed().await.is_ok() {
+        let now = {
+            let s = status.borrow_and_update();
+            (s.owned.iter().copied().collect::<Vec<_>>(), s.members.len())
+        };
+        if last.as_ref() != Some(&now) {
+            out.say(
+                "SHARDS",
+                format!(
+                    "own {} of {} shards {:?} ({} members)",
+                    now.0.len(),
+                    elector.shards(),
+                    now.0,
+                    now.1
+                ),
+            );
+            last = Some(now);
+        }
+    }
+}
+
+type Locks = Box<dyn Fn(&str) -> Box<dyn LeaseLock> + Send + Sync>;
+
+/// Makes the lock of each shard (and of the members record) by object name.
+async fn lock_factory(opts: &Options) -> Result<Locks, SetupError> {
+    match opts.resource_lock {
+        LockKind::File => {
+            let dir = opts
+                .lock_file()
+                .parent()
+                .map(std::path::Path::to_path_buf)
+                .unwrap_or_else(std::env::temp_dir);
+            Ok(Box::new(move |name: &str| {
+                Box::new(FileLock::new(dir.join(format!("leaderelection-{name}.json"))))
+                    as Box<dyn LeaseLock>
+            }))
+        }
+        #[cfg(feature = "etcd")]
+        LockKind::Etcd => {
+            use leaderelection::lock::etcd::{connect, EtcdLock, EtcdOptions};
+            let client = connect(&opts.etcd_servers, &EtcdOptions::new())
+                .await
+                .map_err(|e| SetupError::Failed(format!("--etcd-servers: {e}")))?;
+            let ns = opts.resource_namespace.clone();
+            Ok(Box::new(move |name: &str| {
+                Box::new(EtcdLock::from_client(client.clone(), format!("{ns}/{name}")))
+                    as Box<dyn LeaseLock>
+            }))
+        }
+        #[cfg(feature = "kube")]
+        LockKind::Leases => {
+            let client = kube_client(opts).await?;
+            let ns = opts.resource_namespace.clone();
+            Ok(Box::new(move |name: &str| {
+                Box::new(leaderelection::lock::kube::KubeLeaseLock::new(
+                    client.clone(),
+                    ns.clone(),
+                    name,
+                )) as Box<dyn LeaseLock>
+            }))
+        }
+        kind => Err(SetupError::Usage(format!(
+            "--shards with --leader-elect-resource-lock={}: sharding runs on file, etcd (feature etcd) and leases (feature kube)",
+            kind.name()
+        ))),
+    }
 }
 
 /// The leader's work: assign a pending pod every interval, until told to stop.
@@ -376,8 +525,23 @@ async fn etcd_lock(_opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
 /// ConfigMap, in `--leader-elect-resource-namespace`, through `--kubeconfig`.
 #[cfg(feature = "kube")]
 async fn kube_lock(kind: LockKind, opts: &Options) -> Result<Box<dyn LeaseLock>, SetupError> {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
     use leaderelection::lock::kube::KubeLock;
+
+    let client = kube_client(opts).await?;
+    KubeLock::from_resource_lock_name(
+        &kind.name(),
+        client,
+        &opts.resource_namespace,
+        &opts.resource_name,
+    )
+    .map_err(|e| SetupError::Usage(format!("--leader-elect-resource-lock: {e}")))
+}
+
+/// A client through `--kubeconfig` (or the in-cluster configuration), without the
+/// client's own retries.
+#[cfg(feature = "kube")]
+async fn kube_client(opts: &Options) -> Result<kube::Client, SetupError> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
 
     let mut config = match &opts.kubeconfig {
         Some(path) => {
@@ -397,15 +561,8 @@ async fn kube_lock(kind: LockKind, opts: &Options) -> Result<Box<dyn LeaseLock>,
     // The elector owns retries and their timing; the client's own retries would make
     // one renewal several requests and eat into the renew deadline.
     config.default_retry = false;
-    let client = kube::Client::try_from(config)
-        .map_err(|e| SetupError::Failed(format!("cannot build a Kubernetes client: {e}")))?;
-    KubeLock::from_resource_lock_name(
-        &kind.name(),
-        client,
-        &opts.resource_namespace,
-        &opts.resource_name,
-    )
-    .map_err(|e| SetupError::Usage(format!("--leader-elect-resource-lock: {e}")))
+    kube::Client::try_from(config)
+        .map_err(|e| SetupError::Failed(format!("cannot build a Kubernetes client: {e}")))
 }
 
 #[cfg(not(feature = "kube"))]
