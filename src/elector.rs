@@ -243,6 +243,9 @@ impl LeaderElector {
                     Some(t) => wake.min(t),
                     None => wake,
                 };
+                // A record without a version cannot be written over: when its wait
+                // ends, read it again instead of trying the cached observation.
+                let unwritable = matches!(o.seen, Seen::Invalid { version: None });
                 tokio::select! {
                     _ = shutdown.cancelled() => return None,
                     _ = sleep_until(wake) => {
@@ -251,7 +254,7 @@ impl LeaderElector {
                             rewatch_at = None;
                         } else if Instant::now() >= wait_until {
                             // Expired as observed: try at once with the cached version.
-                            must_read = false;
+                            must_read = unwritable;
                         }
                     }
                     event = next_event(&mut watch) => match event {

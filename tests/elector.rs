@@ -1210,3 +1210,57 @@ async fn the_loser_of_a_creation_race_learns_the_winner_at_once() {
         run.await.unwrap();
     }
 }
+
+/// A lock that reads an unreadable record it cannot name a version for.
+#[derive(Debug)]
+struct Unversioned {
+    reads: Arc<std::sync::atomic::AtomicU64>,
+}
+
+#[async_trait]
+impl LeaseLock for Unversioned {
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Err(LockError::InvalidRecord {
+            source: leaderelection::InvalidRecord::new("garbage", "{"),
+            version: None,
+        })
+    }
+    async fn create(&self, _: &LeaderElectionRecord) -> Result<Version, LockError> {
+        Err(LockError::AlreadyExists)
+    }
+    async fn update(&self, _: &LeaderElectionRecord, _: &Version) -> Result<Version, LockError> {
+        Err(LockError::Conflict)
+    }
+    fn describe(&self) -> String {
+        "unversioned".into()
+    }
+}
+
+/// An unreadable record without a version is never written over: the standby reads
+/// it again every retry period, neither spinning nor going quiet.
+#[tokio::test(start_paused = true)]
+async fn an_unreadable_record_without_a_version_is_read_again_each_retry_period() {
+    let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let a = LeaderElector::new(
+        Unversioned {
+            reads: reads.clone(),
+        },
+        config("a"),
+    )
+    .unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (a, shutdown) = (a.clone(), shutdown.clone());
+        async move { a.run(shutdown, |l| async move { l.lost().await }).await }
+    });
+    sleep(Duration::from_secs(20)).await;
+    let n = reads.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        (9..=12).contains(&n),
+        "{n} reads in 20s with a 2s retry period"
+    );
+    assert!(!a.is_leader());
+    shutdown.cancel();
+    run.await.unwrap();
+}
