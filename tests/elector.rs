@@ -1264,3 +1264,30 @@ async fn an_unreadable_record_without_a_version_is_read_again_each_retry_period(
     shutdown.cancel();
     run.await.unwrap();
 }
+
+/// The record a new leader writes carries client-go's times, which Go tooling and
+/// `kubectl describe` show: both set at acquisition, `acquireTime` kept by renewals.
+#[tokio::test(start_paused = true)]
+async fn an_acquired_record_carries_acquire_and_renew_times() {
+    let store = MemoryStore::new();
+    let a = LeaderElector::new(store.lock(NAME), config("a")).unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (a, shutdown) = (a.clone(), shutdown.clone());
+        async move { a.run(shutdown, |l| async move { l.lost().await }).await }
+    });
+    sleep(Duration::from_millis(10)).await;
+    let lock = store.lock(NAME);
+    let first = lock.get().await.unwrap().expect("a's record").record;
+    assert_eq!(first.holder_identity, "a");
+    assert!(
+        first.acquire_time.is_some() && first.renew_time.is_some(),
+        "{first:?}"
+    );
+    sleep(Duration::from_secs(5)).await;
+    let later = lock.get().await.unwrap().expect("a's record").record;
+    assert_eq!(later.acquire_time, first.acquire_time);
+    assert!(later.renew_time.is_some(), "{later:?}");
+    shutdown.cancel();
+    run.await.unwrap();
+}
