@@ -24,7 +24,10 @@ rm -rf "$work"
 git worktree prune
 git worktree add --detach --force "$work" HEAD >/dev/null
 trap 'git -C "$root" worktree remove --force "$work" >/dev/null 2>&1 || true' EXIT
-export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target}"
+# A target directory of its own: the mutated tree builds artifacts of the same names
+# as the checkout's, so sharing one (or hard links to one) mixes mutated code into
+# the checkout's own builds.
+export CARGO_TARGET_DIR="${MUTANTS_TARGET_DIR:-$root/target/mutants}"
 
 files=(src/elector.rs src/term.rs src/leadership.rs src/lock/mod.rs)
 args=()
