@@ -269,15 +269,10 @@ impl EtcdElection {
         let config = &self.shared.core.config;
         let sent = Instant::now();
         let resp = self
-            .shared
-            .core
-            .call(async {
-                self.shared
-                    .client
-                    .lease_client()
+            .request("grant a session lease for", |c| async move {
+                c.lease_client()
                     .grant(i64::from(config.lease_seconds()), None)
                     .await
-                    .map_err(|e| self.err("grant a session lease for", e))
             })
             .await?;
         if !resp.error().is_empty() {
@@ -297,15 +292,8 @@ impl EtcdElection {
             )])
             .or_else([TxnOp::get(key.as_str(), None)]);
         let resp = match self
-            .shared
-            .core
-            .call(async {
-                self.shared
-                    .client
-                    .kv_client()
-                    .txn(txn)
-                    .await
-                    .map_err(|e| self.err("put the candidate key in", e))
+            .request("put the candidate key in", |c| async move {
+                c.kv_client().txn(txn).await
             })
             .await
         {
@@ -532,16 +520,10 @@ impl EtcdElection {
     /// Reads our key and watches it again from that read.
     async fn recheck_own(&self, key: &str) -> OwnKey {
         let read = self
-            .shared
-            .core
-            .call(async {
-                self.shared
-                    .client
-                    .kv_client()
-                    .get(key, None)
-                    .await
-                    .map_err(|e| self.err("read", e))
-            })
+            .request(
+                "read",
+                |c| async move { c.kv_client().get(key, None).await },
+            )
             .await;
         match read {
             Err(_) => OwnKey::Unknown,
@@ -562,15 +544,10 @@ impl EtcdElection {
             .with_sort(SortTarget::Create, SortOrder::Ascend)
             .with_limit(1);
         let resp = self
-            .shared
-            .core
-            .call(async {
-                self.shared
-                    .client
-                    .kv_client()
+            .request("read", |c| async move {
+                c.kv_client()
                     .get(self.shared.prefix.as_str(), Some(options))
                     .await
-                    .map_err(|e| self.err("read", e))
             })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
@@ -592,15 +569,8 @@ impl EtcdElection {
             }
         };
         let resp = self
-            .shared
-            .core
-            .call(async {
-                self.shared
-                    .client
-                    .lease_client()
-                    .time_to_live(lease, None)
-                    .await
-                    .map_err(|e| self.err("ask the session of the last leader in", e))
+            .request("ask the session of the last leader in", |c| async move {
+                c.lease_client().time_to_live(lease, None).await
             })
             .await;
         match resp {
@@ -653,15 +623,8 @@ impl EtcdElection {
     /// until the session expires.
     async fn end_session(&self, session: &Session) {
         let result = self
-            .shared
-            .core
-            .call(async {
-                self.shared
-                    .client
-                    .lease_client()
-                    .revoke(session.lease)
-                    .await
-                    .map_err(|e| self.err("revoke the session of", e))
+            .request("revoke the session of", |c| async move {
+                c.lease_client().revoke(session.lease).await
             })
             .await;
         if let Err(e) = result {
@@ -671,17 +634,27 @@ impl EtcdElection {
 
     async fn revoke_quietly(&self, lease: i64) {
         let _ = self
-            .shared
-            .core
-            .call(async {
-                self.shared
-                    .client
-                    .lease_client()
-                    .revoke(lease)
-                    .await
-                    .map_err(|e| self.err("revoke", e))
-            })
+            .request(
+                "revoke",
+                |c| async move { c.lease_client().revoke(lease).await },
+            )
             .await;
+    }
+
+    /// One request, bounded by the renew deadline, its error saying what was done.
+    async fn request<T, Fut>(
+        &self,
+        op: &str,
+        send: impl FnOnce(Client) -> Fut,
+    ) -> Result<T, LockError>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let sent = send(self.shared.client.clone());
+        self.shared
+            .core
+            .call(async { sent.await.map_err(|e| self.err(op, e)) })
+            .await
     }
 
     fn err(&self, op: &str, e: etcd_client::Error) -> LockError {
