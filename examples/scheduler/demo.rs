@@ -38,11 +38,11 @@ Two things happen to the leaders:
 
 /// One line a replica printed: `<time> <identity> <EVENT> <details>`.
 #[derive(Debug)]
-struct Line {
-    replica: usize,
-    at: Timestamp,
-    event: String,
-    details: String,
+pub(crate) struct Line {
+    pub(crate) replica: usize,
+    pub(crate) at: Timestamp,
+    pub(crate) event: String,
+    pub(crate) details: String,
 }
 
 struct Replica {
@@ -416,7 +416,7 @@ impl Demo {
 }
 
 #[cfg(unix)]
-fn send_sigterm(child: &Child) -> std::io::Result<()> {
+pub(crate) fn send_sigterm(child: &Child) -> std::io::Result<()> {
     let pid = child
         .id()
         .ok_or_else(|| std::io::Error::other("the process has already exited"))?;
@@ -431,13 +431,13 @@ fn send_sigterm(child: &Child) -> std::io::Result<()> {
 }
 
 #[cfg(not(unix))]
-fn send_sigterm(_child: &Child) -> std::io::Result<()> {
+pub(crate) fn send_sigterm(_child: &Child) -> std::io::Result<()> {
     Err(std::io::Error::other(
         "graceful stop by signal needs a Unix system",
     ))
 }
 
-async fn read_lines(
+pub(crate) async fn read_lines(
     replica: usize,
     stdout: tokio::process::ChildStdout,
     tx: mpsc::UnboundedSender<Line>,
@@ -465,7 +465,7 @@ async fn read_lines(
     }
 }
 
-async fn keep_stderr(mut stderr: tokio::process::ChildStderr, into: Arc<Mutex<String>>) {
+pub(crate) async fn keep_stderr(mut stderr: tokio::process::ChildStderr, into: Arc<Mutex<String>>) {
     let mut buf = Vec::new();
     let _ = stderr.read_to_end(&mut buf).await;
     if let Ok(mut s) = into.lock() {

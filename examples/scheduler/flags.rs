@@ -110,7 +110,8 @@ pub struct Options {
     #[arg(long, value_name = "N", default_value = "0")]
     pub shards: u32,
     /// Start three replicas, crash the leader, stop the next one gracefully, and print
-    /// a timeline (about 15 seconds)
+    /// a timeline (about 15 seconds); with --shards N, three sharded replicas: balance,
+    /// a crash and a join
     #[arg(long)]
     pub demo: bool,
     /// Catches `--leader-elect false`, to say how booleans take a value.

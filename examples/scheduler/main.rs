@@ -9,6 +9,7 @@
 //! cargo run -p leaderelection-examples --bin scheduler            # terminal 1: ACTIVE
 //! cargo run -p leaderelection-examples --bin scheduler            # terminal 2: STANDBY
 //! cargo run -p leaderelection-examples --bin scheduler -- --demo  # three replicas, a crash, a handover
+//! cargo run -p leaderelection-examples --bin scheduler -- --demo --shards 12  # sharded: balance, a crash, a join
 //! ```
 //!
 //! Each replica prints one line per event on stdout
@@ -35,6 +36,7 @@ use tracing_subscriber::EnvFilter;
 mod demo;
 mod flags;
 mod http;
+mod sharded_demo;
 
 use flags::{go, LockKind, Options};
 
@@ -57,7 +59,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if opts.demo {
+    if opts.demo && opts.shards > 0 {
+        runtime.block_on(sharded_demo::run(opts.shards))
+    } else if opts.demo {
         runtime.block_on(demo::run())
     } else {
         runtime.block_on(replica(opts))

@@ -349,3 +349,24 @@ fn the_demo_runs_to_the_end_and_shows_both_handovers() {
     // The README promises under 30 seconds; allow for a loaded machine.
     assert!(started.elapsed() < Duration::from_secs(90), "{stdout}");
 }
+
+#[test]
+fn the_sharded_demo_balances_through_a_crash_and_a_join() {
+    let out = run_to_end(&["--demo", "--shards", "12"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for words in [
+        "balanced over the three replicas: 4/4/4 shards each",
+        "CRASH: SIGKILL to replica-1",
+        "balanced over the two survivors: 6/6 shards each",
+        "JOIN: replica-4 starts",
+    ] {
+        assert!(stdout.contains(words), "no {words:?} in:\n{stdout}");
+    }
+    let balanced = stdout.matches("balanced over the three replicas").count();
+    assert_eq!(
+        balanced, 2,
+        "balanced at the start and after the join:\n{stdout}"
+    );
+}
