@@ -634,7 +634,14 @@ pub async fn invalid_record_carries_its_version_and_update_overwrites_it(
         ),
     };
     if let Some(watch) = &mut watch {
-        let event = next_event(lock, watch).await;
+        // A watch may report a state again (a MultiLock when its other object's watch
+        // catches up, a relist): only a change after the create counts.
+        let event = loop {
+            match next_event(lock, watch).await {
+                Ok(LockEvent::Changed(got)) if got.version == before => continue,
+                other => break other,
+            }
+        };
         check(lock, RULE, || match &event {
             Err(LockError::InvalidRecord {
                 version: Some(v), ..
