@@ -135,8 +135,9 @@ pub async fn check_takeover(
     earliest: Instant,
     retry: Duration,
 ) {
+    // b's work, a task of its own, records its span a moment after b leads.
     wait(&format!("{what}: b leads"), Duration::from_secs(30), || {
-        (b.is_leader)()
+        (b.is_leader)() && spans.lock().unwrap().iter().any(|s| s.who == "b")
     })
     .await;
     wait(
