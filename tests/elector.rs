@@ -1291,3 +1291,127 @@ async fn an_acquired_record_carries_acquire_and_renew_times() {
     shutdown.cancel();
     run.await.unwrap();
 }
+
+/// `Leadership::is_valid`: true while the term runs, false once the renewals stopped
+/// past `valid_until`, and false once leadership was given up even though
+/// `valid_until` is still ahead.
+#[tokio::test(start_paused = true)]
+async fn is_valid_follows_the_renewals_and_the_loss() {
+    let store = MemoryStore::new();
+    let lock = FaultyLock::new(store.lock(NAME));
+    let faults = lock.faults();
+    let a = LeaderElector::new(lock, config("a")).unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (a, shutdown) = (a.clone(), shutdown.clone());
+        async move {
+            a.run(shutdown, move |l| {
+                let _ = tx.send(l.clone());
+                async move { l.lost().await }
+            })
+            .await
+        }
+    });
+    let first = rx.recv().await.expect("a term");
+    assert!(first.is_valid(), "a fresh term is valid");
+    sleep(Duration::from_secs(30)).await;
+    assert!(first.is_valid(), "renewed terms stay valid");
+    // Renewals fail from now on: valid until the last one's start + renew deadline.
+    faults.set_unavailable(true);
+    let until = first.valid_until();
+    sleep_until_before(until).await;
+    assert!(first.is_valid(), "still valid just before valid_until");
+    sleep(Duration::from_millis(2)).await;
+    assert!(!first.is_valid(), "valid past valid_until");
+    faults.set_unavailable(false);
+
+    let second = rx.recv().await.expect("a leads again");
+    assert!(second.is_valid());
+    shutdown.cancel();
+    second.lost().await;
+    assert!(
+        second.valid_until() > Instant::now(),
+        "valid_until still ahead"
+    );
+    assert!(!second.is_valid(), "a term given up is not valid");
+    run.await.unwrap();
+}
+
+async fn sleep_until_before(t: Instant) {
+    tokio::time::sleep_until(t - Duration::from_millis(1)).await;
+}
+
+/// The record a leader releases is client-go's release: no holder, a one-second lease,
+/// the times of the release, and the transitions of the term, so the next holder
+/// counts on from there. Released even when the backend takes a moment to answer.
+#[tokio::test(start_paused = true)]
+async fn a_release_keeps_the_transitions_and_sets_the_times() {
+    let store = MemoryStore::new();
+    let slow = |id: &str| {
+        let lock = FaultyLock::new(store.lock(NAME));
+        lock.faults().set_latency(Duration::from_millis(5));
+        LeaderElector::new(lock, config(id)).unwrap()
+    };
+    for (id, transitions) in [("a", 0), ("b", 1)] {
+        let e = slow(id);
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let (e, shutdown) = (e.clone(), shutdown.clone());
+            async move { e.run(shutdown, |l| async move { l.lost().await }).await }
+        });
+        sleep(Duration::from_secs(3)).await;
+        assert!(e.is_leader(), "{id} leads");
+        shutdown.cancel();
+        run.await.unwrap();
+        let released = store
+            .lock(NAME)
+            .get()
+            .await
+            .unwrap()
+            .expect("a record")
+            .record;
+        assert_eq!(released.holder_identity, "", "{id} released: {released:?}");
+        assert_eq!(released.lease_duration_seconds, 1, "{released:?}");
+        assert_eq!(released.leader_transitions, transitions, "{released:?}");
+        assert!(
+            released.acquire_time.is_some() && released.renew_time.is_some(),
+            "{released:?}"
+        );
+    }
+}
+
+/// A write that took effect but whose reply was lost leaves the leader leading: the
+/// next renewal conflicts, reads, finds the record still naming it, and renews.
+#[tokio::test(start_paused = true)]
+async fn a_lost_reply_to_a_renewal_does_not_cost_the_leadership() {
+    let store = MemoryStore::new();
+    let lock = FaultyLock::new(store.lock(NAME));
+    let faults = lock.faults();
+    let terms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let a = LeaderElector::new(lock, config("a")).unwrap();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (a, shutdown, terms) = (a.clone(), shutdown.clone(), terms.clone());
+        async move {
+            a.run(shutdown, move |l| {
+                terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move { l.lost().await }
+            })
+            .await
+        }
+    });
+    sleep(Duration::from_secs(1)).await;
+    faults.set_write_fault(Some(leaderelection_testkit::faults::WriteFault::LoseReply));
+    sleep(Duration::from_secs(2)).await;
+    faults.set_write_fault(None);
+    sleep(Duration::from_secs(20)).await;
+    assert!(a.is_leader());
+    assert_eq!(
+        terms.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one term throughout"
+    );
+    shutdown.cancel();
+    run.await.unwrap();
+}
