@@ -375,9 +375,9 @@ impl LeaderElector {
 
     /// Records what was seen; the lease clock restarts whenever the version moves.
     fn observe(&self, obs: &mut Option<Observation>, seen: Seen) {
-        let changed = obs
-            .as_ref()
-            .is_none_or(|o| o.seen.version() != seen.version() || o.seen != seen);
+        // `Seen` carries the version: any write, even one that left the record's
+        // bytes as they were, restarts the holder's lease.
+        let changed = obs.as_ref().is_none_or(|o| o.seen != seen);
         if !changed {
             return;
         }

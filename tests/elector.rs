@@ -1415,3 +1415,33 @@ async fn a_lost_reply_to_a_renewal_does_not_cost_the_leadership() {
     shutdown.cancel();
     run.await.unwrap();
 }
+
+/// A released record names nobody: a standby that reads one reports no leader, not a
+/// leader with an empty name.
+#[tokio::test(start_paused = true)]
+async fn a_released_record_is_reported_as_no_leader() {
+    let store = MemoryStore::new();
+    let released = LeaderElectionRecord {
+        lease_duration_seconds: 1,
+        ..Default::default()
+    };
+    store.lock(NAME).create(&released).await.unwrap();
+    let b = LeaderElector::new(store.lock(NAME), config("b")).unwrap();
+    let mut events = b.events();
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (b, shutdown) = (b.clone(), shutdown.clone());
+        async move { b.run(shutdown, |l| async move { l.lost().await }).await }
+    });
+    sleep(Duration::from_secs(1)).await;
+    assert!(b.is_leader());
+    shutdown.cancel();
+    run.await.unwrap();
+    while let Ok(event) = events.try_recv() {
+        assert_ne!(
+            event,
+            ElectionEvent::NewLeader(Some(String::new())),
+            "an empty holder reported as a leader"
+        );
+    }
+}
