@@ -53,12 +53,10 @@ pub(crate) trait Term: Send {
     async fn renew(&mut self, deadline: Instant) -> Result<Instant, Renewal>;
 
     /// Completes when the backend shows, between renewals, that the term is over (the
-    /// holder that took over, when known). Never, unless the backend can tell.
+    /// holder that took over, when known); a backend that cannot tell stays pending.
     ///
     /// Cancel safe: it is polled beside the renewal timer and dropped when that fires.
-    async fn lost_early(&mut self) -> Option<String> {
-        std::future::pending().await
-    }
+    async fn lost_early(&mut self) -> Option<String>;
 
     /// Gives the leadership up for the others to take at once; the work has stopped.
     async fn release(&mut self, last_success: Instant);

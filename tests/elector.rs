@@ -1335,6 +1335,10 @@ async fn is_valid_follows_the_renewals_and_the_loss() {
         "valid_until still ahead"
     );
     assert!(!second.is_valid(), "a term given up is not valid");
+    assert!(
+        second.token().is_cancelled(),
+        "the term's token is the one lost() waits on"
+    );
     run.await.unwrap();
 }
 
@@ -1444,4 +1448,10 @@ async fn a_released_record_is_reported_as_no_leader() {
             "an empty holder reported as a leader"
         );
     }
+}
+
+#[test]
+fn a_version_displays_as_the_backends_text() {
+    assert_eq!(Version::new("42").to_string(), "42");
+    assert_eq!(Version::from(7).as_str(), "7");
 }
