@@ -1084,10 +1084,7 @@ async fn release_never_overwrites_a_record_someone_else_took() {
     let store = MemoryStore::new();
     let a = LeaderElector::new(Polling(FaultyLock::new(store.lock(NAME))), config("a")).unwrap();
     let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (a, shutdown) = (a.clone(), shutdown.clone());
-        async move { a.run(shutdown, |l| async move { l.lost().await }).await }
-    });
+    let run = hold(a.clone(), shutdown.clone());
     // Past one renewal, before the next.
     sleep(Duration::from_millis(2_500)).await;
     assert!(a.is_leader());
@@ -1161,10 +1158,7 @@ async fn a_failing_backend_is_retried_every_retry_period_then_won() {
     let (failing, writes) = (lock.failing.clone(), lock.writes.clone());
     let a = LeaderElector::new(lock, config("a")).unwrap();
     let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (a, shutdown) = (a.clone(), shutdown.clone());
-        async move { a.run(shutdown, |l| async move { l.lost().await }).await }
-    });
+    let run = hold(a.clone(), shutdown.clone());
     sleep(Duration::from_secs(20)).await;
     // 2s to 4.4s apart: 5 to 11 attempts in 20s.
     let attempts = writes.load(SeqCst);
@@ -1250,10 +1244,7 @@ async fn an_unreadable_record_without_a_version_is_read_again_each_retry_period(
     )
     .unwrap();
     let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (a, shutdown) = (a.clone(), shutdown.clone());
-        async move { a.run(shutdown, |l| async move { l.lost().await }).await }
-    });
+    let run = hold(a.clone(), shutdown.clone());
     sleep(Duration::from_secs(20)).await;
     let n = reads.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
@@ -1272,10 +1263,7 @@ async fn an_acquired_record_carries_acquire_and_renew_times() {
     let store = MemoryStore::new();
     let a = LeaderElector::new(store.lock(NAME), config("a")).unwrap();
     let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (a, shutdown) = (a.clone(), shutdown.clone());
-        async move { a.run(shutdown, |l| async move { l.lost().await }).await }
-    });
+    let run = hold(a.clone(), shutdown.clone());
     sleep(Duration::from_millis(10)).await;
     let lock = store.lock(NAME);
     let first = lock.get().await.unwrap().expect("a's record").record;
@@ -1360,10 +1348,7 @@ async fn a_release_keeps_the_transitions_and_sets_the_times() {
     for (id, transitions) in [("a", 0), ("b", 1)] {
         let e = slow(id);
         let shutdown = CancellationToken::new();
-        let run = tokio::spawn({
-            let (e, shutdown) = (e.clone(), shutdown.clone());
-            async move { e.run(shutdown, |l| async move { l.lost().await }).await }
-        });
+        let run = hold(e.clone(), shutdown.clone());
         sleep(Duration::from_secs(3)).await;
         assert!(e.is_leader(), "{id} leads");
         shutdown.cancel();
@@ -1433,10 +1418,7 @@ async fn a_released_record_is_reported_as_no_leader() {
     let b = LeaderElector::new(store.lock(NAME), config("b")).unwrap();
     let mut events = b.events();
     let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (b, shutdown) = (b.clone(), shutdown.clone());
-        async move { b.run(shutdown, |l| async move { l.lost().await }).await }
-    });
+    let run = hold(b.clone(), shutdown.clone());
     sleep(Duration::from_secs(1)).await;
     assert!(b.is_leader());
     shutdown.cancel();
@@ -1454,4 +1436,13 @@ async fn a_released_record_is_reported_as_no_leader() {
 fn a_version_displays_as_the_backends_text() {
     assert_eq!(Version::new("42").to_string(), "42");
     assert_eq!(Version::from(7).as_str(), "7");
+}
+
+/// Runs `elector` until `shutdown`, its work holding each term until it is lost.
+fn hold(elector: LeaderElector, shutdown: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        elector
+            .run(shutdown, |l| async move { l.lost().await })
+            .await
+    })
 }
