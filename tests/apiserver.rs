@@ -1256,3 +1256,134 @@ mod apply {
         );
     }
 }
+
+/// `kubectl apply --server-side` against the test server.
+mod kubectl_apply {
+    use super::*;
+
+    /// kubectl's exit status, stdout and stderr.
+    async fn kubectl_result(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+        let output = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
+            .output()
+            .await
+            .expect(
+                "kubectl must be on PATH for this test (it is in the Kubernetes apt repository)",
+            );
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn manifest(holder: &str) -> String {
+        format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: kube-scheduler\n  namespace: kube-system\nspec:\n  holderIdentity: {holder}\n  leaseDurationSeconds: 15\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn kubectl_server_side_apply_creates_updates_conflicts_and_forces() {
+        let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("apiserver-ssa-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig).unwrap();
+        let file = dir.join("lease.yaml");
+        let file_arg = file.to_str().unwrap();
+        let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+        let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone());
+
+        std::fs::write(&file, manifest("node-a")).unwrap();
+        let out = kubectl(
+            &kubeconfig,
+            &["apply", "--server-side", "--validate=false", "-f", file_arg],
+        )
+        .await;
+        assert_eq!(
+            out.trim(),
+            "lease.coordination.k8s.io/kube-scheduler serverside-applied"
+        );
+        let created = leases.get("kube-scheduler").await.unwrap();
+        assert_eq!(holder(&created).as_deref(), Some("node-a"));
+        let entries = created.metadata.managed_fields.clone().unwrap();
+        assert_eq!(
+            (
+                entries[0].manager.as_deref(),
+                entries[0].operation.as_deref()
+            ),
+            (Some("kubectl"), Some("Apply"))
+        );
+
+        std::fs::write(&file, manifest("node-b")).unwrap();
+        kubectl(
+            &kubeconfig,
+            &["apply", "--server-side", "--validate=false", "-f", file_arg],
+        )
+        .await;
+        assert_eq!(
+            holder(&leases.get("kube-scheduler").await.unwrap()).as_deref(),
+            Some("node-b")
+        );
+
+        std::fs::write(&file, manifest("node-c")).unwrap();
+        let (ok, _, stderr) = kubectl_result(
+            &kubeconfig,
+            &[
+                "apply",
+                "--server-side",
+                "--validate=false",
+                "--field-manager=other",
+                "-f",
+                file_arg,
+            ],
+        )
+        .await;
+        assert!(!ok);
+        assert!(
+            stderr.contains(
+                "Apply failed with 1 conflict: conflict with \"kubectl\": .spec.holderIdentity"
+            ),
+            "{stderr}"
+        );
+        assert_eq!(
+            holder(&leases.get("kube-scheduler").await.unwrap()).as_deref(),
+            Some("node-b")
+        );
+
+        let out = kubectl(
+            &kubeconfig,
+            &[
+                "apply",
+                "--server-side",
+                "--validate=false",
+                "--field-manager=other",
+                "--force-conflicts",
+                "-f",
+                file_arg,
+            ],
+        )
+        .await;
+        assert_eq!(
+            out.trim(),
+            "lease.coordination.k8s.io/kube-scheduler serverside-applied"
+        );
+        let forced = leases.get("kube-scheduler").await.unwrap();
+        assert_eq!(holder(&forced).as_deref(), Some("node-c"));
+        let managers: Vec<_> = forced
+            .metadata
+            .managed_fields
+            .unwrap()
+            .into_iter()
+            .map(|e| e.manager.unwrap_or_default())
+            .collect();
+        assert_eq!(managers, ["kubectl", "other"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}
