@@ -954,8 +954,10 @@ mod apply {
         );
 
         // An update by another manager owns what it changed, named with its version.
-        let mut renew = PatchParams::default();
-        renew.field_manager = Some("renewer".into());
+        let renew = PatchParams {
+            field_manager: Some("renewer".into()),
+            ..PatchParams::default()
+        };
         leases
             .patch(
                 "sched",
@@ -1152,8 +1154,10 @@ mod apply {
         let mut cm = ConfigMap::default();
         cm.metadata.name = Some("c".into());
         cm.data = Some([("k".to_string(), "v".to_string())].into());
-        let mut pp = PostParams::default();
-        pp.field_manager = Some("creator".into());
+        let pp = PostParams {
+            field_manager: Some("creator".into()),
+            ..PostParams::default()
+        };
         let created = cms.create(&pp, &cm).await.unwrap();
         assert_eq!(
             managed(&created),
