@@ -1099,6 +1099,20 @@ mod apply {
         )
         .await;
         assert_eq!(code, 400);
+        let long = format!("{path}?fieldManager={}", "m".repeat(129));
+        let (code, body) = raw(
+            &server,
+            "PATCH",
+            &long,
+            "application/apply-patch+yaml",
+            yaml,
+        )
+        .await;
+        assert_eq!(code, 422);
+        assert_eq!(
+            body["message"],
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes"
+        );
     }
 
     #[tokio::test]
