@@ -60,6 +60,37 @@
 //! server.stop().await;
 //! # Ok(()) }
 //! ```
+//!
+//! Server-side apply, and the conflict a second manager gets:
+//!
+//! ```no_run
+//! use k8s_openapi::api::coordination::v1::Lease;
+//! use kube::api::{Api, Patch, PatchParams};
+//! use leaderelection_testkit::apiserver::ApiServer;
+//!
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = ApiServer::start().await?;
+//! let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+//! let config = |holder: &str| {
+//!     serde_json::json!({
+//!         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+//!         "metadata": {"name": "kube-scheduler"},
+//!         "spec": {"holderIdentity": holder},
+//!     })
+//! };
+//! leases
+//!     .patch("kube-scheduler", &PatchParams::apply("a"), &Patch::Apply(config("a")))
+//!     .await?;
+//! let err = leases
+//!     .patch("kube-scheduler", &PatchParams::apply("b"), &Patch::Apply(config("b")))
+//!     .await
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("conflict with \"a\": .spec.holderIdentity"));
+//! leases
+//!     .patch("kube-scheduler", &PatchParams::apply("b").force(), &Patch::Apply(config("b")))
+//!     .await?;
+//! # Ok(()) }
+//! ```
 
 mod apply;
 mod auth;
