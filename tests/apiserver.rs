@@ -774,3 +774,175 @@ async fn streaming_lists_send_the_state_then_a_marked_bookmark() {
         other => panic!("expected the initial-events-end BOOKMARK, got {other:?}"),
     }
 }
+
+/// Runs kubectl at `-v=8` (which logs each request's headers to stderr): its exit
+/// status, stdout and stderr.
+async fn kubectl_verbose(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> (bool, String, String) {
+    let output = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .arg("-v=8")
+        .args(args)
+        .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
+        .output()
+        .await
+        .expect("kubectl must be on PATH for this test (it is in the Kubernetes apt repository)");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (
+        output.status.success(),
+        text(&output.stdout),
+        text(&output.stderr),
+    )
+}
+
+#[tokio::test]
+async fn kubectl_create_configmap_sends_protobuf_and_reads_it_back() {
+    let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+
+    let args = ["create", "configmap", "x", "--from-literal=a=b"];
+    let (ok, stdout, stderr) = kubectl_verbose(&kubeconfig, &args).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "configmap/x created");
+    // kubectl's typed client speaks protobuf both ways, and the server answered so.
+    assert!(
+        stderr.contains("Content-Type: application/vnd.kubernetes.protobuf"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("Content-Type: application/vnd.kubernetes.protobuf")
+            .count(),
+        2,
+        "the request's and the response's: {stderr}"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let stored = configmaps.get("x").await.unwrap();
+    assert_eq!(stored.data.unwrap()["a"], "b");
+
+    // The failure comes back as a protobuf Status, which kubectl words as usual.
+    let (ok, _, stderr) = kubectl_verbose(&kubeconfig, &args).await;
+    assert!(!ok);
+    assert!(
+        stderr.ends_with("error: failed to create configmap: configmaps \"x\" already exists\n"),
+        "{stderr}"
+    );
+
+    let yaml = kubectl(&kubeconfig, &["get", "configmap", "x", "-o", "yaml"]).await;
+    for line in [
+        "apiVersion: v1",
+        "kind: ConfigMap",
+        "data:\n  a: b\n",
+        "  name: x\n",
+        "  namespace: default\n",
+    ] {
+        assert!(yaml.contains(line), "{line:?} in:\n{yaml}");
+    }
+    let uid = stored.metadata.uid.unwrap();
+    assert!(yaml.contains(&format!("  uid: {uid}\n")), "{yaml}");
+}
+
+#[tokio::test]
+async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
+    let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let manifest = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+
+    let configmap = manifest(
+        "configmap.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  level: info\n",
+    );
+    let created = kubectl(&kubeconfig, &["create", "-f", &configmap]).await;
+    assert_eq!(created.trim(), "configmap/settings created");
+
+    let lease = manifest(
+        "lease.yaml",
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: scheduler\n  namespace: kube-system\nspec:\n  holderIdentity: node-a\n  leaseDurationSeconds: 15\n",
+    );
+    let applied = kubectl(&kubeconfig, &["apply", "-f", &lease]).await;
+    assert_eq!(
+        applied.trim(),
+        "lease.coordination.k8s.io/scheduler created"
+    );
+    std::fs::write(
+        &lease,
+        std::fs::read_to_string(&lease)
+            .unwrap()
+            .replace("node-a", "node-b"),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = kubectl_verbose(&kubeconfig, &["apply", "-f", &lease]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "lease.coordination.k8s.io/scheduler configured"
+    );
+    // The patch is computed from the served schema, without /openapi/v2.
+    assert!(
+        stderr.contains("Content-Type: application/strategic-merge-patch+json"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("/openapi/v2"), "{stderr}");
+    let holder = kubectl(
+        &kubeconfig,
+        &[
+            "get",
+            "lease",
+            "scheduler",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+    )
+    .await;
+    assert_eq!(holder, "node-b");
+
+    // An unknown field is the server's strict decoding error, as kube-apiserver words it.
+    let invalid = manifest(
+        "invalid.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndata:\n  a: b\ndta:\n  c: d\n",
+    );
+    for verb in ["create", "apply"] {
+        let (ok, _, stderr) = kubectl_verbose(&kubeconfig, &[verb, "-f", &invalid]).await;
+        assert!(!ok, "{verb}: {stderr}");
+        let want = format!(
+            "Error from server (BadRequest): error when creating \"{invalid}\": ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"dta\"\n"
+        );
+        assert!(stderr.ends_with(&want), "{verb}: {stderr}");
+    }
+    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    assert_eq!(configmaps.get_opt("typo").await.unwrap(), None);
+    // Asked to warn, the server stores the object without the field and says so.
+    let (ok, stdout, stderr) =
+        kubectl_verbose(&kubeconfig, &["create", "-f", &invalid, "--validate=warn"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "configmap/typo created");
+    assert!(
+        stderr.contains("Warning: unknown field \"dta\""),
+        "{stderr}"
+    );
+    let typo = serde_json::to_value(configmaps.get("typo").await.unwrap()).unwrap();
+    assert!(typo.get("dta").is_none(), "{typo}");
+    assert!(
+        server
+            .requests()
+            .count_where(|k| k.path.starts_with("/openapi/v3"))
+            >= 2
+    );
+}
