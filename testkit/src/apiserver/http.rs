@@ -255,7 +255,8 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
             ),
         ));
     }
-    let validation = match FieldValidation::parse(query.get("fieldValidation").map(String::as_str)) {
+    let validation = match FieldValidation::parse(query.get("fieldValidation").map(String::as_str))
+    {
         Ok(validation) => validation,
         Err(e) => return error(e),
     };
@@ -481,10 +482,9 @@ fn reply(code: StatusCode, body: &Value) -> Response<Body> {
     };
     let mut response = Response::new(full(bytes));
     *response.status_mut() = code;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(protobuf::MEDIA_TYPE),
-    );
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(protobuf::MEDIA_TYPE));
     response
 }
 

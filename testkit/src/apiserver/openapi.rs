@@ -160,8 +160,16 @@ const PATCH_TYPES: &[&str] = &[
 /// The lists of the served kinds that strategic merge patches merge rather than
 /// replace (`patchStrategy` in Go): message, field, merge key.
 const MERGED_LISTS: &[(&str, &str, Option<&str>)] = &[
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "ownerReferences", Some("uid")),
-    ("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "finalizers", None),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "ownerReferences",
+        Some("uid"),
+    ),
+    (
+        "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+        "finalizers",
+        None,
+    ),
 ];
 
 fn query(name: &str, description: &str) -> Value {
@@ -403,7 +411,11 @@ mod tests {
         let names: Vec<&str> = paths.keys().map(String::as_str).collect();
         assert_eq!(
             names,
-            ["api/v1", "apis/coordination.k8s.io/v1", "apis/events.k8s.io/v1"]
+            [
+                "api/v1",
+                "apis/coordination.k8s.io/v1",
+                "apis/events.k8s.io/v1"
+            ]
         );
         for (name, entry) in paths {
             let url = entry["serverRelativeURL"].as_str().unwrap();
@@ -482,11 +494,15 @@ mod tests {
             "{}",
             err.message
         );
-        let patch = br#"{"metadata":{"$setElementOrder/finalizers":["a"]},"data":{"k":"v"},"dta":{}}"#;
+        let patch =
+            br#"{"metadata":{"$setElementOrder/finalizers":["a"]},"data":{"k":"v"},"dta":{}}"#;
         let configmaps = resource("", "configmaps");
         let err = check_patch(configmaps, patch, FieldValidation::Strict).unwrap_err();
         assert_eq!(err.message, "strict decoding error: unknown field \"dta\"");
         assert_eq!(FieldValidation::parse(None).unwrap(), FieldValidation::Warn);
-        assert_eq!(FieldValidation::parse(Some("strict")).unwrap_err().code, 400);
+        assert_eq!(
+            FieldValidation::parse(Some("strict")).unwrap_err().code,
+            400
+        );
     }
 }

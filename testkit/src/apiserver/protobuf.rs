@@ -233,8 +233,7 @@ const ENDPOINTS: Message = Message {
 
 const EVENT_SOURCE: Message = Message {
     name: "io.k8s.api.core.v1.EventSource",
-    fields: &[value(1, "component", Str), value(2, "host", Str)
-    ],
+    fields: &[value(1, "component", Str), value(2, "host", Str)],
 };
 
 const EVENT_SERIES: Message = Message {
@@ -330,8 +329,7 @@ const STATUS: Message = Message {
 
 const PRECONDITIONS: Message = Message {
     name: "io.k8s.apimachinery.pkg.apis.meta.v1.Preconditions",
-    fields: &[pointer(1, "uid", Str), pointer(2, "resourceVersion", Str)
-    ],
+    fields: &[pointer(1, "uid", Str), pointer(2, "resourceVersion", Str)],
 };
 
 const DELETE_OPTIONS: Message = Message {
@@ -348,8 +346,7 @@ const DELETE_OPTIONS: Message = Message {
 /// `runtime.TypeMeta`, the envelope's (not metav1's: the numbers differ).
 const TYPE_META: Message = Message {
     name: "io.k8s.apimachinery.pkg.runtime.TypeMeta",
-    fields: &[value(1, "apiVersion", Str), value(2, "kind", Str)
-    ],
+    fields: &[value(1, "apiVersion", Str), value(2, "kind", Str)],
 };
 
 /// A list of `item`: `{metadata: ListMeta, items: [item]}`.
@@ -415,11 +412,12 @@ pub(crate) fn is_protobuf(content_type: &str) -> bool {
 /// Whether the client's `Accept` asks for protobuf before JSON, as client-go's
 /// `application/vnd.kubernetes.protobuf, application/json` does.
 pub(crate) fn preferred(accept: &str) -> bool {
-    accept
-        .split(',')
-        .map(media)
-        .find(|m| matches!(*m, MEDIA_TYPE | "application/json" | "application/*" | "*/*"))
-        == Some(MEDIA_TYPE)
+    accept.split(',').map(media).find(|m| {
+        matches!(
+            *m,
+            MEDIA_TYPE | "application/json" | "application/*" | "*/*"
+        )
+    }) == Some(MEDIA_TYPE)
 }
 
 fn media(part: &str) -> &str {
@@ -583,7 +581,9 @@ fn decode_message(message: &Message, bytes: &[u8]) -> Result<Map<String, Value>,
                 }
             }
             _ if field.card == Card::Repeated => {
-                let list = out.entry(field.name).or_insert_with(|| Value::Array(vec![]));
+                let list = out
+                    .entry(field.name)
+                    .or_insert_with(|| Value::Array(vec![]));
                 if let Some(list) = list.as_array_mut() {
                     list.push(value);
                 }
@@ -616,9 +616,9 @@ fn is_zero(value: &Value) -> bool {
 fn decode_value(field: &Field, wire: Wire<'_>) -> Result<Value, String> {
     let wrong = || "proto: wrong wireType".to_string();
     Ok(match (field.kind, wire) {
-        (Str, Wire::Len(bytes)) => Value::from(
-            std::str::from_utf8(bytes).map_err(|_| "proto: invalid UTF-8 in a string")?,
-        ),
+        (Str, Wire::Len(bytes)) => {
+            Value::from(std::str::from_utf8(bytes).map_err(|_| "proto: invalid UTF-8 in a string")?)
+        }
         // Go converts with int32(v): the low 32 bits.
         (Int32, Wire::Varint(v)) => Value::from(v as i32),
         (Int64, Wire::Varint(v)) => Value::from(v as i64),
@@ -900,7 +900,10 @@ mod tests {
         let type_meta = unknown.type_meta.unwrap();
         assert_eq!(type_meta.api_version.as_deref(), Some(api_version));
         assert_eq!(type_meta.kind.as_deref(), Some(kind));
-        assert_eq!(P::decode(unknown.raw.unwrap().as_slice()).unwrap(), original);
+        assert_eq!(
+            P::decode(unknown.raw.unwrap().as_slice()).unwrap(),
+            original
+        );
         json
     }
 
@@ -924,7 +927,10 @@ mod tests {
             lease.clone(),
         );
         assert_eq!(json["spec"]["renewTime"], "2023-11-14T22:13:21.123456Z");
-        assert_eq!(json["metadata"]["creationTimestamp"], "2023-11-14T22:13:20Z");
+        assert_eq!(
+            json["metadata"]["creationTimestamp"],
+            "2023-11-14T22:13:20Z"
+        );
         let list = coordination::LeaseList {
             metadata: Some(meta::ListMeta {
                 self_link: s(""),
@@ -963,11 +969,8 @@ mod tests {
             data: strings(&[("a", "b"), ("config.yaml", "x: 1\n")]),
             binary_data: binary,
         };
-        let json = round_trip::<_, k8s_openapi::api::core::v1::ConfigMap>(
-            "v1",
-            "ConfigMap",
-            configmap,
-        );
+        let json =
+            round_trip::<_, k8s_openapi::api::core::v1::ConfigMap>("v1", "ConfigMap", configmap);
         assert_eq!(json["binaryData"]["blob"], "AJ+Slg==");
         assert_eq!(json["immutable"], false, "a pointer's false is kept");
     }
@@ -1144,13 +1147,19 @@ mod tests {
 
     #[test]
     fn accept_headers() {
-        assert!(preferred("application/vnd.kubernetes.protobuf,application/json"));
+        assert!(preferred(
+            "application/vnd.kubernetes.protobuf,application/json"
+        ));
         assert!(preferred("application/vnd.kubernetes.protobuf"));
-        assert!(!preferred("application/json, application/vnd.kubernetes.protobuf"));
+        assert!(!preferred(
+            "application/json, application/vnd.kubernetes.protobuf"
+        ));
         assert!(!preferred(
             "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
         ));
         assert!(!preferred(""));
-        assert!(is_protobuf("application/vnd.kubernetes.protobuf; charset=utf-8"));
+        assert!(is_protobuf(
+            "application/vnd.kubernetes.protobuf; charset=utf-8"
+        ));
     }
 }
