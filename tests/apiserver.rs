@@ -11,7 +11,9 @@ use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::core::Status;
-use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
+use leaderelection_testkit::apiserver::{
+    ApiServer, ApiServerOptions, Fault, Kubectl, PolicyRule, User,
+};
 
 /// Generous bound for anything that should happen at once.
 const SOON: Duration = Duration::from_secs(10);
@@ -483,27 +485,6 @@ async fn restart_drops_connections_and_keeps_data() {
     assert_eq!(fresh.get("a").await.unwrap(), created);
 }
 
-/// Runs `kubectl --kubeconfig <file> args...` and returns its stdout; fails the test
-/// with kubectl's stderr when it fails.
-async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
-    let output = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        // kubectl's discovery cache lives under $HOME; keep it out of the user's.
-        .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
-        .output()
-        .await
-        .expect("kubectl must be on PATH for this test (it is in the Kubernetes apt repository)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 #[tokio::test]
 async fn kubectl_gets_describes_and_deletes_a_lease() {
     // kubectl sends credentials only over TLS.
@@ -511,10 +492,7 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
         .await
         .unwrap();
     assert!(server.url().starts_with("https://127.0.0.1:"));
-    let dir = std::env::temp_dir().join(format!("apiserver-kubectl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = Kubectl::new(&server).unwrap();
 
     let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
     let created = leases
@@ -536,7 +514,7 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
     event.type_ = Some("Normal".into());
     events.create(&PostParams::default(), &event).await.unwrap();
 
-    let table = kubectl(&kubeconfig, &["get", "lease", "-n", "kube-system"]).await;
+    let table = kubectl.ok(&["get", "lease", "-n", "kube-system"]).await;
     let lines: Vec<Vec<&str>> = table
         .lines()
         .map(|l| l.split_whitespace().collect())
@@ -544,9 +522,8 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
     assert_eq!(lines[0], ["NAME", "HOLDER", "AGE"], "{table}");
     assert_eq!(lines[1][..2], ["kube-scheduler", "node-a_4f2c"], "{table}");
 
-    let holder = kubectl(
-        &kubeconfig,
-        &[
+    let holder = kubectl
+        .ok(&[
             "get",
             "lease",
             "kube-scheduler",
@@ -554,16 +531,13 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
             "kube-system",
             "-o",
             "jsonpath={.spec.holderIdentity}",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(holder, "node-a_4f2c");
 
-    let described = kubectl(
-        &kubeconfig,
-        &["describe", "lease", "kube-scheduler", "-n", "kube-system"],
-    )
-    .await;
+    let described = kubectl
+        .ok(&["describe", "lease", "kube-scheduler", "-n", "kube-system"])
+        .await;
     assert!(
         described.contains("Holder Identity:         node-a_4f2c"),
         "{described}"
@@ -577,11 +551,9 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
         "the lease's events: {described}"
     );
 
-    let deleted = kubectl(
-        &kubeconfig,
-        &["delete", "lease", "kube-scheduler", "-n", "kube-system"],
-    )
-    .await;
+    let deleted = kubectl
+        .ok(&["delete", "lease", "kube-scheduler", "-n", "kube-system"])
+        .await;
     assert_eq!(
         deleted.trim(),
         "lease.coordination.k8s.io \"kube-scheduler\" deleted"
@@ -591,7 +563,6 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
         .requests()
         .count_where(|k| k.path.ends_with("/leases/kube-scheduler"));
     assert!(by_kubectl >= 3, "{:?}", server.requests());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[cfg(feature = "etcd")]
@@ -775,27 +746,13 @@ async fn streaming_lists_send_the_state_then_a_marked_bookmark() {
     }
 }
 
-/// Runs kubectl at `-v=8` (which logs each request's headers to stderr): its exit
-/// status, stdout and stderr.
-async fn kubectl_verbose(
-    kubeconfig: &std::path::Path,
-    args: &[&str],
-) -> (bool, String, String) {
-    let output = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .arg("-v=8")
-        .args(args)
-        .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
-        .output()
-        .await
-        .expect("kubectl must be on PATH for this test (it is in the Kubernetes apt repository)");
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        output.status.success(),
-        text(&output.stdout),
-        text(&output.stderr),
-    )
+/// Runs kubectl at `-v=8`, which logs each request's headers to stderr.
+async fn verbose(kubectl: &Kubectl, args: &[&str]) -> (bool, String, String) {
+    let args: Vec<&str> = std::iter::once("-v=8")
+        .chain(args.iter().copied())
+        .collect();
+    let output = kubectl.run(&args).await.expect("kubectl is on PATH");
+    (output.success, output.stdout, output.stderr)
 }
 
 #[tokio::test]
@@ -803,12 +760,10 @@ async fn kubectl_create_configmap_sends_protobuf_and_reads_it_back() {
     let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = Kubectl::new(&server).unwrap();
 
     let args = ["create", "configmap", "x", "--from-literal=a=b"];
-    let (ok, stdout, stderr) = kubectl_verbose(&kubeconfig, &args).await;
+    let (ok, stdout, stderr) = verbose(&kubectl, &args).await;
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), "configmap/x created");
     // kubectl's typed client speaks protobuf both ways, and the server answered so.
@@ -828,14 +783,14 @@ async fn kubectl_create_configmap_sends_protobuf_and_reads_it_back() {
     assert_eq!(stored.data.unwrap()["a"], "b");
 
     // The failure comes back as a protobuf Status, which kubectl words as usual.
-    let (ok, _, stderr) = kubectl_verbose(&kubeconfig, &args).await;
+    let (ok, _, stderr) = verbose(&kubectl, &args).await;
     assert!(!ok);
     assert!(
         stderr.ends_with("error: failed to create configmap: configmaps \"x\" already exists\n"),
         "{stderr}"
     );
 
-    let yaml = kubectl(&kubeconfig, &["get", "configmap", "x", "-o", "yaml"]).await;
+    let yaml = kubectl.ok(&["get", "configmap", "x", "-o", "yaml"]).await;
     for line in [
         "apiVersion: v1",
         "kind: ConfigMap",
@@ -854,11 +809,9 @@ async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
     let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = Kubectl::new(&server).unwrap();
     let manifest = |name: &str, text: &str| {
-        let path = dir.path().join(name);
+        let path = kubectl.dir().join(name);
         std::fs::write(&path, text).unwrap();
         path.to_str().unwrap().to_string()
     };
@@ -867,14 +820,14 @@ async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
         "configmap.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  level: info\n",
     );
-    let created = kubectl(&kubeconfig, &["create", "-f", &configmap]).await;
+    let created = kubectl.ok(&["create", "-f", &configmap]).await;
     assert_eq!(created.trim(), "configmap/settings created");
 
     let lease = manifest(
         "lease.yaml",
         "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: scheduler\n  namespace: kube-system\nspec:\n  holderIdentity: node-a\n  leaseDurationSeconds: 15\n",
     );
-    let applied = kubectl(&kubeconfig, &["apply", "-f", &lease]).await;
+    let applied = kubectl.ok(&["apply", "-f", &lease]).await;
     assert_eq!(
         applied.trim(),
         "lease.coordination.k8s.io/scheduler created"
@@ -886,7 +839,7 @@ async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
             .replace("node-a", "node-b"),
     )
     .unwrap();
-    let (ok, stdout, stderr) = kubectl_verbose(&kubeconfig, &["apply", "-f", &lease]).await;
+    let (ok, stdout, stderr) = verbose(&kubectl, &["apply", "-f", &lease]).await;
     assert!(ok, "{stderr}");
     assert_eq!(
         stdout.trim(),
@@ -898,9 +851,8 @@ async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
         "{stderr}"
     );
     assert!(!stderr.contains("/openapi/v2"), "{stderr}");
-    let holder = kubectl(
-        &kubeconfig,
-        &[
+    let holder = kubectl
+        .ok(&[
             "get",
             "lease",
             "scheduler",
@@ -908,9 +860,8 @@ async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
             "kube-system",
             "-o",
             "jsonpath={.spec.holderIdentity}",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(holder, "node-b");
 
     // An unknown field is the server's strict decoding error, as kube-apiserver words it.
@@ -919,7 +870,7 @@ async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndata:\n  a: b\ndta:\n  c: d\n",
     );
     for verb in ["create", "apply"] {
-        let (ok, _, stderr) = kubectl_verbose(&kubeconfig, &[verb, "-f", &invalid]).await;
+        let (ok, _, stderr) = verbose(&kubectl, &[verb, "-f", &invalid]).await;
         assert!(!ok, "{verb}: {stderr}");
         let want = format!(
             "Error from server (BadRequest): error when creating \"{invalid}\": ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"dta\"\n"
@@ -930,7 +881,7 @@ async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
     assert_eq!(configmaps.get_opt("typo").await.unwrap(), None);
     // Asked to warn, the server stores the object without the field and says so.
     let (ok, stdout, stderr) =
-        kubectl_verbose(&kubeconfig, &["create", "-f", &invalid, "--validate=warn"]).await;
+        verbose(&kubectl, &["create", "-f", &invalid, "--validate=warn"]).await;
     assert!(ok, "{stderr}");
     assert_eq!(stdout.trim(), "configmap/typo created");
     assert!(

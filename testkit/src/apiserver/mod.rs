@@ -33,7 +33,8 @@
 //!   certificate, and storage in etcd shared by several servers.
 //!
 //! Tests steer it with [`ApiServer::faults`] (latency, injected errors),
-//! [`ApiServer::restart`] and [`ApiServer::requests`] (request counts).
+//! [`ApiServer::restart`] and [`ApiServer::requests`] (request counts), and drive the
+//! real kubectl against it with [`Kubectl`].
 //!
 //! Not served: other kinds, namespaces as objects (every namespace exists), server-side
 //! apply, `deletecollection`, list paging (`limit` is ignored: lists are whole),
@@ -64,6 +65,7 @@ mod discovery;
 mod etcd_storage;
 mod faults;
 mod http;
+mod kubectl;
 mod openapi;
 mod patch;
 mod protobuf;
@@ -91,6 +93,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{PolicyRule, User};
 pub use faults::{Fault, Faults};
+pub use kubectl::{Kubectl, KubectlOutput};
 pub use stats::{RequestKey, RequestStats};
 
 use http::State;
