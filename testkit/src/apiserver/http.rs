@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{bearer, Auth, User, ANONYMOUS};
 use super::discovery;
 use super::faults::{FaultTarget, Faults};
-use super::openapi::{self, FieldValidation};
+use super::openapi::{self, FieldValidation, Payload};
 use super::protobuf;
 use super::resources::Resource;
 use super::rest::{self, Target};
@@ -444,17 +444,14 @@ fn request_body(
         // Protobuf carries no unknown fields by name: Go's decoder skips them.
         return Ok((protobuf::decode_body(resource, &body)?.into(), vec![]));
     }
-    match verb {
-        "create" | "update" => {
-            let (body, warnings) = openapi::check_object(resource, &body, validation)?;
-            Ok((body.into(), warnings))
-        }
-        "patch" if !content_type.starts_with("application/json-patch") => {
-            let warnings = openapi::check_patch(resource, &body, validation)?;
-            Ok((body, warnings))
-        }
-        _ => Ok((body, vec![])),
-    }
+    let kind = match verb {
+        "create" | "update" => Payload::Object,
+        // A JSON patch names paths, not fields.
+        "patch" if !content_type.starts_with("application/json-patch") => Payload::Patch,
+        _ => return Ok((body, vec![])),
+    };
+    let (body, warnings) = openapi::check(resource, &body, validation, kind)?;
+    Ok((body.into(), warnings))
 }
 
 /// Whether a client with this `Accept` header can read JSON.

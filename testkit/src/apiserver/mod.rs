@@ -14,8 +14,9 @@
 //!   client sends `kubectl create configmap`) request bodies, and protobuf responses
 //!   (objects, lists, Status) to clients whose `Accept` puts protobuf first;
 //! - field validation (`fieldValidation=Strict|Warn|Ignore`): unknown fields of a
-//!   JSON body are a 400 (`strict decoding error: unknown field "..."`), a `Warning`
-//!   header (the default) or dropped, and are never stored;
+//!   JSON body or merge patch are a 400 (`strict decoding error: unknown field
+//!   "..."`), a `Warning` header (the default) or dropped, and are not stored (a JSON
+//!   patch is not checked);
 //! - `coordination.k8s.io/v1` leases, `v1` endpoints, configmaps and events, and
 //!   `events.k8s.io/v1` events (stored as core events, as kube-apiserver stores
 //!   them), in any namespace: get, list, watch, create, update (PUT), patch (merge,

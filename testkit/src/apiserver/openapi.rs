@@ -271,18 +271,28 @@ impl FieldValidation {
     }
 }
 
-/// Drops the fields of a JSON body (a whole object of `resource`) that the kind does
-/// not have, as decoding into Go's types does, and answers as `validation` asks:
-/// the body to go on with and the warnings to send.
+/// What a body holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Payload {
+    /// A whole object (create, update).
+    Object,
+    /// A merge or strategic merge patch: directives such as `$patch` are not fields.
+    Patch,
+}
+
+/// Drops the fields of a JSON body that `resource`'s kind does not have, as decoding
+/// into Go's types does, and answers as `validation` asks: the body to go on with and
+/// the warnings to send.
 ///
 /// # Errors
 ///
 /// With `Strict`, a 400 BadRequest naming every unknown field, worded as
 /// kube-apiserver's strict decoding error.
-pub(crate) fn check_object(
+pub(crate) fn check(
     resource: &Resource,
     body: &[u8],
     validation: FieldValidation,
+    kind: Payload,
 ) -> Result<(Vec<u8>, Vec<String>), ApiError> {
     // A body that is not an object fails in decoding, with its own message.
     let Ok(Value::Object(mut obj)) = serde_json::from_slice::<Value>(body) else {
@@ -293,43 +303,21 @@ pub(crate) fn check_object(
         protobuf::object_message(resource),
         &mut obj,
         "",
-        true,
+        kind,
         &mut unknown,
     );
-    let warnings = answer(resource, unknown, validation, true)?;
+    if unknown.is_empty() {
+        return Ok((body.to_vec(), vec![]));
+    }
+    let warnings = answer(resource, unknown, validation, kind)?;
     Ok((Value::Object(obj).to_string().into_bytes(), warnings))
-}
-
-/// Looks for unknown fields in a merge or strategic merge patch of `resource`
-/// (directives such as `$patch` are not fields). Returns the warnings to send.
-///
-/// # Errors
-///
-/// With `Strict`, a 400 BadRequest naming every unknown field.
-pub(crate) fn check_patch(
-    resource: &Resource,
-    patch: &[u8],
-    validation: FieldValidation,
-) -> Result<Vec<String>, ApiError> {
-    let Ok(Value::Object(mut doc)) = serde_json::from_slice::<Value>(patch) else {
-        return Ok(vec![]);
-    };
-    let mut unknown = Vec::new();
-    walk(
-        protobuf::object_message(resource),
-        &mut doc,
-        "",
-        false,
-        &mut unknown,
-    );
-    answer(resource, unknown, validation, false)
 }
 
 fn answer(
     resource: &Resource,
     unknown: Vec<String>,
     validation: FieldValidation,
-    whole_object: bool,
+    kind: Payload,
 ) -> Result<Vec<String>, ApiError> {
     let unknown: Vec<String> = unknown
         .iter()
@@ -338,7 +326,7 @@ fn answer(
     match validation {
         FieldValidation::Strict if !unknown.is_empty() => {
             let why = format!("strict decoding error: {}", unknown.join(", "));
-            Err(ApiError::bad_request(if whole_object {
+            Err(ApiError::bad_request(if kind == Payload::Object {
                 format!(
                     "{kind} in version {version:?} cannot be handled as a {kind}: {why}",
                     kind = resource.kind,
@@ -353,12 +341,12 @@ fn answer(
     }
 }
 
-/// Collects (and with `prune`, removes) the keys of `obj` that `message` lacks.
+/// Collects and removes the keys of `obj` that `message` lacks.
 fn walk(
     message: &Message,
     obj: &mut Map<String, Value>,
     path: &str,
-    prune: bool,
+    body: Payload,
     unknown: &mut Vec<String>,
 ) {
     let at = |key: &str| {
@@ -371,21 +359,21 @@ fn walk(
     obj.retain(|key, value| {
         // The type's fields, and a patch's directives.
         if path.is_empty() && matches!(key.as_str(), "apiVersion" | "kind")
-            || key.starts_with('$') && !prune
+            || key.starts_with('$') && body == Payload::Patch
         {
             return true;
         }
         let Some(field) = message.fields.iter().find(|f| f.name == key) else {
             unknown.push(at(key));
-            return !prune;
+            return false;
         };
         if let Kind::Msg(inner) = field.kind {
             match value {
-                Value::Object(map) => walk(inner, map, &at(key), prune, unknown),
+                Value::Object(map) => walk(inner, map, &at(key), body, unknown),
                 Value::Array(items) if field.card == Card::Repeated => {
                     for (i, item) in items.iter_mut().enumerate() {
                         if let Value::Object(map) = item {
-                            walk(inner, map, &format!("{}[{i}]", at(key)), prune, unknown);
+                            walk(inner, map, &format!("{}[{i}]", at(key)), body, unknown);
                         }
                     }
                 }
@@ -467,13 +455,13 @@ mod tests {
     fn unknown_fields_are_refused_warned_or_dropped() {
         let leases = resource("coordination.k8s.io", "leases");
         let body = br#"{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"a","colour":"red"},"spec":{"holderIdentity":"x","foo":1},"extra":true}"#;
-        let err = check_object(leases, body, FieldValidation::Strict).unwrap_err();
+        let err = check(leases, body, FieldValidation::Strict, Payload::Object).unwrap_err();
         assert_eq!(err.code, 400);
         assert_eq!(
             err.message,
             "Lease in version \"v1\" cannot be handled as a Lease: strict decoding error: unknown field \"extra\", unknown field \"metadata.colour\", unknown field \"spec.foo\""
         );
-        let (kept, warnings) = check_object(leases, body, FieldValidation::Warn).unwrap();
+        let (kept, warnings) = check(leases, body, FieldValidation::Warn, Payload::Object).unwrap();
         assert_eq!(warnings.len(), 3);
         assert_eq!(warnings[0], "unknown field \"extra\"");
         let kept: Value = serde_json::from_slice(&kept).unwrap();
@@ -482,12 +470,12 @@ mod tests {
             json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                    "metadata": {"name": "a"}, "spec": {"holderIdentity": "x"}})
         );
-        let (_, warnings) = check_object(leases, body, FieldValidation::Ignore).unwrap();
+        let (_, warnings) = check(leases, body, FieldValidation::Ignore, Payload::Object).unwrap();
         assert!(warnings.is_empty());
 
         let endpoints = resource("", "endpoints");
         let body = br#"{"metadata":{"name":"e"},"subsets":[{"ports":[{"port":1,"nope":2}]}]}"#;
-        let err = check_object(endpoints, body, FieldValidation::Strict).unwrap_err();
+        let err = check(endpoints, body, FieldValidation::Strict, Payload::Object).unwrap_err();
         assert!(
             err.message
                 .ends_with("unknown field \"subsets[0].ports[0].nope\""),
@@ -497,8 +485,17 @@ mod tests {
         let patch =
             br#"{"metadata":{"$setElementOrder/finalizers":["a"]},"data":{"k":"v"},"dta":{}}"#;
         let configmaps = resource("", "configmaps");
-        let err = check_patch(configmaps, patch, FieldValidation::Strict).unwrap_err();
+        let err = check(configmaps, patch, FieldValidation::Strict, Payload::Patch).unwrap_err();
         assert_eq!(err.message, "strict decoding error: unknown field \"dta\"");
+        // Without Strict, the field is left out of the patch and so of the object.
+        let (kept, warnings) =
+            check(configmaps, patch, FieldValidation::Warn, Payload::Patch).unwrap();
+        assert_eq!(warnings, ["unknown field \"dta\""]);
+        let kept: Value = serde_json::from_slice(&kept).unwrap();
+        assert_eq!(
+            kept,
+            json!({"metadata": {"$setElementOrder/finalizers": ["a"]}, "data": {"k": "v"}})
+        );
         assert_eq!(FieldValidation::parse(None).unwrap(), FieldValidation::Warn);
         assert_eq!(
             FieldValidation::parse(Some("strict")).unwrap_err().code,
