@@ -897,3 +897,85 @@ async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
             >= 2
     );
 }
+
+/// Sends one HTTP/1.1 request to `server` and returns the response's head and body.
+async fn raw_request(server: &ApiServer, head: &str, body: &[u8]) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!(
+        "{head}\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    (head, response[split + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn a_garbled_protobuf_body_is_a_400_in_the_clients_format() {
+    let server = ApiServer::start().await.unwrap();
+    let post = "POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nContent-Type: application/vnd.kubernetes.protobuf";
+    // The envelope's typeMeta claims 255 bytes and has 1.
+    let garbled = b"k8s\x00\x0a\xff\x01\x0a";
+
+    let (head, body) = raw_request(
+        &server,
+        &format!("{post}\r\nAccept: application/json"),
+        garbled,
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request"), "{head}");
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status["reason"], "BadRequest");
+    assert_eq!(
+        status["message"],
+        "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: proto: unexpected EOF"
+    );
+
+    // A client that prefers protobuf gets the Status in protobuf.
+    let accept = "Accept: application/vnd.kubernetes.protobuf, application/json";
+    let (head, body) = raw_request(&server, &format!("{post}\r\n{accept}"), garbled).await;
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/vnd.kubernetes.protobuf"),
+        "{head}"
+    );
+    assert!(body.starts_with(b"k8s\x00"));
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("Status") && text.contains("proto: unexpected EOF"),
+        "{text}"
+    );
+
+    // JSON sent as protobuf is refused, not guessed at.
+    let (head, body) = raw_request(
+        &server,
+        &format!("{post}\r\nAccept: application/json"),
+        br#"{"metadata":{"name":"x"}}"#,
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request"), "{head}");
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("provided data does not appear to be a protobuf message, expected prefix [107, 56, 115, 0]"),
+        "{status}"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    assert!(configmaps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
+}
