@@ -11,7 +11,9 @@ use kube::api::{
     Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
 };
 use kube::core::Status;
-use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
+use leaderelection_testkit::apiserver::{
+    ApiServer, ApiServerOptions, Fault, Kubectl, PolicyRule, User,
+};
 
 /// Generous bound for anything that should happen at once.
 const SOON: Duration = Duration::from_secs(10);
@@ -483,27 +485,6 @@ async fn restart_drops_connections_and_keeps_data() {
     assert_eq!(fresh.get("a").await.unwrap(), created);
 }
 
-/// Runs `kubectl --kubeconfig <file> args...` and returns its stdout; fails the test
-/// with kubectl's stderr when it fails.
-async fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> String {
-    let output = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        // kubectl's discovery cache lives under $HOME; keep it out of the user's.
-        .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
-        .output()
-        .await
-        .expect("kubectl must be on PATH for this test (it is in the Kubernetes apt repository)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 #[tokio::test]
 async fn kubectl_gets_describes_and_deletes_a_lease() {
     // kubectl sends credentials only over TLS.
@@ -511,10 +492,7 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
         .await
         .unwrap();
     assert!(server.url().starts_with("https://127.0.0.1:"));
-    let dir = std::env::temp_dir().join(format!("apiserver-kubectl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let kubeconfig = dir.join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = Kubectl::new(&server).unwrap();
 
     let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
     let created = leases
@@ -536,7 +514,7 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
     event.type_ = Some("Normal".into());
     events.create(&PostParams::default(), &event).await.unwrap();
 
-    let table = kubectl(&kubeconfig, &["get", "lease", "-n", "kube-system"]).await;
+    let table = kubectl.ok(&["get", "lease", "-n", "kube-system"]).await;
     let lines: Vec<Vec<&str>> = table
         .lines()
         .map(|l| l.split_whitespace().collect())
@@ -544,9 +522,8 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
     assert_eq!(lines[0], ["NAME", "HOLDER", "AGE"], "{table}");
     assert_eq!(lines[1][..2], ["kube-scheduler", "node-a_4f2c"], "{table}");
 
-    let holder = kubectl(
-        &kubeconfig,
-        &[
+    let holder = kubectl
+        .ok(&[
             "get",
             "lease",
             "kube-scheduler",
@@ -554,16 +531,13 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
             "kube-system",
             "-o",
             "jsonpath={.spec.holderIdentity}",
-        ],
-    )
-    .await;
+        ])
+        .await;
     assert_eq!(holder, "node-a_4f2c");
 
-    let described = kubectl(
-        &kubeconfig,
-        &["describe", "lease", "kube-scheduler", "-n", "kube-system"],
-    )
-    .await;
+    let described = kubectl
+        .ok(&["describe", "lease", "kube-scheduler", "-n", "kube-system"])
+        .await;
     assert!(
         described.contains("Holder Identity:         node-a_4f2c"),
         "{described}"
@@ -577,11 +551,9 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
         "the lease's events: {described}"
     );
 
-    let deleted = kubectl(
-        &kubeconfig,
-        &["delete", "lease", "kube-scheduler", "-n", "kube-system"],
-    )
-    .await;
+    let deleted = kubectl
+        .ok(&["delete", "lease", "kube-scheduler", "-n", "kube-system"])
+        .await;
     assert_eq!(
         deleted.trim(),
         "lease.coordination.k8s.io \"kube-scheduler\" deleted"
@@ -591,7 +563,6 @@ async fn kubectl_gets_describes_and_deletes_a_lease() {
         .requests()
         .count_where(|k| k.path.ends_with("/leases/kube-scheduler"));
     assert!(by_kubectl >= 3, "{:?}", server.requests());
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[cfg(feature = "etcd")]
@@ -1279,25 +1250,6 @@ mod apply {
 mod kubectl_apply {
     use super::*;
 
-    /// kubectl's exit status, stdout and stderr.
-    async fn kubectl_result(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-        let output = tokio::process::Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(kubeconfig)
-            .args(args)
-            .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
-            .output()
-            .await
-            .expect(
-                "kubectl must be on PATH for this test (it is in the Kubernetes apt repository)",
-            );
-        (
-            output.status.success(),
-            String::from_utf8_lossy(&output.stdout).into_owned(),
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        )
-    }
-
     fn manifest(holder: &str) -> String {
         format!(
             "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: kube-scheduler\n  namespace: kube-system\nspec:\n  holderIdentity: {holder}\n  leaseDurationSeconds: 15\n"
@@ -1309,21 +1261,16 @@ mod kubectl_apply {
         let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
             .await
             .unwrap();
-        let dir = std::env::temp_dir().join(format!("apiserver-ssa-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let kubeconfig = dir.join("kubeconfig");
-        server.write_kubeconfig(&kubeconfig).unwrap();
-        let file = dir.join("lease.yaml");
+        let kubectl = Kubectl::new(&server).unwrap();
+        let file = kubectl.dir().join("lease.yaml");
         let file_arg = file.to_str().unwrap();
         let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
         let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone());
 
         std::fs::write(&file, manifest("node-a")).unwrap();
-        let out = kubectl(
-            &kubeconfig,
-            &["apply", "--server-side", "--validate=false", "-f", file_arg],
-        )
-        .await;
+        let out = kubectl
+            .ok(&["apply", "--server-side", "-f", file_arg])
+            .await;
         assert_eq!(
             out.trim(),
             "lease.coordination.k8s.io/kube-scheduler serverside-applied"
@@ -1340,54 +1287,48 @@ mod kubectl_apply {
         );
 
         std::fs::write(&file, manifest("node-b")).unwrap();
-        kubectl(
-            &kubeconfig,
-            &["apply", "--server-side", "--validate=false", "-f", file_arg],
-        )
-        .await;
+        kubectl
+            .ok(&["apply", "--server-side", "-f", file_arg])
+            .await;
         assert_eq!(
             holder(&leases.get("kube-scheduler").await.unwrap()).as_deref(),
             Some("node-b")
         );
 
         std::fs::write(&file, manifest("node-c")).unwrap();
-        let (ok, _, stderr) = kubectl_result(
-            &kubeconfig,
-            &[
+        let refused = kubectl
+            .run(&[
                 "apply",
                 "--server-side",
-                "--validate=false",
                 "--field-manager=other",
                 "-f",
                 file_arg,
-            ],
-        )
-        .await;
-        assert!(!ok);
+            ])
+            .await
+            .unwrap();
+        assert!(!refused.success);
         assert!(
-            stderr.contains(
+            refused.stderr.contains(
                 "Apply failed with 1 conflict: conflict with \"kubectl\": .spec.holderIdentity"
             ),
-            "{stderr}"
+            "{}",
+            refused.stderr
         );
         assert_eq!(
             holder(&leases.get("kube-scheduler").await.unwrap()).as_deref(),
             Some("node-b")
         );
 
-        let out = kubectl(
-            &kubeconfig,
-            &[
+        let out = kubectl
+            .ok(&[
                 "apply",
                 "--server-side",
-                "--validate=false",
                 "--field-manager=other",
                 "--force-conflicts",
                 "-f",
                 file_arg,
-            ],
-        )
-        .await;
+            ])
+            .await;
         assert_eq!(
             out.trim(),
             "lease.coordination.k8s.io/kube-scheduler serverside-applied"
@@ -1402,6 +1343,239 @@ mod kubectl_apply {
             .map(|e| e.manager.unwrap_or_default())
             .collect();
         assert_eq!(managers, ["kubectl", "other"]);
-        std::fs::remove_dir_all(&dir).ok();
     }
+}
+
+/// Runs kubectl at `-v=8`, which logs each request's headers to stderr.
+async fn verbose(kubectl: &Kubectl, args: &[&str]) -> (bool, String, String) {
+    let args: Vec<&str> = std::iter::once("-v=8")
+        .chain(args.iter().copied())
+        .collect();
+    let output = kubectl.run(&args).await.expect("kubectl is on PATH");
+    (output.success, output.stdout, output.stderr)
+}
+
+#[tokio::test]
+async fn kubectl_create_configmap_sends_protobuf_and_reads_it_back() {
+    let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
+        .await
+        .unwrap();
+    let kubectl = Kubectl::new(&server).unwrap();
+
+    let args = ["create", "configmap", "x", "--from-literal=a=b"];
+    let (ok, stdout, stderr) = verbose(&kubectl, &args).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "configmap/x created");
+    // kubectl's typed client speaks protobuf both ways, and the server answered so.
+    assert!(
+        stderr.contains("Content-Type: application/vnd.kubernetes.protobuf"),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("Content-Type: application/vnd.kubernetes.protobuf")
+            .count(),
+        2,
+        "the request's and the response's: {stderr}"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let stored = configmaps.get("x").await.unwrap();
+    assert_eq!(stored.data.unwrap()["a"], "b");
+
+    // The failure comes back as a protobuf Status, which kubectl words as usual.
+    let (ok, _, stderr) = verbose(&kubectl, &args).await;
+    assert!(!ok);
+    assert!(
+        stderr.ends_with("error: failed to create configmap: configmaps \"x\" already exists\n"),
+        "{stderr}"
+    );
+
+    let yaml = kubectl.ok(&["get", "configmap", "x", "-o", "yaml"]).await;
+    for line in [
+        "apiVersion: v1",
+        "kind: ConfigMap",
+        "data:\n  a: b\n",
+        "  name: x\n",
+        "  namespace: default\n",
+    ] {
+        assert!(yaml.contains(line), "{line:?} in:\n{yaml}");
+    }
+    let uid = stored.metadata.uid.unwrap();
+    assert!(yaml.contains(&format!("  uid: {uid}\n")), "{yaml}");
+}
+
+#[tokio::test]
+async fn kubectl_create_and_apply_validate_against_the_servers_openapi() {
+    let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
+        .await
+        .unwrap();
+    let kubectl = Kubectl::new(&server).unwrap();
+    let manifest = |name: &str, text: &str| {
+        let path = kubectl.dir().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+
+    let configmap = manifest(
+        "configmap.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  level: info\n",
+    );
+    let created = kubectl.ok(&["create", "-f", &configmap]).await;
+    assert_eq!(created.trim(), "configmap/settings created");
+
+    let lease = manifest(
+        "lease.yaml",
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: scheduler\n  namespace: kube-system\nspec:\n  holderIdentity: node-a\n  leaseDurationSeconds: 15\n",
+    );
+    let applied = kubectl.ok(&["apply", "-f", &lease]).await;
+    assert_eq!(
+        applied.trim(),
+        "lease.coordination.k8s.io/scheduler created"
+    );
+    std::fs::write(
+        &lease,
+        std::fs::read_to_string(&lease)
+            .unwrap()
+            .replace("node-a", "node-b"),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = verbose(&kubectl, &["apply", "-f", &lease]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        stdout.trim(),
+        "lease.coordination.k8s.io/scheduler configured"
+    );
+    // The patch is computed from the served schema, without /openapi/v2.
+    assert!(
+        stderr.contains("Content-Type: application/strategic-merge-patch+json"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("/openapi/v2"), "{stderr}");
+    let holder = kubectl
+        .ok(&[
+            "get",
+            "lease",
+            "scheduler",
+            "-n",
+            "kube-system",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .await;
+    assert_eq!(holder, "node-b");
+
+    // An unknown field is the server's strict decoding error, as kube-apiserver words it.
+    let invalid = manifest(
+        "invalid.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndata:\n  a: b\ndta:\n  c: d\n",
+    );
+    for verb in ["create", "apply"] {
+        let (ok, _, stderr) = verbose(&kubectl, &[verb, "-f", &invalid]).await;
+        assert!(!ok, "{verb}: {stderr}");
+        let want = format!(
+            "Error from server (BadRequest): error when creating \"{invalid}\": ConfigMap in version \"v1\" cannot be handled as a ConfigMap: strict decoding error: unknown field \"dta\"\n"
+        );
+        assert!(stderr.ends_with(&want), "{verb}: {stderr}");
+    }
+    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    assert_eq!(configmaps.get_opt("typo").await.unwrap(), None);
+    // Asked to warn, the server stores the object without the field and says so.
+    let (ok, stdout, stderr) =
+        verbose(&kubectl, &["create", "-f", &invalid, "--validate=warn"]).await;
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout.trim(), "configmap/typo created");
+    assert!(
+        stderr.contains("Warning: unknown field \"dta\""),
+        "{stderr}"
+    );
+    let typo = serde_json::to_value(configmaps.get("typo").await.unwrap()).unwrap();
+    assert!(typo.get("dta").is_none(), "{typo}");
+    assert!(
+        server
+            .requests()
+            .count_where(|k| k.path.starts_with("/openapi/v3"))
+            >= 2
+    );
+}
+
+/// Sends one HTTP/1.1 request to `server` and returns the response's head and body.
+async fn raw_request(server: &ApiServer, head: &str, body: &[u8]) -> (String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+    let head = format!(
+        "{head}\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.unwrap();
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    (head, response[split + 4..].to_vec())
+}
+
+#[tokio::test]
+async fn a_garbled_protobuf_body_is_a_400_in_the_clients_format() {
+    let server = ApiServer::start().await.unwrap();
+    let post = "POST /api/v1/namespaces/default/configmaps HTTP/1.1\r\nContent-Type: application/vnd.kubernetes.protobuf";
+    // The envelope's typeMeta claims 255 bytes and has 1.
+    let garbled = b"k8s\x00\x0a\xff\x01\x0a";
+
+    let (head, body) = raw_request(
+        &server,
+        &format!("{post}\r\nAccept: application/json"),
+        garbled,
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request"), "{head}");
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(status["reason"], "BadRequest");
+    assert_eq!(
+        status["message"],
+        "ConfigMap in version \"v1\" cannot be handled as a ConfigMap: proto: unexpected EOF"
+    );
+
+    // A client that prefers protobuf gets the Status in protobuf.
+    let accept = "Accept: application/vnd.kubernetes.protobuf, application/json";
+    let (head, body) = raw_request(&server, &format!("{post}\r\n{accept}"), garbled).await;
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request"), "{head}");
+    assert!(
+        head.to_lowercase()
+            .contains("content-type: application/vnd.kubernetes.protobuf"),
+        "{head}"
+    );
+    assert!(body.starts_with(b"k8s\x00"));
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("Status") && text.contains("proto: unexpected EOF"),
+        "{text}"
+    );
+
+    // JSON sent as protobuf is refused, not guessed at.
+    let (head, body) = raw_request(
+        &server,
+        &format!("{post}\r\nAccept: application/json"),
+        br#"{"metadata":{"name":"x"}}"#,
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request"), "{head}");
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        status["message"]
+            .as_str()
+            .unwrap()
+            .ends_with("provided data does not appear to be a protobuf message, expected prefix [107, 56, 115, 0]"),
+        "{status}"
+    );
+    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    assert!(configmaps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .is_empty());
 }

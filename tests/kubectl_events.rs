@@ -2,37 +2,16 @@
 //! the real `kubectl get events` against the test kit's API server.
 #![cfg(feature = "kube")]
 
-use std::path::Path;
 use std::time::Duration;
 
 use leaderelection::lock::kube::{EventRecorder, KubeLeaseLock, ResourceLockKind};
 use leaderelection::{Config, LeaderElector};
-use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions};
+use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Kubectl};
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 const NS: &str = "kube-system";
 const NAME: &str = "evented-scheduler";
-
-/// `kubectl --kubeconfig <file> args...`: its stdout, or the test fails with its stderr.
-async fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
-    let output = tokio::process::Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        // kubectl's discovery cache lives under $HOME; keep it out of the user's.
-        .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
-        .output()
-        .await
-        .expect("kubectl must be on PATH for this test (it is in the Kubernetes apt repository)");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed: {}{stdout}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubectl_get_events_shows_became_leader_and_stopped_leading() {
@@ -40,9 +19,7 @@ async fn kubectl_get_events_shows_became_leader_and_stopped_leading() {
     let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
         .await
         .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    server.write_kubeconfig(&kubeconfig).unwrap();
+    let kubectl = Kubectl::new(&server).unwrap();
 
     let client = server.client();
     let config = Config::new(NAME)
@@ -74,7 +51,7 @@ async fn kubectl_get_events_shows_became_leader_and_stopped_leading() {
     // kubectl's own table: TYPE, REASON, OBJECT and MESSAGE columns.
     let wanted = ["pod-a became leader", "pod-a stopped leading"];
     let table = loop {
-        let table = kubectl(&kubeconfig, &["get", "events", "-n", NS]).await;
+        let table = kubectl.ok(&["get", "events", "-n", NS]).await;
         if wanted.iter().all(|w| table.contains(w)) {
             break table;
         }
@@ -99,7 +76,9 @@ async fn kubectl_get_events_shows_became_leader_and_stopped_leading() {
     }
     // The reporting component of each, in core/v1's field.
     let jsonpath = "jsonpath={.items[*].reportingComponent}";
-    let components = kubectl(&kubeconfig, &["get", "events", "-n", NS, "-o", jsonpath]).await;
+    let components = kubectl
+        .ok(&["get", "events", "-n", NS, "-o", jsonpath])
+        .await;
     assert_eq!(
         components.split_whitespace().collect::<Vec<_>>(),
         ["test-scheduler"; 2]

@@ -1,4 +1,5 @@
-//! Discovery documents: `/api`, `/apis`, the group and version lists, `/version`.
+//! Discovery documents: `/api`, `/apis`, the group and version lists, `/version`, and
+//! the OpenAPI v3 documents of [`openapi`](super::openapi).
 //!
 //! Only the legacy (unaggregated) documents are served, with `Content-Type:
 //! application/json`: clients that ask for aggregated discovery first (kubectl does)
@@ -19,6 +20,7 @@ pub(crate) fn document(path: &str, addr: SocketAddr) -> Option<Value> {
     let path = path.trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     match segments.as_slice() {
+        ["openapi", "v3", ..] => super::openapi::document(path),
         ["version"] => Some(json!({
             "major": MAJOR,
             "minor": MINOR,

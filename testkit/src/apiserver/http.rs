@@ -11,7 +11,9 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
+use hyper::header::{
+    HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT, WARNING,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 use super::auth::{bearer, Auth, User, ANONYMOUS};
 use super::discovery;
 use super::faults::{FaultTarget, Faults};
+use super::openapi::{self, FieldValidation, Payload};
+use super::protobuf;
 use super::resources::Resource;
 use super::rest::{self, Target};
 use super::selector::Selector;
@@ -203,6 +207,10 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
     let authorization = header(AUTHORIZATION);
     let accept = header(ACCEPT).unwrap_or_default();
     let content_type = header(CONTENT_TYPE).unwrap_or_default();
+    // Objects and Status go back in protobuf to clients that prefer it (client-go's
+    // kubectl), JSON to the others; tables, discovery and watches are always JSON.
+    let proto = protobuf::preferred(&accept);
+    let error = |e: ApiError| error_as(e, proto);
     let mut route = route(&method, &path, &query, state.addr);
     if let Route::Resource { target, .. } = &mut route {
         target.user_agent = header(USER_AGENT);
@@ -245,15 +253,22 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
         Route::Discovery(doc) => return json(StatusCode::OK, &doc),
         Route::Resource { target, verb } => (target, verb),
     };
-    if !accepts_json(&accept) {
+    if !accepts_json(&accept) && !proto {
         return error(ApiError::new(
             406,
             "NotAcceptable",
             format!(
-                "only the following media types are accepted: application/json (got {accept:?})"
+                "only the following media types are accepted: application/json, {} (got {accept:?})",
+                protobuf::MEDIA_TYPE
             ),
         ));
     }
+    let validation = match FieldValidation::parse(query.get("fieldValidation").map(String::as_str))
+    {
+        Ok(validation) => validation,
+        Err(e) => return error(e),
+    };
+    let mut warnings = Vec::new();
     let selector = |key: &str, parse: fn(&str) -> Result<Selector, ApiError>| {
         parse(query.get(key).map_or("", String::as_str))
     };
@@ -334,6 +349,13 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
                     ))
                 }
             };
+            let body = match request_body(&target, verb, &content_type, body, validation) {
+                Ok((body, mut found)) => {
+                    warnings.append(&mut found);
+                    body
+                }
+                Err(e) => return error(e),
+            };
             match verb {
                 "create" => rest::create(storage, &target, &body)
                     .await
@@ -365,10 +387,19 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
         }
         _ => Err(ApiError::method_not_allowed()),
     };
-    match result {
+    let mut response = match result {
+        Ok((code, body)) if proto && !table => reply(code, &body),
         Ok((code, body)) => json(code, &body),
-        Err(e) => error(e),
+        Err(e) => return error(e),
+    };
+    for warning in warnings {
+        // The form kube-apiserver sends: code 299, no agent, the text quoted.
+        let value = format!("299 - {warning:?}");
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            response.headers_mut().append(WARNING, value);
+        }
     }
+    response
 }
 
 fn watch_request(
@@ -414,6 +445,30 @@ fn watch_request(
     })
 }
 
+/// A create, update, patch or delete body as the verbs take it: JSON, from protobuf
+/// when sent so, without the fields the kind lacks. Also the warnings for them.
+fn request_body(
+    target: &Target,
+    verb: &str,
+    content_type: &str,
+    body: Bytes,
+    validation: FieldValidation,
+) -> Result<(Bytes, Vec<String>), ApiError> {
+    let resource = target.resource;
+    if protobuf::is_protobuf(content_type) {
+        // Protobuf carries no unknown fields by name: Go's decoder skips them.
+        return Ok((protobuf::decode_body(resource, &body)?.into(), vec![]));
+    }
+    let kind = match verb {
+        "create" | "update" => Payload::Object,
+        // A JSON patch names paths, not fields.
+        "patch" if !content_type.starts_with("application/json-patch") => Payload::Patch,
+        _ => return Ok((body, vec![])),
+    };
+    let (body, warnings) = openapi::check(resource, &body, validation, kind)?;
+    Ok((body.into(), warnings))
+}
+
 /// Whether a client with this `Accept` header can read JSON.
 fn accepts_json(accept: &str) -> bool {
     accept.trim().is_empty()
@@ -432,9 +487,27 @@ fn json(code: StatusCode, body: &Value) -> Response<Body> {
     response
 }
 
-fn error(e: ApiError) -> Response<Body> {
+/// An object in protobuf, or in JSON when its kind has no protobuf form here.
+fn reply(code: StatusCode, body: &Value) -> Response<Body> {
+    let Some(bytes) = protobuf::encode(body) else {
+        return json(code, body);
+    };
+    let mut response = Response::new(full(bytes));
+    *response.status_mut() = code;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(protobuf::MEDIA_TYPE));
+    response
+}
+
+/// A Status, in protobuf when `proto`.
+fn error_as(e: ApiError, proto: bool) -> Response<Body> {
     let code = StatusCode::from_u16(e.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = json(code, &e.to_json());
+    let mut response = if proto {
+        reply(code, &e.to_json())
+    } else {
+        json(code, &e.to_json())
+    };
     if let Some(seconds) = e.retry_after {
         response
             .headers_mut()

@@ -6,6 +6,17 @@
 //!
 //! - discovery: `/api`, `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`,
 //!   `/version` (aggregated discovery is not offered; clients fall back);
+//! - OpenAPI v3: `/openapi/v3` and a document per group version (`/openapi/v3/api/v1`,
+//!   `/openapi/v3/apis/coordination.k8s.io/v1`, `/openapi/v3/apis/events.k8s.io/v1`)
+//!   with the kinds' schemas and operations, so `kubectl create -f` and `kubectl apply
+//!   -f` run with no flags;
+//! - JSON and protobuf (`application/vnd.kubernetes.protobuf`, as kubectl's typed
+//!   client sends `kubectl create configmap`) request bodies, and protobuf responses
+//!   (objects, lists, Status) to clients whose `Accept` puts protobuf first;
+//! - field validation (`fieldValidation=Strict|Warn|Ignore`): unknown fields of a
+//!   JSON body or merge patch are a 400 (`strict decoding error: unknown field
+//!   "..."`), a `Warning` header (the default) or dropped, and are not stored (a JSON
+//!   patch is not checked);
 //! - `coordination.k8s.io/v1` leases, `v1` endpoints, configmaps and events, and
 //!   `events.k8s.io/v1` events (stored as core events, as kube-apiserver stores
 //!   them), in any namespace: get, list, watch, create, update (PUT), patch (merge,
@@ -36,12 +47,15 @@
 //!   certificate, and storage in etcd shared by several servers.
 //!
 //! Tests steer it with [`ApiServer::faults`] (latency, injected errors),
-//! [`ApiServer::restart`] and [`ApiServer::requests`] (request counts).
+//! [`ApiServer::restart`] and [`ApiServer::requests`] (request counts), and drive the
+//! real kubectl against it with [`Kubectl`].
 //!
 //! Not served: other kinds, namespaces as objects (every namespace exists),
 //! `deletecollection`, list paging (`limit` is ignored: lists are whole), the cap of ten
 //! `Update` managers (older ones are never merged into `ancient-changes`), the upgrade
-//! from client-side apply's `last-applied-configuration`, and protobuf.
+//! from client-side apply's `last-applied-configuration`, `/openapi/v2` (kubectl reads
+//! v3), watches in protobuf (watches are JSON; kubectl asks for them in JSON), and
+//! duplicate-field detection.
 //!
 //! # Examples
 //!
@@ -99,7 +113,10 @@ mod discovery;
 mod etcd_storage;
 mod faults;
 mod http;
+mod kubectl;
+mod openapi;
 mod patch;
+mod protobuf;
 mod resources;
 mod rest;
 mod schema;
@@ -125,6 +142,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{PolicyRule, User};
 pub use faults::{Fault, Faults};
+pub use kubectl::{Kubectl, KubectlOutput};
 pub use stats::{RequestKey, RequestStats};
 
 use http::State;
@@ -462,8 +480,9 @@ impl ApiServer {
     /// HTTP, kubectl is refused with 401 (`kube::Config::from_custom_kubeconfig` does
     /// send the token over HTTP).
     ///
-    /// `kubectl create` and `apply` validate against OpenAPI documents this server
-    /// does not serve: give them `--validate=false`.
+    /// `kubectl create -f` and `kubectl apply -f` need no `--validate=false`: kubectl
+    /// finds `fieldValidation` in the server's OpenAPI v3 documents and leaves
+    /// validation to the server.
     ///
     /// # Errors
     ///
