@@ -70,9 +70,11 @@ impl EtcdLeader {
 /// contract of [`LeaderElector`](crate::LeaderElector).
 ///
 /// From the [`Config`]: the identity is the value of this candidate's key; the lease
-/// duration is the session TTL (rounded up to whole seconds), which is how long a dead
-/// leader holds the election; the retry period is the keep-alive interval; the leader
-/// steps down when no keep-alive has succeeded for the renew deadline, which ends
+/// duration is the session TTL (rounded up to whole seconds), which is at most how long
+/// a dead leader holds the election (the next in line revokes its session once etcd's
+/// answers prove it expired); the retry period is the leader's keep-alive interval
+/// (standbys keep alive every third of the TTL, as Go's `concurrency.Session` does);
+/// the leader steps down when no keep-alive has succeeded for the renew deadline, which ends
 /// before its session can expire. When etcd reports the session gone (expired or
 /// revoked) or the leader's key deleted, leadership is lost at once: unlike Go's
 /// `Campaign`, a lost session never leaves a leader that believes it leads. After any
@@ -435,7 +437,7 @@ impl EtcdElection {
                                         .core
                                         .report
                                         .set_leader(Some(p.value.clone()), false);
-                                    recheck_at = Some(Instant::now() + config.jittered_retry());
+                                    recheck_at = Some(Instant::now() + config.retry_period);
                                     false
                                 }
                             }
@@ -457,7 +459,7 @@ impl EtcdElection {
                             }
                             Err(KeepAliveError::Failed(e)) => {
                                 warn!(error = %e, "failed to keep the session alive");
-                                recheck_at = Some(Instant::now() + config.jittered_retry());
+                                recheck_at = Some(Instant::now() + config.retry_period);
                             }
                         }
                     }
@@ -488,7 +490,7 @@ impl EtcdElection {
                 }
                 _ = sleep_until(ask_at.unwrap_or(read_at)), if ask_at.is_some() => {
                     if let Some((lease, state, at)) = expiry.as_mut() {
-                        if self.ask_expiry(*lease, state, at, cadence).await {
+                        if self.ask_expiry(*lease, state, at).await {
                             revoked = Some(*lease);
                             expiry = None;
                         }
@@ -529,13 +531,7 @@ impl EtcdElection {
 
     /// Asks how long `lease` has left and feeds the answer to `state`; true when the
     /// lease was past expiry on the server and is now revoked.
-    async fn ask_expiry(
-        &self,
-        lease: i64,
-        state: &mut Expiry,
-        at: &mut Option<Instant>,
-        cadence: Duration,
-    ) -> bool {
+    async fn ask_expiry(&self, lease: i64, state: &mut Expiry, at: &mut Option<Instant>) -> bool {
         let retry = self.shared.core.config.retry_period;
         let sent = Instant::now();
         let (ttl, granted) = match self.lease_ttl(lease).await {
@@ -546,7 +542,7 @@ impl EtcdElection {
                 return false;
             }
         };
-        match state.observe(sent, Instant::now(), ttl, granted, cadence) {
+        match state.observe(sent, Instant::now(), ttl, granted) {
             Verdict::AskAt(next) => *at = Some(next),
             Verdict::Never => *at = None,
             Verdict::Expired => {

@@ -69,15 +69,13 @@ impl Expiry {
     }
 
     /// Takes an answer `ttl` (seconds, as etcd sends it) to a request sent at `sent`
-    /// and answered at `received`, for a lease granted `granted` seconds. `cadence` is
-    /// how often to ask while the lease looks kept alive.
+    /// and answered at `received`, for a lease granted `granted` seconds.
     pub(super) fn observe(
         &mut self,
         sent: Instant,
         received: Instant,
         ttl: i64,
         granted: i64,
-        cadence: Duration,
     ) -> Verdict {
         if ttl < 0 {
             // Gone, or at least a second past expiry.
@@ -117,26 +115,26 @@ impl Expiry {
         if continued.is_some() && sent >= chain.hi + margin {
             return Verdict::Expired;
         }
-        // Never let two answers of a chain be further apart than the chain allows
-        // for an answer of 0 (half of it, for the time the answer takes).
-        let longest = granted.saturating_sub(SECOND + margin) / 2;
         let at = if n >= 2 {
-            // Kept alive, or more than a second to go: ask again when an answer of
-            // 1 is due if nothing renews it (from a second before `lo`), or at the
-            // cadence, whichever is first.
-            (chain.lo - SECOND - PRECISION).min(received + cadence)
+            // More than a second to go, even if nothing renews it: ask again when an
+            // answer of 1 is due at the earliest. A leader that keeps its session
+            // alive is asked about once per TTL less two seconds.
+            chain.lo - SECOND - PRECISION
         } else {
             // Near the end: the answer steps to 0 a second before the expiry, at some
             // point of `[lo - 1, hi - 1)`. That moment cannot be searched for after
             // the fact, only watched for: ask every `PRECISION` through the window,
-            // then confirm once past its end.
-            if chain.hi - chain.lo > PRECISION && chain.hi - SECOND > received {
+            // then confirm once past its end. Two answers of one chain are never
+            // further apart than an answer of 0 allows (half of it, for the time the
+            // answer takes).
+            let at = if chain.hi - chain.lo > PRECISION && chain.hi - SECOND > received {
                 (received + PRECISION).max(chain.lo.checked_sub(SECOND).unwrap_or(chain.lo))
             } else {
                 chain.hi + margin
-            }
+            };
+            at.min(sent + granted.saturating_sub(SECOND + margin) / 2)
         };
-        let at = at.min(sent + longest).max(received + MIN_GAP);
+        let at = at.max(received + MIN_GAP);
         Verdict::AskAt(at)
     }
 }
@@ -185,13 +183,7 @@ mod tests {
             // The primary answers halfway.
             let answer = lease.answer(sent + rtt / 2);
             let received = sent + rtt;
-            match expiry.observe(
-                sent,
-                received,
-                answer,
-                lease.granted.as_secs() as i64,
-                SECOND,
-            ) {
+            match expiry.observe(sent, received, answer, lease.granted.as_secs() as i64) {
                 Verdict::Expired => return (Some(received), asked),
                 Verdict::AskAt(next) => at = next,
                 Verdict::Never => return (None, asked),
@@ -272,24 +264,23 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_kept_alive_on_time_is_asked_about_at_the_cadence() {
+    fn a_lease_kept_alive_on_time_is_asked_about_once_per_ttl_less_two_seconds() {
         let base = Instant::now();
-        let mut keepalives = vec![base];
-        while *keepalives.last().unwrap() < base + Duration::from_secs(70) {
-            keepalives.push(*keepalives.last().unwrap() + Duration::from_millis(500));
+        // (TTL, keep-alive period, most questions in a minute)
+        for (granted, every, most) in [(3u64, 500u64, 62), (15, 2000, 5)] {
+            let mut keepalives = vec![base];
+            while *keepalives.last().unwrap() < base + Duration::from_secs(70) {
+                keepalives.push(*keepalives.last().unwrap() + Duration::from_millis(every));
+            }
+            let lease = Lease {
+                granted: Duration::from_secs(granted),
+                keepalives,
+            };
+            let minute = base + Duration::from_secs(60);
+            let (revoked, asked) = run(&lease, base, minute, Duration::from_millis(2));
+            assert_eq!(revoked, None);
+            eprintln!("TTL {granted} s, kept alive every {every} ms: {asked} questions a minute");
+            assert!(asked <= most, "asked {asked} times in 60 s");
         }
-        let lease = Lease {
-            granted: Duration::from_secs(3),
-            keepalives,
-        };
-        let (revoked, asked) = run(
-            &lease,
-            base,
-            base + Duration::from_secs(60),
-            Duration::from_millis(2),
-        );
-        assert_eq!(revoked, None);
-        // About one question a second (the cadence), not one per step.
-        assert!(asked <= 70, "asked {asked} times in 60 s");
     }
 }

@@ -1,7 +1,7 @@
 //! etcd's election protocol: how often standbys keep their sessions alive, and how
 //! fast, and how safely, the next in line takes over from a leader that crashed.
 
-use leaderelection::lock::etcd::etcd_client::PutOptions;
+use leaderelection::lock::etcd::etcd_client::{self, PutOptions};
 
 use super::*;
 
@@ -102,7 +102,9 @@ impl FakeLeader {
     /// One keep-alive; returns when it was sent and when it was answered.
     async fn keep_alive(&mut self) -> (Instant, Instant) {
         let sent = Instant::now();
-        let gone = |e| panic!("the fake leader's session is gone: {e}");
+        fn gone<T>(e: etcd_client::Error) -> T {
+            panic!("the fake leader's session is gone: {e}")
+        }
         let (mut keeper, mut answers) = self
             .client
             .lease_keep_alive(self.lease)
