@@ -240,3 +240,54 @@ async fn etcd_election_a_slow_leader_within_its_ttl_is_never_revoked() {
     shutdown.cancel();
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn etcd_election_a_standby_leads_with_time_left_whatever_the_age_of_its_keep_alive() {
+    let cluster = start(1);
+    // A 9 s session kept alive every 3 s by a standby, and a renew deadline of 1 s: a
+    // term started from a standby keep-alive older than 0.6 s would be over before its
+    // first renewal could land. Handovers at different points of the standby's cadence.
+    let mut left = Vec::new();
+    for round in 0..4u64 {
+        let name = format!("fresh{round}");
+        let config = |id| timing(id, 9000, 1000, 400);
+        let a = Replica::election("a", new_election(&cluster, &name, config("a")).await);
+        wait_until("a leads", Duration::from_secs(10), || a.is_leader()).await;
+        let b = new_election(&cluster, &name, config("b").recampaign(false)).await;
+        let shutdown = CancellationToken::new();
+        let started = Arc::new(Mutex::new(None));
+        let task = tokio::spawn({
+            let (b, shutdown, started) = (b.clone(), shutdown.clone(), started.clone());
+            async move {
+                b.run(shutdown, move |l| {
+                    *started.lock().unwrap() =
+                        Some(l.valid_until().checked_duration_since(Instant::now()));
+                    async move { l.lost().await }
+                })
+                .await
+            }
+        });
+        wait_until("b waits", Duration::from_secs(10), || {
+            b.leader().as_deref() == Some("a")
+        })
+        .await;
+        sleep(Duration::from_millis(700 + 900 * round)).await;
+        a.stop().await;
+        wait_until("b leads", Duration::from_secs(5), || {
+            started.lock().unwrap().is_some()
+        })
+        .await;
+        let time_left = started.lock().unwrap().unwrap();
+        left.push(time_left);
+        shutdown.cancel();
+        task.await.unwrap();
+    }
+    eprintln!("time left in the new leader's first term when it started: {left:?}");
+    for time_left in left {
+        let time_left = time_left.expect("the term started already over");
+        assert!(
+            time_left >= Duration::from_millis(400),
+            "the term started with {time_left:?} left, less than a retry period"
+        );
+    }
+}
