@@ -35,6 +35,10 @@ use crate::leadership::Leadership;
 use crate::lock::etcd::{is_lease_gone, map_error, BACKEND};
 use crate::term::{observers, Core, Elected, Renewal, Term};
 
+mod expiry;
+
+use expiry::{Expiry, Verdict};
+
 /// The key that leads an etcd election: the candidate key with the lowest create
 /// revision under `<name>/`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,9 +70,11 @@ impl EtcdLeader {
 /// contract of [`LeaderElector`](crate::LeaderElector).
 ///
 /// From the [`Config`]: the identity is the value of this candidate's key; the lease
-/// duration is the session TTL (rounded up to whole seconds), which is how long a dead
-/// leader holds the election; the retry period is the keep-alive interval; the leader
-/// steps down when no keep-alive has succeeded for the renew deadline, which ends
+/// duration is the session TTL (rounded up to whole seconds), which is at most how long
+/// a dead leader holds the election (the next in line revokes its session once etcd's
+/// answers prove it expired); the retry period is the leader's keep-alive interval
+/// (standbys keep alive every third of the TTL, as Go's `concurrency.Session` does);
+/// the leader steps down when no keep-alive has succeeded for the renew deadline, which ends
 /// before its session can expire. When etcd reports the session gone (expired or
 /// revoked) or the leader's key deleted, leadership is lost at once: unlike Go's
 /// `Campaign`, a lost session never leaves a leader that believes it leads. After any
@@ -343,40 +349,84 @@ impl EtcdElection {
     /// or expired), or for one session TTL from the delete, by when a leader of ours has
     /// stopped its work. A leader of ours resigns by revoking its session, and is
     /// followed at once; Go's `Resign` keeps its session, and is followed after the TTL.
+    ///
+    /// The keys before ours are read once and then followed on a watch of the prefix,
+    /// so the delete that puts ours first needs no read. A standby keeps its session
+    /// alive as often as Go's `concurrency.Session` does (a third of the TTL); only a
+    /// leader keeps the retry-period cadence its renew deadline is measured against.
+    /// The standby next in line asks etcd now and then how long the leader's session
+    /// has left, and revokes it once it is provably past expiry on the server
+    /// (`docs/safety.md`, "Crash takeover"), instead of waiting for etcd's next
+    /// 500 ms lessor tick.
     async fn wait_turn(&self, session: &mut Session, shutdown: &CancellationToken) -> Turn {
         let config = &self.shared.core.config;
+        let cadence = standby_cadence(config);
         let mut watch: Option<etcd_client::WatchStream> = None;
-        let mut next_keepalive = session.alive_since + config.retry_period;
-        let mut read = true;
+        let mut next_keepalive = session.alive_since + cadence;
+        // The keys created before ours, oldest first; `None` until read.
+        let mut before: Option<Vec<EtcdLeader>> = None;
+        let mut read_at = Instant::now();
+        // The revision up to which `before` is known.
+        let mut revision = 0;
         // The last other key seen leading; checked once ours is first.
         let mut predecessor: Option<EtcdLeader> = None;
-        // True while ours is first but the predecessor's session lives: checked again
-        // after every keep-alive.
-        let mut waiting = false;
-        // When ours was first seen first while the predecessor's session lived.
+        // A session this replica revoked itself, past its expiry: known gone.
+        let mut revoked: Option<i64> = None;
+        // When ours was first seen first while the predecessor's session lived, and
+        // when to ask again whether that session ended.
         let mut vanished_at: Option<Instant> = None;
+        let mut recheck_at: Option<Instant> = None;
+        // The leader's lease as learned by the standby next in line, and when to ask
+        // about it again (`None`: never).
+        let mut expiry: Option<(i64, Expiry, Option<Instant>)> = None;
+        let mut evaluate = false;
         loop {
-            if read {
-                read = false;
-                match self.first_candidate().await {
-                    Ok((leader, revision)) => {
-                        self.shared
-                            .core
-                            .report
-                            .set_leader(leader.as_ref().map(|l| l.value.clone()), false);
-                        waiting = false;
-                        let ours_first = leader.as_ref().is_some_and(|l| l.key == session.key);
-                        if let Some(p) = predecessor.as_ref().filter(|_| ours_first) {
+            if before.is_none() && Instant::now() >= read_at {
+                watch = None;
+                match self.candidates_before(session).await {
+                    Ok(Some((keys, at))) => {
+                        before = Some(keys);
+                        revision = at;
+                        watch = self.watch_prefix(at).await;
+                        evaluate = true;
+                    }
+                    Ok(None) => return Turn::SessionLost("our candidate key is gone".into()),
+                    Err(e) => {
+                        warn!(error = %e, "failed to read the etcd election; retrying");
+                        read_at = Instant::now() + config.jittered_retry();
+                    }
+                }
+            }
+            if let (true, Some(keys)) = (evaluate, &before) {
+                evaluate = false;
+                recheck_at = None;
+                if let Some(first) = keys.first() {
+                    debug!(leader = %first.value, "waiting for the keys created before ours");
+                    self.shared
+                        .core
+                        .report
+                        .set_leader(Some(first.value.clone()), false);
+                    vanished_at = None;
+                    // Only the next in line watches the leader's session.
+                    let lease = (keys.len() == 1).then(|| lease_of(first)).flatten();
+                    if expiry.as_ref().map(|e| e.0) != lease {
+                        expiry = lease.map(|l| (l, Expiry::new(), Some(Instant::now())));
+                    }
+                    predecessor = Some(first.clone());
+                } else {
+                    expiry = None;
+                    let gone = match predecessor.as_ref() {
+                        None => true,
+                        Some(p) if revoked.is_some() && lease_of(p) == revoked => true,
+                        Some(p) => {
                             let since = *vanished_at.get_or_insert_with(Instant::now);
                             match self.session_alive(p).await {
-                                Ok(None) => predecessor = None,
+                                Ok(None) => true,
                                 // A leader of ours stops its work within its lease of
                                 // losing its key; Go's `Resign` deletes the key and keeps
                                 // the session, which cannot be told from a stray delete:
                                 // both are followed one session TTL after the delete.
-                                Ok(Some(ttl)) if Instant::now() >= since + ttl => {
-                                    predecessor = None
-                                }
+                                Ok(Some(ttl)) if Instant::now() >= since + ttl => true,
                                 alive => {
                                     if let Err(e) = alive {
                                         debug!(error = %e, "cannot tell whether the last leader's session ended; asking again");
@@ -387,71 +437,41 @@ impl EtcdElection {
                                         .core
                                         .report
                                         .set_leader(Some(p.value.clone()), false);
-                                    waiting = true;
+                                    recheck_at = Some(Instant::now() + config.retry_period);
+                                    false
                                 }
                             }
                         }
-                        match leader {
-                            Some(_) if waiting => {}
-                            Some(l) if l.key == session.key => {
-                                // Our turn. Lead from a fresh keep-alive, so the term
-                                // starts with the whole session ahead of it.
-                                match self.keep_alive(session).await {
-                                    Ok(()) => return Turn::Leader { revision },
-                                    Err(KeepAliveError::Gone) => {
-                                        return Turn::SessionLost(
-                                            "the session lease is gone".into(),
-                                        )
-                                    }
-                                    Err(KeepAliveError::Failed(e)) => {
-                                        warn!(error = %e, "failed to keep the session alive");
-                                        read = true;
-                                    }
-                                }
-                            }
-                            Some(l) if l.create_revision < session.create_revision => {
-                                debug!(leader = %l.value, "waiting for the keys created before ours");
-                                predecessor = Some(l);
-                                vanished_at = None;
-                            }
-                            _ => return Turn::SessionLost("our candidate key is gone".into()),
+                    };
+                    if gone {
+                        // Our turn. The term starts from the last keep-alive when it
+                        // leaves the first renewal (sent at once) a retry period;
+                        // otherwise from a fresh one.
+                        if Instant::now() + config.retry_period
+                            <= session.alive_since + config.renew_deadline
+                        {
+                            return Turn::Leader { revision };
                         }
-                        if watch.is_none() && !read {
-                            let options = WatchOptions::new()
-                                .with_prefix()
-                                .with_start_revision(revision + 1);
-                            match self
-                                .shared
-                                .client
-                                .watch_client()
-                                .watch(self.shared.prefix.as_str(), Some(options))
-                                .await
-                            {
-                                Ok(w) => watch = Some(w),
-                                Err(e) => {
-                                    debug!(error = %self.err("watch", e), "watch failed; reading every retry period");
-                                }
+                        match self.keep_alive(session).await {
+                            Ok(()) => return Turn::Leader { revision },
+                            Err(KeepAliveError::Gone) => {
+                                return Turn::SessionLost("the session lease is gone".into())
+                            }
+                            Err(KeepAliveError::Failed(e)) => {
+                                warn!(error = %e, "failed to keep the session alive");
+                                recheck_at = Some(Instant::now() + config.retry_period);
                             }
                         }
                     }
-                    Err(e) => {
-                        warn!(error = %e, "failed to read the etcd election; retrying");
-                        // Read again with the next keep-alive.
-                        watch = None;
-                    }
-                }
-                if read {
-                    // Retry the read after a pause, with the keep-alive below.
-                    next_keepalive = next_keepalive
-                        .min(Instant::now() + self.shared.core.config.jittered_retry());
                 }
             }
+            let ask_at = expiry.as_ref().and_then(|e| e.2);
             tokio::select! {
                 _ = shutdown.cancelled() => return Turn::Shutdown,
                 _ = sleep_until(next_keepalive) => {
                     let now = Instant::now();
                     match self.keep_alive(session).await {
-                        Ok(()) => next_keepalive = session.alive_since + config.retry_period,
+                        Ok(()) => next_keepalive = session.alive_since + cadence,
                         Err(KeepAliveError::Gone) => {
                             return Turn::SessionLost("the session lease is gone".into())
                         }
@@ -463,23 +483,94 @@ impl EtcdElection {
                             next_keepalive = now + config.retry_period;
                         }
                     }
-                    if watch.is_none() || waiting {
-                        read = true;
+                }
+                _ = sleep_until(read_at), if before.is_none() => {}
+                _ = sleep_until(recheck_at.unwrap_or(read_at)), if recheck_at.is_some() => {
+                    evaluate = true;
+                }
+                _ = sleep_until(ask_at.unwrap_or(read_at)), if ask_at.is_some() => {
+                    if let Some((lease, state, at)) = expiry.as_mut() {
+                        if self.ask_expiry(*lease, state, at).await {
+                            revoked = Some(*lease);
+                            expiry = None;
+                        }
                     }
                 }
                 message = next_message(&mut watch) => match message {
-                    Ok(Some(resp)) if resp.canceled() => {
-                        watch = None;
-                        read = true;
+                    Ok(Some(resp)) if resp.canceled() => before = None,
+                    Ok(Some(resp)) => {
+                        if let Some(keys) = before.as_mut() {
+                            for event in resp.events() {
+                                let Some(kv) = event.kv() else { continue };
+                                revision = revision.max(kv.mod_revision());
+                                if event.event_type() == EventType::Delete {
+                                    if kv.key() == session.key.as_bytes() {
+                                        return Turn::SessionLost("our candidate key is gone".into());
+                                    }
+                                    keys.retain(|k| k.key.as_bytes() != kv.key());
+                                } else if kv.create_revision() < session.create_revision {
+                                    // A predecessor's value changed (Go's `Proclaim`).
+                                    let key = EtcdLeader::from_kv(kv);
+                                    keys.retain(|k| k.key != key.key);
+                                    let at = keys.partition_point(|k| k.create_revision < key.create_revision);
+                                    keys.insert(at, key);
+                                }
+                            }
+                            evaluate = true;
+                        }
                     }
-                    Ok(Some(resp)) => read = !resp.events().is_empty(),
                     Ok(None) | Err(_) => {
-                        // Read again at the next keep-alive and reopen the watch.
-                        watch = None;
+                        // Read again and reopen the watch.
+                        before = None;
+                        read_at = Instant::now() + config.jittered_retry();
                     }
                 },
             }
         }
+    }
+
+    /// Asks how long `lease` has left and feeds the answer to `state`; true when the
+    /// lease was past expiry on the server and is now revoked.
+    async fn ask_expiry(&self, lease: i64, state: &mut Expiry, at: &mut Option<Instant>) -> bool {
+        let retry = self.shared.core.config.retry_period;
+        let sent = Instant::now();
+        let (ttl, granted) = match self.lease_ttl(lease).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                debug!(error = %e, "cannot ask how long the leader's session has left");
+                *at = Some(Instant::now() + retry);
+                return false;
+            }
+        };
+        match state.observe(sent, Instant::now(), ttl, granted) {
+            Verdict::AskAt(next) => *at = Some(next),
+            Verdict::Never => *at = None,
+            Verdict::Expired => {
+                info!(
+                    lease,
+                    "the leader's session is past expiry on the server; revoking it"
+                );
+                let result = self
+                    .request(
+                        "revoke the expired session of the leader of",
+                        |c| async move { c.lease_client().revoke(lease).await },
+                    )
+                    .await;
+                match result {
+                    Ok(_) => return true,
+                    Err(LockError::Unavailable { source, .. })
+                        if source.to_string().contains("lease not found") =>
+                    {
+                        return true
+                    }
+                    Err(e) => {
+                        debug!(error = %e, "failed to revoke the leader's expired session; etcd will");
+                        *at = Some(Instant::now() + retry);
+                    }
+                }
+            }
+        }
+        false
     }
 
     // ---- leader --------------------------------------------------------------
@@ -554,38 +645,83 @@ impl EtcdElection {
         Ok((resp.kvs().first().map(EtcdLeader::from_kv), revision))
     }
 
-    /// The granted TTL of the session lease of `leader`'s key while etcd still has it;
-    /// `None` once it is gone. etcd answers a lease it no longer has (revoked,
-    /// expired) with a TTL of -1.
-    async fn session_alive(&self, leader: &EtcdLeader) -> Result<Option<Duration>, LockError> {
-        let lease = if leader.lease != 0 {
-            leader.lease
-        } else {
-            // A key etcd reports without a lease: Go names it after the session anyway.
-            let hex = leader.key.rsplit('/').next().unwrap_or_default();
-            match i64::from_str_radix(hex, 16) {
-                Ok(id) => id,
-                Err(_) => return Ok(None),
+    /// The keys created before ours, oldest first, and the revision of the read;
+    /// `None` when our key is gone.
+    async fn candidates_before(
+        &self,
+        session: &Session,
+    ) -> Result<Option<(Vec<EtcdLeader>, i64)>, LockError> {
+        let options = GetOptions::new()
+            .with_prefix()
+            .with_sort(SortTarget::Create, SortOrder::Ascend)
+            .with_max_create_revision(session.create_revision);
+        let resp = self
+            .request("read", |c| async move {
+                c.kv_client()
+                    .get(self.shared.prefix.as_str(), Some(options))
+                    .await
+            })
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        let mut keys: Vec<EtcdLeader> = resp.kvs().iter().map(EtcdLeader::from_kv).collect();
+        match keys.pop() {
+            Some(ours) if ours.key == session.key => Ok(Some((keys, revision))),
+            _ => Ok(None),
+        }
+    }
+
+    /// A watch on the prefix from just after `revision`; `None` when it cannot be
+    /// opened (the keys are read again after a pause).
+    async fn watch_prefix(&self, revision: i64) -> Option<etcd_client::WatchStream> {
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(revision + 1);
+        match self
+            .shared
+            .client
+            .watch_client()
+            .watch(self.shared.prefix.as_str(), Some(options))
+            .await
+        {
+            Ok(w) => Some(w),
+            Err(e) => {
+                debug!(error = %self.err("watch", e), "watch failed; reading again");
+                None
             }
-        };
+        }
+    }
+
+    /// etcd's answer on `lease`: the time to live, whole seconds truncated toward zero
+    /// (-1 when etcd no longer has it), and the granted TTL.
+    async fn lease_ttl(&self, lease: i64) -> Result<(i64, i64), LockError> {
         let resp = self
             .request("ask the session of the last leader in", |c| async move {
                 c.lease_client().time_to_live(lease, None).await
             })
             .await;
         match resp {
-            Ok(r) if r.ttl() < 0 => Ok(None),
-            Ok(r) => {
-                let granted = Duration::from_secs(u64::try_from(r.granted_ttl()).unwrap_or(0));
-                Ok(Some(granted.min(MAX_HONOURED_LEASE)))
-            }
+            Ok(r) => Ok((r.ttl(), r.granted_ttl())),
             Err(LockError::Unavailable { source, .. })
                 if source.to_string().contains("lease not found") =>
             {
-                Ok(None)
+                Ok((-1, 0))
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The granted TTL of the session lease of `leader`'s key while etcd still has it;
+    /// `None` once it is gone.
+    async fn session_alive(&self, leader: &EtcdLeader) -> Result<Option<Duration>, LockError> {
+        let Some(lease) = lease_of(leader) else {
+            return Ok(None);
+        };
+        let (ttl, granted) = self.lease_ttl(lease).await?;
+        if ttl < 0 {
+            return Ok(None);
+        }
+        let granted = Duration::from_secs(u64::try_from(granted).unwrap_or(0));
+        Ok(Some(granted.min(MAX_HONOURED_LEASE)))
     }
 
     /// One keep-alive on the session; on success the session is alive from when it
@@ -663,6 +799,24 @@ impl EtcdElection {
             e,
         )
     }
+}
+
+/// The session lease of a candidate key: etcd's, or, for a key etcd reports without
+/// one, the lease Go names the key after.
+fn lease_of(key: &EtcdLeader) -> Option<i64> {
+    if key.lease != 0 {
+        return Some(key.lease);
+    }
+    let hex = key.key.rsplit('/').next().unwrap_or_default();
+    i64::from_str_radix(hex, 16).ok()
+}
+
+/// How often a standby keeps its session alive: Go's `concurrency.Session` cadence, a
+/// third of the TTL, and never more often than the retry period. Only a leader needs
+/// the retry period: its renew deadline is measured from its last keep-alive.
+fn standby_cadence(config: &Config) -> Duration {
+    let ttl = Duration::from_secs(u64::try_from(config.lease_seconds()).unwrap_or(1));
+    (ttl / 3).max(config.retry_period)
 }
 
 impl From<LockError> for KeepAliveError {

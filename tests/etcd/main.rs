@@ -32,6 +32,7 @@ mod connect;
 mod election;
 mod lock;
 mod processes;
+mod takeover;
 mod tampering;
 
 // ---- helpers -----------------------------------------------------------------
