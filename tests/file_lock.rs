@@ -282,7 +282,10 @@ async fn watch_wakes_on_file_events_long_before_a_poll() {
         }
     }
     std::fs::remove_file(&path).unwrap();
-    assert!(matches!(next_by_event(&mut watch).await, Ok(LockEvent::Deleted)));
+    assert!(matches!(
+        next_by_event(&mut watch).await,
+        Ok(LockEvent::Deleted)
+    ));
     // Files beside it are not the record: a write to one wakes nobody, and the next
     // event is still the next change of the record.
     std::fs::write(dir.path().join("other.json"), "{}").unwrap();
@@ -357,7 +360,10 @@ async fn watch_polls_once_its_directory_is_replaced() {
             Ok(LockEvent::Changed(v)) => assert_eq!(v.version, version),
             other => panic!("{other:?}"),
         }
-        version = writer.update(&rec(&format!("h{i}")), &version).await.unwrap();
+        version = writer
+            .update(&rec(&format!("h{i}")), &version)
+            .await
+            .unwrap();
     }
     let took = started.elapsed();
     assert!(
