@@ -1,5 +1,5 @@
-//! The file lock: the lock contract, its file format, damaged files, watch, and elections between real
-//! processes on one host.
+//! The file lock: the lock contract, its file format, damaged files, watch (on file
+//! events and by polling), and elections between real processes on one host.
 //!
 //! The process tests re-run this test binary as candidates: the ignored
 //! `child_candidate`, run with `--ignored` and `LEADERELECTION_FILE_LOCK_CHILD` set,
@@ -41,8 +41,14 @@ fn version(n: u64) -> Version {
     Version::from(n)
 }
 
-/// A filesystem the suite may delete and garble files in: one file per record name.
-struct Files(tempfile::TempDir);
+/// A watch that would poll only this rarely: within [`EVENT_WITHIN`], only a file event
+/// can deliver a change.
+const SLOW_POLL: Duration = Duration::from_secs(10);
+const EVENT_WITHIN: Duration = Duration::from_secs(2);
+
+/// A filesystem the suite may delete and garble files in: one file per record name;
+/// watches on file events, or polling only.
+struct Files(tempfile::TempDir, bool);
 
 impl Files {
     fn path(&self, name: &str) -> PathBuf {
@@ -53,8 +59,9 @@ impl Files {
 #[async_trait]
 impl Backend for Files {
     async fn lock(&self, name: &str) -> Box<dyn LeaseLock> {
-        // Watches poll: poll often, so that the suite does not wait on them.
-        Box::new(FileLock::new(self.path(name)).poll_interval(Duration::from_millis(10)))
+        // Polling watches poll often, so that the suite does not wait on them.
+        let lock = FileLock::new(self.path(name)).file_events(self.1);
+        Box::new(lock.poll_interval(Duration::from_millis(10)))
     }
 
     fn can_delete(&self) -> bool {
@@ -76,7 +83,12 @@ impl Backend for Files {
 
 #[tokio::test]
 async fn file_lock_keeps_the_contract() {
-    contract::run_all(&Files(tempfile::tempdir().unwrap())).await;
+    contract::run_all(&Files(tempfile::tempdir().unwrap(), true)).await;
+}
+
+#[tokio::test]
+async fn file_lock_keeps_the_contract_when_polling() {
+    contract::run_all(&Files(tempfile::tempdir().unwrap(), false)).await;
 }
 
 #[tokio::test]
@@ -228,6 +240,188 @@ async fn watch_reports_the_current_state_then_every_change() {
     }
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(next().await, Ok(LockEvent::Deleted)));
+}
+
+/// Waits for the next event of a watch that would not poll within [`EVENT_WITHIN`].
+async fn next_by_event(watch: &mut leaderelection::WatchStream) -> Result<LockEvent, LockError> {
+    tokio::time::timeout(EVENT_WITHIN, watch.next())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no watch event within {EVENT_WITHIN:?} of a change, with the next poll \
+                 {SLOW_POLL:?} away: file events did not wake the watch"
+            )
+        })
+        .expect("the watch stream does not end")
+}
+
+#[tokio::test]
+async fn watch_wakes_on_file_events_long_before_a_poll() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.json");
+    let writer = FileLock::new(&path);
+    let mut version = writer.create(&rec("a")).await.unwrap();
+    let mut watch = FileLock::new(&path)
+        .poll_interval(SLOW_POLL)
+        .watch()
+        .expect("the file lock can watch");
+    // The first event is read once the watcher is set up: it proves nothing yet.
+    match tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+        Ok(Some(Ok(LockEvent::Changed(v)))) => assert_eq!(v.version, version),
+        other => panic!("{other:?}"),
+    }
+
+    // Renewals, a new holder, a release: each written by rename, each seen at once.
+    for holder in ["a", "b", ""] {
+        version = writer.update(&rec(holder), &version).await.unwrap();
+        match next_by_event(&mut watch).await {
+            Ok(LockEvent::Changed(v)) => {
+                assert_eq!((v.version, v.record), (version.clone(), rec(holder)))
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(
+        next_by_event(&mut watch).await,
+        Ok(LockEvent::Deleted)
+    ));
+    // Files beside it are not the record: a write to one wakes nobody, and the next
+    // event is still the next change of the record.
+    std::fs::write(dir.path().join("other.json"), "{}").unwrap();
+    let v = writer.create(&rec("c")).await.unwrap();
+    match next_by_event(&mut watch).await {
+        Ok(LockEvent::Changed(got)) => assert_eq!(got.version, v),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_polls_when_file_events_are_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("e.json");
+    let writer = FileLock::new(&path);
+    // No watcher: the watch must find changes by polling its metadata.
+    let mut watch = FileLock::new(&path)
+        .file_events(false)
+        .poll_interval(Duration::from_millis(20))
+        .watch()
+        .expect("the file lock can watch");
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .expect("a polled watch event within 10s")
+            .expect("the watch stream does not end")
+    };
+    assert!(matches!(next().await, Ok(LockEvent::Deleted)));
+    let mut version = writer.create(&rec("a")).await.unwrap();
+    for holder in ["a", "b", ""] {
+        match next().await {
+            Ok(LockEvent::Changed(v)) => assert_eq!(v.version, version),
+            other => panic!("{other:?}"),
+        }
+        version = writer.update(&rec(holder), &version).await.unwrap();
+    }
+    match next().await {
+        Ok(LockEvent::Changed(v)) => assert_eq!((v.version, v.record), (version, rec(""))),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn watch_polls_once_its_directory_is_replaced() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("locks");
+    std::fs::create_dir(&dir).unwrap();
+    let path = dir.join("e.json");
+    let writer = FileLock::new(&path);
+    let mut watch = FileLock::new(&path)
+        .poll_interval(Duration::from_millis(20))
+        .watch()
+        .expect("the file lock can watch");
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(30), watch.next())
+            .await
+            .expect("a watch event within 30s")
+            .expect("the watch stream does not end")
+    };
+    assert!(matches!(next().await, Ok(LockEvent::Deleted)));
+
+    // The watched directory goes away and another takes its path: the watcher would
+    // report nothing more, so the watch polls.
+    std::fs::rename(&dir, parent.path().join("old")).unwrap();
+    std::fs::create_dir(&dir).unwrap();
+    let mut version = writer.create(&rec("a")).await.unwrap();
+    // Each change is seen before the next is written. Polling every 20 ms, all of them
+    // take well under the bound; left to the once-a-second forced read, at least 20 s.
+    let started = Instant::now();
+    for i in 0..20 {
+        match next().await {
+            Ok(LockEvent::Changed(v)) => assert_eq!(v.version, version),
+            other => panic!("{other:?}"),
+        }
+        version = writer
+            .update(&rec(&format!("h{i}")), &version)
+            .await
+            .unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "20 changes took {took:?} to be seen: the watch did not poll after losing its directory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_a_released_lease_on_the_file_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("election.json");
+    let (tx, mut leading) = tokio::sync::mpsc::unbounded_channel();
+    let start = |id: &str| {
+        // A minute's lease and a 10 s poll: only the file event can hand over in time.
+        let config = Config::new("file-events")
+            .identity(id)
+            .lease_duration(Duration::from_secs(60))
+            .renew_deadline(Duration::from_secs(40))
+            .retry_period(Duration::from_secs(1));
+        let lock = FileLock::new(&path).poll_interval(SLOW_POLL);
+        let elector = LeaderElector::new(lock, config).unwrap();
+        let shutdown = CancellationToken::new();
+        let (tx, id) = (tx.clone(), id.to_owned());
+        let run = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                elector
+                    .run(shutdown, move |leadership| {
+                        let _ = tx.send(id.clone());
+                        async move { leadership.lost().await }
+                    })
+                    .await
+            }
+        });
+        (shutdown, run)
+    };
+    let mut next_leader = async |within| {
+        tokio::time::timeout(within, leading.recv())
+            .await
+            .unwrap_or_else(|_| panic!("nobody started leading within {within:?}"))
+            .unwrap()
+    };
+
+    let (stop_a, run_a) = start("a");
+    assert_eq!(next_leader(Duration::from_secs(30)).await, "a");
+    let (stop_b, run_b) = start("b");
+    // Let b read the record and settle on its watch, so the release reaches it as an
+    // event rather than on its first read.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_a.cancel();
+    run_a.await.unwrap();
+    let released = Instant::now();
+    assert_eq!(next_leader(EVENT_WITHIN).await, "b");
+    let took = released.elapsed();
+    assert!(took < EVENT_WITHIN, "handover took {took:?}");
+    stop_b.cancel();
+    run_b.await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

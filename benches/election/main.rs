@@ -8,6 +8,7 @@
 //! cargo bench -p leaderelection-bench --bench election
 //! cargo bench -p leaderelection-bench --bench election -- --quick       # a fast smoke run
 //! cargo bench -p leaderelection-bench --bench election -- --only scale  # one section
+//! cargo bench -p leaderelection-bench --bench election -- --only failover --backends file
 //! ```
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it prints how to run it and
@@ -38,6 +39,8 @@ use crate::stats::{fmt_opt_secs, fmt_secs, ratio, Samples, Table};
 #[derive(Clone, Debug)]
 pub(crate) struct Plan {
     pub sections: Vec<String>,
+    /// Backends of the renew, failover and load sections: keys of [`BACKENDS`].
+    backends: Vec<String>,
     /// Elections per handover or failover scenario (one sample each).
     reps: usize,
     scale_ks: Vec<usize>,
@@ -48,11 +51,13 @@ pub(crate) struct Plan {
 }
 
 const SECTIONS: [&str; 5] = ["scale", "renew", "failover", "load", "sharded"];
+const BACKENDS: [&str; 4] = ["memory", "file", "kube", "etcd"];
 
 impl Plan {
     fn parse(args: &[String]) -> Result<Self, String> {
         let mut plan = Plan {
             sections: SECTIONS.iter().map(|s| s.to_string()).collect(),
+            backends: BACKENDS.iter().map(|s| s.to_string()).collect(),
             reps: 100,
             scale_ks: vec![1, 100, 10_000],
             scale_warmup: Duration::from_secs(5),
@@ -87,6 +92,22 @@ impl Plan {
                         ));
                     }
                 }
+                "--backends" => {
+                    let list = it
+                        .next()
+                        .ok_or("--backends needs a list, e.g. memory,file")?;
+                    plan.backends = list.split(',').map(str::to_string).collect();
+                    if let Some(bad) = plan
+                        .backends
+                        .iter()
+                        .find(|b| !BACKENDS.contains(&b.as_str()))
+                    {
+                        return Err(format!(
+                            "unknown backend {bad:?}; backends: {}",
+                            BACKENDS.join(",")
+                        ));
+                    }
+                }
                 "--reps" => {
                     plan.reps = it
                         .next()
@@ -112,6 +133,16 @@ impl Plan {
 
     fn wants(&self, section: &str) -> bool {
         self.sections.iter().any(|s| s == section)
+    }
+
+    /// Whether a backend, named as in the tables, is measured.
+    fn wants_backend(&self, backend: &str) -> bool {
+        let key = match backend {
+            "memory" | "file" => backend,
+            KUBE => "kube",
+            _ => "etcd",
+        };
+        self.backends.iter().any(|b| b == key)
     }
 }
 
@@ -294,7 +325,8 @@ pub(crate) struct KubeEnv {
 impl Env {
     async fn start(plan: &Plan) -> Self {
         let mut notes = Vec::new();
-        let kube = if plan.wants("renew") || plan.wants("failover") || plan.wants("load") {
+        let servers = plan.wants("renew") || plan.wants("failover") || plan.wants("load");
+        let kube = if servers && plan.wants_backend(KUBE) {
             match k8s::start_server().await {
                 Ok(server) => {
                     eprintln!("building the peer program (benches/peers)");
@@ -318,7 +350,7 @@ impl Env {
         } else {
             None
         };
-        let etcd = if plan.wants("renew") || plan.wants("failover") || plan.wants("load") {
+        let etcd = if servers && plan.wants_backend(ETCD_RECORD) {
             match etcd::EtcdEnv::start() {
                 Ok(e) => Some(e),
                 Err(e) => {
@@ -525,7 +557,9 @@ async fn run(plan: Plan) -> String {
             "Crash failover: leader's last renewal → standby leading, minus the lease ({})",
             timings.describe()
         ));
-        for (i, c) in env.contenders(timings).iter().enumerate() {
+        let contenders = env.contenders(timings);
+        let contenders = contenders.iter().filter(|c| plan.wants_backend(&c.backend));
+        for (i, c) in contenders.enumerate() {
             eprintln!("handover and crash failover: {} / {}", c.backend, c.library);
             // Both scenarios of one library at once, on elections of their own.
             let (ho, cf) = (format!("ho{i}"), format!("cf{i}"));
@@ -577,6 +611,9 @@ async fn renew_section(plan: &Plan, env: &Env) -> String {
         "notes",
     ]);
     for (backend, make) in env.make_locks() {
+        if !plan.wants_backend(&backend) {
+            continue;
+        }
         let prefix = format!("renew-{}", backend.len());
         let (ours, raw) = match ours::renew_latency(&make, &prefix, period, plan.renew_window).await
         {

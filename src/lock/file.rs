@@ -8,15 +8,21 @@
 //! never half of a write. The side file also keeps the highest counter ever written,
 //! so the counter (the fencing token) keeps growing even if `<path>` is deleted or
 //! damaged.
+//!
+//! A watch follows `<path>` through file events on its directory (`notify`: inotify on
+//! Linux) and falls back to polling the file's metadata when there are none.
 
+use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
+use tracing::{debug, warn};
 
 use super::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 use crate::error::LockError;
@@ -24,12 +30,18 @@ use crate::record::{InvalidRecord, LeaderElectionRecord};
 
 const BACKEND: &str = "file";
 
-/// How often a watch checks the file, unless [`FileLock::poll_interval`] says otherwise.
+/// How often a watch without file events checks the file, unless
+/// [`FileLock::poll_interval`] says otherwise.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// A watch reads the file at least this often even when its metadata looks unchanged,
-/// in case two writes between polls left the same size, time and inode behind.
+/// A watch reads the file at least this often (or every poll interval, if that is
+/// longer) whatever it heard: with events, in case one was lost; when polling, in case
+/// two writes between polls left the same size, time and inode behind.
 const FORCED_READ_EVERY: Duration = Duration::from_secs(1);
+
+/// Set once a watch said that file events are unavailable: a process with many watches
+/// (past the system's limit of inotify instances) warns once, not once per watch.
+static WARNED_NO_EVENTS: AtomicBool = AtomicBool::new(false);
 
 /// The record of one election in a file, for replicas on one host.
 ///
@@ -38,9 +50,24 @@ const FORCED_READ_EVERY: Duration = Duration::from_secs(1);
 /// every write and is the fencing token. The directory must exist; the lock creates
 /// `<path>`, `<path>.lock` and `<path>.tmp` in it.
 ///
-/// [`watch`](LeaseLock::watch) polls the file's metadata locally (every 50 ms by
-/// default, a `stat` call) and reads it when it changed, so standbys notice a
-/// released lease within one poll interval without any load beyond this host.
+/// [`watch`](LeaseLock::watch) wakes on file events, so standbys notice a released
+/// lease as soon as it is written. It watches the lock's *directory* through the
+/// [`notify`](https://docs.rs/notify) crate (inotify on Linux, FSEvents on macOS,
+/// kqueue on the BSDs, `ReadDirectoryChangesW` on Windows), since every write renames
+/// a new file over `<path>` and a watch on the file itself would be lost with the old
+/// one; events about other names are ignored. Each event about `<path>` makes the
+/// watch read the file, as a poll that saw a change does. Events can still be lost
+/// (an event queue that overflows, a filesystem that reports only some changes), so
+/// the watch also reads the file once a second, or once per
+/// [`poll_interval`](Self::poll_interval) if that is longer, whatever it heard.
+///
+/// When there are no events, because the watcher cannot be set up (no inotify, the
+/// system's limit of inotify instances reached), it fails later, or the directory is
+/// moved or removed under it, the watch falls back to polling the file's metadata
+/// (a `stat` call every [`poll_interval`](Self::poll_interval), 50 ms by default) and
+/// reads the file when it changed; [`file_events(false)`](Self::file_events) asks for
+/// polling from the start. Either way the load stays on this host. A watch holds its
+/// watcher (on Linux, an inotify instance and a thread) until the stream is dropped.
 ///
 /// The advisory lock only binds processes that use it: do not edit the file by hand
 /// while replicas run. A damaged file is reported as
@@ -82,6 +109,7 @@ const FORCED_READ_EVERY: Duration = Duration::from_secs(1);
 pub struct FileLock {
     paths: Arc<Paths>,
     poll_interval: Duration,
+    file_events: bool,
     // One blocking call at a time per handle: a call abandoned by a timeout keeps its
     // thread until the advisory lock is granted, and later calls queue here (async,
     // cancellable) instead of piling up more blocked threads.
@@ -117,16 +145,43 @@ impl FileLock {
                 path,
             }),
             poll_interval: DEFAULT_POLL_INTERVAL,
+            file_events: true,
             gate: Arc::default(),
         }
     }
 
-    /// How often a [`watch`](LeaseLock::watch) checks the file for changes. Default
-    /// [`DEFAULT_POLL_INTERVAL`] (50 ms); a longer one makes standbys notice a released
-    /// lease later. Zero is taken as one millisecond.
+    /// How often a [`watch`](LeaseLock::watch) without file events checks the file's
+    /// metadata: the fallback's interval, used only when events are unavailable or
+    /// turned off with [`file_events`](Self::file_events). Default
+    /// [`DEFAULT_POLL_INTERVAL`] (50 ms); a longer one makes such standbys notice a
+    /// released lease later. A watch with events still reads the file once per poll
+    /// interval or once a second, whichever is longer, because events can be lost (an
+    /// overflowing inotify queue). Zero is taken as one millisecond.
     #[must_use]
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Whether a [`watch`](LeaseLock::watch) wakes on file events (default `true`).
+    /// With `false` it polls every [`poll_interval`](Self::poll_interval) from the
+    /// start, as it does when events are unavailable: for a filesystem that reports
+    /// no events, or to spare the system's inotify instances (one per watch).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use leaderelection::FileLock;
+    ///
+    /// let lock = FileLock::new("/run/scheduler/leader.json")
+    ///     .file_events(false)
+    ///     .poll_interval(Duration::from_millis(20));
+    /// # let _ = lock;
+    /// ```
+    #[must_use]
+    pub fn file_events(mut self, enabled: bool) -> Self {
+        self.file_events = enabled;
         self
     }
 
@@ -427,15 +482,21 @@ impl LeaseLock for FileLock {
         .await
     }
 
-    /// Polls the file's metadata every [`poll_interval`](FileLock::poll_interval) and
-    /// reads it when it changed. The first event is the state when polling began.
-    /// After an I/O error the stream yields it and ends.
+    /// Reads the file on each file event about it, and at least once a second;
+    /// without events, polls its metadata every
+    /// [`poll_interval`](FileLock::poll_interval) and reads it when it changed (see
+    /// [`FileLock`]). The first event is the state when watching began, read after the
+    /// watcher was set up, so no later change goes unreported. After an I/O error the
+    /// stream yields it and ends; dropping the stream stops its watcher.
     fn watch(&self) -> Option<WatchStream> {
         let state = WatchState {
             paths: self.paths.clone(),
             interval: self.poll_interval,
             forced_every: (FORCED_READ_EVERY.as_millis() / self.poll_interval.as_millis().max(1))
                 .max(1) as u32,
+            forced_after: FORCED_READ_EVERY.max(self.poll_interval),
+            file_events: self.file_events,
+            events: None,
             polls_since_read: 0,
             first: true,
             meta: None,
@@ -453,7 +514,13 @@ impl LeaseLock for FileLock {
 struct WatchState {
     paths: Arc<Paths>,
     interval: Duration,
+    /// Polls between forced reads, without events.
     forced_every: u32,
+    /// The longest wait for an event before a read, with events.
+    forced_after: Duration,
+    file_events: bool,
+    /// `None` before the first read and whenever the watch polls.
+    events: Option<Events>,
     polls_since_read: u32,
     first: bool,
     meta: Option<MetaKey>,
@@ -495,29 +562,57 @@ async fn watch_step(mut s: WatchState) -> Option<(Result<LockEvent, LockError>, 
         return None;
     }
     loop {
-        if !std::mem::replace(&mut s.first, false) {
+        let first = std::mem::replace(&mut s.first, false);
+        let force = if first {
+            true
+        } else if let Some(events) = &mut s.events {
+            if let Err(reason) = events.wait(s.forced_after).await {
+                warn!(path = %s.paths.path.display(), %reason, "file events stopped; polling the lock file instead");
+                s.events = None;
+            }
+            // An event, the forced read, or the end of events (which may have taken
+            // the news of a change with it): read in every case.
+            true
+        } else {
             tokio::time::sleep(s.interval).await;
-        }
-        let force = s.last.is_none() || s.polls_since_read >= s.forced_every;
+            s.last.is_none() || s.polls_since_read >= s.forced_every
+        };
+        let start_events = first && s.file_events;
         let paths = s.paths.clone();
         let previous = s.meta.clone();
-        let polled = tokio::task::spawn_blocking(move || {
-            let meta = meta_key(&paths.path)?;
-            if !force && meta == previous {
-                return Ok((meta, None));
-            }
-            Ok((meta, Some(paths.observe()?)))
+        let (events, polled) = tokio::task::spawn_blocking(move || {
+            // Watch before the first read: a change after the read is then reported.
+            let events = start_events.then(|| Events::start(&paths));
+            let polled = (|| {
+                let meta = meta_key(&paths.path)?;
+                if !force && meta == previous {
+                    return Ok((meta, None));
+                }
+                Ok((meta, Some(paths.observe()?)))
+            })();
+            (events, polled)
         })
         .await
         .unwrap_or_else(|e| {
-            Err(LockError::unavailable(
-                BACKEND,
-                format!("file lock watcher failed: {e}"),
-            ))
+            let e = LockError::unavailable(BACKEND, format!("file lock watcher failed: {e}"));
+            (None, Err(e))
         });
+        match events {
+            Some(Ok(events)) => s.events = Some(events),
+            Some(Err(e)) => {
+                let path = s.paths.path.display();
+                if WARNED_NO_EVENTS.swap(true, Ordering::Relaxed) {
+                    debug!(%path, error = %e, "no file events; polling the lock file");
+                } else {
+                    warn!(%path, error = %e, "no file events; polling the lock file (said once per process)");
+                }
+            }
+            None => {}
+        }
         match polled {
             Err(e) => {
                 s.done = true;
+                s.events = None;
                 return Some((Err(e), s));
             }
             Ok((meta, None)) => {
@@ -534,6 +629,77 @@ async fn watch_step(mut s: WatchState) -> Option<(Result<LockEvent, LockError>, 
             }
         }
     }
+}
+
+/// File events about the lock's file: a watcher on its directory that signals a tokio
+/// channel from its own thread. Dropping it stops that thread and closes its
+/// descriptor.
+struct Events {
+    // Kept for its `Drop`, which stops the watcher.
+    _watcher: notify::RecommendedWatcher,
+    /// Marked changed on every event about the file; holds why, once events stopped.
+    signal: tokio::sync::watch::Receiver<Option<String>>,
+}
+
+impl Events {
+    /// Watches the lock's directory. Blocking: the watcher confirms its watch.
+    fn start(paths: &Paths) -> Result<Self, notify::Error> {
+        let name = paths
+            .path
+            .file_name()
+            .ok_or_else(|| notify::Error::generic("the lock's path has no file name"))?
+            .to_owned();
+        // Absolute, as the watcher names its events: to recognise the directory's own.
+        let dir = std::path::absolute(&paths.dir).map_err(notify::Error::io)?;
+        let (tx, signal) = tokio::sync::watch::channel(None);
+        let watched = dir.clone();
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                Ok(e) if lost(&e, &watched) => {
+                    let why = format!("{} was moved or removed", watched.display());
+                    tx.send_replace(Some(why));
+                }
+                // A rescan means events were dropped: one of them may have been ours.
+                Ok(e) if e.need_rescan() || about(&e, &name) => tx.send_modify(|_| {}),
+                Ok(_) => {}
+                Err(e) => {
+                    tx.send_replace(Some(e.to_string()));
+                }
+            })?;
+        notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)?;
+        Ok(Self {
+            _watcher: watcher,
+            signal,
+        })
+    }
+
+    /// Waits for an event about the file, or `timeout`; `Err` with the reason once
+    /// events stopped.
+    async fn wait(&mut self, timeout: Duration) -> Result<(), String> {
+        tokio::select! {
+            changed = self.signal.changed() => match changed {
+                Ok(()) => self.signal.borrow_and_update().clone().map_or(Ok(()), Err),
+                Err(_) => Err("the file watcher stopped".into()),
+            },
+            () = tokio::time::sleep(timeout) => Ok(()),
+        }
+    }
+}
+
+/// Whether `event` may have changed the lock's file. Reads (`Access`) are not changes:
+/// waking on them would have every standby's read wake all the others.
+fn about(event: &notify::Event, name: &OsStr) -> bool {
+    use notify::EventKind::*;
+    matches!(event.kind, Any | Create(_) | Modify(_) | Remove(_) | Other)
+        && event.paths.iter().any(|p| p.file_name() == Some(name))
+}
+
+/// Whether the watched directory itself went away: its watch then reports nothing more.
+fn lost(event: &notify::Event, dir: &Path) -> bool {
+    use notify::event::ModifyKind;
+    use notify::EventKind::*;
+    matches!(event.kind, Remove(_) | Modify(ModifyKind::Name(_)))
+        && event.paths.iter().any(|p| p == dir)
 }
 
 #[cfg(test)]
