@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine: installs what the tests start
-# (etcd and etcdctl, protoc for etcd-client's build, kubectl, libfaketime), builds
+# (etcd and etcdctl, protoc for etcd-client's build, kubectl, libfaketime, strace), builds
 # once, then runs every test of every package of the workspace with every feature.
 # Real etcd processes and the test kit's Kubernetes API test server are started by
 # the tests themselves on loopback ports.
@@ -14,6 +14,7 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v openssl >/dev/null || need+=(openssl)
 command -v faketime >/dev/null || need+=(faketime)
+command -v strace >/dev/null || need+=(strace)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=""

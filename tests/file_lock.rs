@@ -462,6 +462,66 @@ async fn concurrent_writers_through_separate_handles_never_lose_an_update() {
     assert_eq!(last.version, version(1 + won.len() as u64));
 }
 
+// ---- durability ---------------------------------------------------------------------
+
+const SYNC_CHILD_VAR: &str = "LEADERELECTION_FILE_LOCK_SYNC_CHILD";
+
+/// Takes the lock, releases it and takes it again, for the test below to count the
+/// syncs under strace.
+#[test]
+#[ignore = "the writer process of writes_that_take_the_lock_are_synced_and_a_release_is_not"]
+fn child_sync_writer() {
+    let path = std::env::var(SYNC_CHILD_VAR).expect("the lock file (the parent test sets it)");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let lock = FileLock::new(&path).file_events(false);
+        let held = lock.create(&rec("a")).await.unwrap();
+        let released = lock.update(&rec(""), &held).await.unwrap();
+        lock.update(&rec("b"), &released).await.unwrap();
+    });
+}
+
+/// A write that takes or keeps the lock must survive a power loss (its fencing token
+/// must never reappear lower); a release need not (losing it leaves the holder's record,
+/// which candidates wait out). Counted as fsync calls of a real writer process.
+#[test]
+fn writes_that_take_the_lock_are_synced_and_a_release_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lock.json");
+    let trace = dir.path().join("trace");
+    let status = Command::new("strace")
+        .args([
+            "-f",
+            "-qq",
+            "-e",
+            "trace=fsync,fdatasync,sync_file_range,syncfs",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", "child_sync_writer"])
+        .stdout(Stdio::null())
+        .env(SYNC_CHILD_VAR, &path)
+        .status()
+        .expect(
+            "strace must be on PATH for this test (Debian's strace; scripts/test.sh installs it)",
+        );
+    assert!(status.success(), "the writer process failed: {status}");
+    let trace = std::fs::read_to_string(&trace).unwrap();
+    let syncs = trace
+        .lines()
+        .filter(|l| !l.contains("resumed") && !l.contains("+++"))
+        .count();
+    // Two acquiring writes, each syncing its file and its directory; none for the release.
+    assert_eq!(
+        syncs, 4,
+        "expected 4 syncs (2 per acquiring write, 0 for the release):\n{trace}"
+    );
+}
+
 // ---- elections between processes ---------------------------------------------------
 
 /// A candidate process, re-executed by the tests below.

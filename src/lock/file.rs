@@ -367,18 +367,25 @@ impl Paths {
     }
 
     /// Writes `counter` and `record`: side file first (so its mark is never behind the
-    /// data), then a synced temporary file renamed over the data file.
+    /// data), then a temporary file renamed over the data file, synced with its
+    /// directory unless the record gives the lock up.
+    ///
+    /// A release need not survive a power loss: losing it leaves the previous holder's
+    /// record, which every candidate waits out as if that holder had crashed, and the
+    /// fencing token it carries is not new. Leaving its two syncs out halves a graceful
+    /// handover, whose other write, the new leader's, stays durable.
     fn write(
         &self,
         guard: &mut Guard,
         counter: u64,
         record: &LeaderElectionRecord,
     ) -> Result<Version, LockError> {
+        let durable = !record.is_released();
         guard.set_high_water(counter)?;
         let result = (|| {
             let mut tmp = File::create(&self.tmp).map_err(io_error("create", &self.tmp))?;
             tmp.write_all(render(counter, record).as_bytes())
-                .and_then(|_| tmp.sync_all())
+                .and_then(|_| if durable { tmp.sync_all() } else { Ok(()) })
                 .map_err(io_error("write", &self.tmp))?;
             drop(tmp);
             fs::rename(&self.tmp, &self.path).map_err(io_error("replace", &self.path))
@@ -387,7 +394,9 @@ impl Paths {
             let _ = fs::remove_file(&self.tmp);
         }
         result?;
-        sync_dir(&self.dir)?;
+        if durable {
+            sync_dir(&self.dir)?;
+        }
         Ok(counter.into())
     }
 }
