@@ -628,12 +628,11 @@ impl EtcdElection {
 
     // ---- requests ------------------------------------------------------------
 
-    /// The first candidate key by create revision, and the revision of the read.
-    async fn first_candidate(&self) -> Result<(Option<EtcdLeader>, i64), LockError> {
-        let options = GetOptions::new()
+    /// The candidate keys `options` select, oldest first, and the revision of the read.
+    async fn candidates(&self, options: GetOptions) -> Result<(Vec<EtcdLeader>, i64), LockError> {
+        let options = options
             .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_limit(1);
+            .with_sort(SortTarget::Create, SortOrder::Ascend);
         let resp = self
             .request("read", |c| async move {
                 c.kv_client()
@@ -642,7 +641,16 @@ impl EtcdElection {
             })
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
-        Ok((resp.kvs().first().map(EtcdLeader::from_kv), revision))
+        Ok((
+            resp.kvs().iter().map(EtcdLeader::from_kv).collect(),
+            revision,
+        ))
+    }
+
+    /// The first candidate key by create revision, and the revision of the read.
+    async fn first_candidate(&self) -> Result<(Option<EtcdLeader>, i64), LockError> {
+        let (keys, revision) = self.candidates(GetOptions::new().with_limit(1)).await?;
+        Ok((keys.into_iter().next(), revision))
     }
 
     /// The keys created before ours, oldest first, and the revision of the read;
@@ -651,19 +659,8 @@ impl EtcdElection {
         &self,
         session: &Session,
     ) -> Result<Option<(Vec<EtcdLeader>, i64)>, LockError> {
-        let options = GetOptions::new()
-            .with_prefix()
-            .with_sort(SortTarget::Create, SortOrder::Ascend)
-            .with_max_create_revision(session.create_revision);
-        let resp = self
-            .request("read", |c| async move {
-                c.kv_client()
-                    .get(self.shared.prefix.as_str(), Some(options))
-                    .await
-            })
-            .await?;
-        let revision = resp.header().map_or(0, |h| h.revision());
-        let mut keys: Vec<EtcdLeader> = resp.kvs().iter().map(EtcdLeader::from_kv).collect();
+        let options = GetOptions::new().with_max_create_revision(session.create_revision);
+        let (mut keys, revision) = self.candidates(options).await?;
         match keys.pop() {
             Some(ours) if ours.key == session.key => Ok(Some((keys, revision))),
             _ => Ok(None),
