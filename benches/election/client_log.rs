@@ -9,9 +9,11 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
-use crate::scenario::LastRenewal;
+use crate::scenario::{LastRenewal, Library};
 
 /// One request and its answer (response headers), as the client saw them.
 #[derive(Clone, Debug)]
@@ -79,6 +81,53 @@ pub fn renewals(sent: &[Sent], then: &[http::Method]) -> Vec<f64> {
         out.push(end.saturating_duration_since(s.start).as_secs_f64());
     }
     out
+}
+
+/// Renewals of a peer that renews on its own timer: starts `leaders` leaders of
+/// elections of their own, lets them settle for `settle`, then returns the renewals
+/// their clients (each logged into `logs` by `lib`) timed over `window`, as
+/// [`renewals`] reads them.
+pub async fn renewals_of_leaders(
+    lib: &dyn Library,
+    logs: &Mutex<Vec<ClientLog>>,
+    prefix: &str,
+    leaders: usize,
+    settle: Duration,
+    window: Duration,
+    then: &[http::Method],
+) -> Result<Vec<f64>, String> {
+    let mut replicas = Vec::new();
+    for i in 0..leaders {
+        let mut r = lib.start(format!("{prefix}-{i}"), "renewer".into()).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r.leading.borrow_and_update().is_none() {
+            if tokio::time::timeout_at(deadline, r.leading.changed())
+                .await
+                .is_err()
+            {
+                return Err(format!("leader {i} did not lead within 30 s"));
+            }
+        }
+        replicas.push(r);
+    }
+    // Past the acquisitions' own writes.
+    tokio::time::sleep(settle).await;
+    let since = Instant::now();
+    tokio::time::sleep(window).await;
+    let logs: Vec<ClientLog> = logs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut samples = Vec::new();
+    for log in &logs {
+        let sent: Vec<_> = log
+            .since(since)
+            .into_iter()
+            .filter(|s| s.end <= since + window)
+            .collect();
+        samples.extend(renewals(&sent, then));
+    }
+    for r in replicas {
+        (r.crash)();
+    }
+    Ok(samples)
 }
 
 #[derive(Clone)]

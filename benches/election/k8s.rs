@@ -229,37 +229,13 @@ pub async fn klm_renewals(
     let t = Timings::SHORT;
     let lib = KubeLeaseManager::new(server.config(), t);
     let leaders = (t.retry.as_millis() / period.as_millis()).max(1) as usize;
-    let mut replicas = Vec::new();
-    for i in 0..leaders {
-        let mut r = lib.start(format!("{prefix}-{i}"), "renewer".into()).await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while r.leading.borrow_and_update().is_none() {
-            if tokio::time::timeout_at(deadline, r.leading.changed())
-                .await
-                .is_err()
-            {
-                return Err(format!("leader {i} did not lead within 30 s"));
-            }
-        }
-        replicas.push(r);
-    }
-    // Past the acquisitions' own writes.
-    tokio::time::sleep(t.retry).await;
-    let since = Instant::now();
-    tokio::time::sleep(window).await;
+    let then = [http::Method::GET];
+    let found =
+        client_log::renewals_of_leaders(&lib, &lib.logs, prefix, leaders, t.retry, window, &then)
+            .await?;
     let mut samples = Samples::new();
-    for log in lib.logs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
-        let sent: Vec<_> = log
-            .since(since)
-            .into_iter()
-            .filter(|s| s.end <= since + window)
-            .collect();
-        for s in client_log::renewals(&sent, &[http::Method::GET]) {
-            samples.push_secs(s);
-        }
-    }
-    for r in replicas {
-        (r.crash)();
+    for s in found {
+        samples.push_secs(s);
     }
     Ok((samples, leaders))
 }

@@ -12,7 +12,7 @@ use kube_coordinate::{Config, LeaderElector, LeaderState};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::client_log::ClientLog;
+use crate::client_log::{self, ClientLog};
 use crate::scenario::{Library, Replica, Timings};
 use crate::NAMESPACE;
 
@@ -124,5 +124,6 @@ pub async fn renewals(
         timings: Timings::SHORT,
         logs: Arc::default(),
     };
-    crate::renew_many(&lib, &lib.logs, prefix, window, leaders, &[]).await
+    let settle = lib.timings.retry;
+    client_log::renewals_of_leaders(&lib, &lib.logs, prefix, leaders, settle, window, &[]).await
 }

@@ -26,13 +26,12 @@ mod scenario;
 #[path = "../../election/stats.rs"]
 mod stats;
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use crate::client_log::ClientLog;
 use crate::scenario::{Departure, Library, Timings};
 
 const NAMESPACE: &str = "default";
@@ -151,49 +150,4 @@ async fn run(args: &[String]) -> Result<(), String> {
         }
         _ => Err(format!("bad arguments for {mode}")),
     }
-}
-
-/// Starts `leaders` leaders of elections of their own, lets them settle, then returns
-/// the renewals their clients timed over `window`: each PATCH through the answer of
-/// the `then` requests that follow it.
-async fn renew_many(
-    lib: &dyn Library,
-    logs: &Mutex<Vec<ClientLog>>,
-    prefix: &str,
-    window: Duration,
-    leaders: usize,
-    then: &[http::Method],
-) -> Result<Vec<f64>, String> {
-    let mut replicas = Vec::new();
-    for i in 0..leaders {
-        let mut r = lib.start(format!("{prefix}-{i}"), "renewer".into()).await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while r.leading.borrow_and_update().is_none() {
-            if tokio::time::timeout_at(deadline, r.leading.changed())
-                .await
-                .is_err()
-            {
-                return Err(format!("leader {i} did not lead within 30 s"));
-            }
-        }
-        replicas.push(r);
-    }
-    // Past the acquisitions' own writes.
-    tokio::time::sleep(Timings::SHORT.retry).await;
-    let since = Instant::now();
-    tokio::time::sleep(window).await;
-    let logs: Vec<ClientLog> = logs.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let mut samples = Vec::new();
-    for log in &logs {
-        let sent: Vec<_> = log
-            .since(since)
-            .into_iter()
-            .filter(|s| s.end <= since + window)
-            .collect();
-        samples.extend(client_log::renewals(&sent, then));
-    }
-    for r in replicas {
-        (r.crash)();
-    }
-    Ok(samples)
 }
