@@ -8,11 +8,13 @@
 //! cargo bench -p leaderelection-bench --bench election
 //! cargo bench -p leaderelection-bench --bench election -- --quick       # a fast smoke run
 //! cargo bench -p leaderelection-bench --bench election -- --only scale  # one section
+//! cargo bench -p leaderelection-bench --bench election -- --only contention --seed 7
 //! ```
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it prints how to run it and
 //! exits, so the test suite never runs the benchmark.
 
+mod contention;
 mod etcd;
 mod k8s;
 mod load;
@@ -45,9 +47,19 @@ pub(crate) struct Plan {
     scale_window: Duration,
     renew_window: Duration,
     pub load_window: Duration,
+    /// The contention section's run, and the seed of its random disturbances.
+    pub contention_window: Duration,
+    pub seed: u64,
 }
 
-const SECTIONS: [&str; 5] = ["scale", "renew", "failover", "load", "sharded"];
+const SECTIONS: [&str; 6] = [
+    "scale",
+    "renew",
+    "failover",
+    "load",
+    "sharded",
+    "contention",
+];
 
 impl Plan {
     fn parse(args: &[String]) -> Result<Self, String> {
@@ -59,6 +71,8 @@ impl Plan {
             scale_window: Duration::from_secs(20),
             renew_window: Duration::from_secs(3),
             load_window: Duration::from_secs(60),
+            contention_window: Duration::from_secs(100),
+            seed: 2026,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -70,6 +84,7 @@ impl Plan {
                     plan.scale_window = Duration::from_secs(6);
                     plan.renew_window = Duration::from_secs(2);
                     plan.load_window = Duration::from_secs(20);
+                    plan.contention_window = Duration::from_secs(60);
                 }
                 "--only" => {
                     let list = it
@@ -92,6 +107,12 @@ impl Plan {
                         .next()
                         .and_then(|v| v.parse().ok())
                         .ok_or("--reps needs a number")?;
+                }
+                "--seed" => {
+                    plan.seed = it
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--seed needs a number")?;
                 }
                 "--scale-secs" => {
                     let secs: f64 = it
@@ -121,6 +142,13 @@ fn main() {
         if let Err(e) = scale::child(&args[1..]) {
             eprintln!("scale child: {e}");
             std::process::exit(1);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some(contention::CHILD_FLAG) {
+        if let Err(e) = contention::child(&args[1..]) {
+            eprintln!("contention replica: {e}");
+            std::process::exit(2);
         }
         return;
     }
@@ -294,7 +322,10 @@ pub(crate) struct KubeEnv {
 impl Env {
     async fn start(plan: &Plan) -> Self {
         let mut notes = Vec::new();
-        let kube = if plan.wants("renew") || plan.wants("failover") || plan.wants("load") {
+        let kube = if ["renew", "failover", "load", "contention"]
+            .iter()
+            .any(|s| plan.wants(s))
+        {
             match k8s::start_server().await {
                 Ok(server) => {
                     eprintln!("building the peer program (benches/peers)");
@@ -543,6 +574,11 @@ async fn run(plan: Plan) -> String {
         out.push('\n');
         out.push_str(&crash.render());
         out.push('\n');
+    }
+
+    if plan.wants("contention") {
+        eprintln!("safety under contention, every library at once");
+        out.push_str(&contention::section(&plan, &env).await);
     }
 
     out.push_str(&load);

@@ -6,12 +6,15 @@
 //! leaderelection-bench-peers kube-leader-election URL TOKEN handover|failover N PREFIX
 //! leaderelection-bench-peers kube-leader-election URL TOKEN renew SECONDS PREFIX
 //! leaderelection-bench-peers kube-leader-election URL TOKEN steady PREFIX TOKEN...
+//! leaderelection-bench-peers contend kube-leader-election URL TOKEN ELECTION IDENTITY
 //! ```
 //!
+//! `contend` runs one replica of the contention section (see `contend.rs`).
 //! `renew` times the renewals of a lone leader renewing every 50 ms. `steady` starts
 //! one candidate per token at the default timings (the first leads), prints `ready`
 //! when the first leads, and releases when its standard input closes.
 
+mod contend;
 #[allow(dead_code)]
 #[path = "../../election/scenario.rs"]
 mod scenario;
@@ -134,6 +137,13 @@ fn timings(short: bool) -> Timings {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("contend") {
+        if let Err(e) = contend::run(&args[1..]).await {
+            eprintln!("contend: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     if let Err(e) = run(&args).await {
         println!("{}", serde_json::json!({ "error": e }));
         std::process::exit(1);
