@@ -774,3 +774,616 @@ async fn streaming_lists_send_the_state_then_a_marked_bookmark() {
         other => panic!("expected the initial-events-end BOOKMARK, got {other:?}"),
     }
 }
+
+/// Server-side apply and strategic merge patch, as kube-apiserver does them.
+mod apply {
+    use super::*;
+    use serde_json::{json, Value};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const NS: &str = "default";
+
+    fn lease_config(holder: &str, duration: Option<i64>) -> Value {
+        let mut spec = json!({ "holderIdentity": holder });
+        if let Some(d) = duration {
+            spec["leaseDurationSeconds"] = json!(d);
+        }
+        json!({
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": { "name": "sched" },
+            "spec": spec,
+        })
+    }
+
+    /// (manager, operation, fieldsV1) of each managedFields entry.
+    fn managed<K: serde::Serialize>(object: &K) -> Vec<(String, String, Value)> {
+        let object = serde_json::to_value(object).unwrap();
+        object["metadata"]["managedFields"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .iter()
+            .map(|e| {
+                (
+                    e["manager"].as_str().unwrap_or("").to_string(),
+                    e["operation"].as_str().unwrap_or("").to_string(),
+                    e["fieldsV1"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    /// One plain HTTP/1.1 request to a server without TLS or tokens: the status code
+    /// and the JSON body, for what the kube client does not show (201, query errors).
+    async fn raw(
+        server: &ApiServer,
+        method: &str,
+        path: &str,
+        ctype: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let addr = server.url().trim_start_matches("http://").to_string();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let code = response[9..12].parse().unwrap();
+        let (_, body) = response.split_once("\r\n\r\n").unwrap();
+        (code, serde_json::from_str(body).unwrap_or(Value::Null))
+    }
+
+    #[tokio::test]
+    async fn apply_creates_owns_conflicts_forces_and_prunes() {
+        let server = ApiServer::start().await.unwrap();
+        let leases: Api<Lease> = Api::namespaced(server.client(), NS);
+
+        let created = leases
+            .patch(
+                "sched",
+                &PatchParams::apply("one"),
+                &Patch::Apply(lease_config("a", Some(15))),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            created.spec.as_ref().unwrap().holder_identity.as_deref(),
+            Some("a")
+        );
+        let entry =
+            serde_json::to_value(&created.metadata.managed_fields.as_ref().unwrap()[0]).unwrap();
+        assert_eq!(entry["manager"], "one");
+        assert_eq!(entry["operation"], "Apply");
+        assert_eq!(entry["apiVersion"], "coordination.k8s.io/v1");
+        assert_eq!(entry["fieldsType"], "FieldsV1");
+        assert_eq!(
+            entry["fieldsV1"],
+            json!({"f:spec": {"f:holderIdentity": {}, "f:leaseDurationSeconds": {}}})
+        );
+        assert!(entry["time"].as_str().unwrap().ends_with('Z'));
+
+        // Another manager applying another holder: a conflict, worded as kube-apiserver.
+        let conflict = status(
+            leases
+                .patch(
+                    "sched",
+                    &PatchParams::apply("two"),
+                    &Patch::Apply(lease_config("b", None)),
+                )
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((conflict.code, conflict.reason.as_str()), (409, "Conflict"));
+        assert_eq!(
+            conflict.message,
+            "Apply failed with 1 conflict: conflict with \"one\": .spec.holderIdentity"
+        );
+        let cause = &conflict.details.as_ref().unwrap().causes[0];
+        assert_eq!(
+            (
+                cause.reason.as_str(),
+                cause.message.as_str(),
+                cause.field.as_str()
+            ),
+            (
+                "FieldManagerConflict",
+                "conflict with \"one\"",
+                ".spec.holderIdentity"
+            )
+        );
+        assert_eq!(leases.get("sched").await.unwrap(), created);
+
+        // The same value is shared ownership, not a conflict.
+        let shared = leases
+            .patch(
+                "sched",
+                &PatchParams::apply("two"),
+                &Patch::Apply(lease_config("a", None)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(shared.spec, created.spec);
+        assert_eq!(managed(&shared).len(), 2);
+
+        // Force moves the field: "one" keeps only the duration.
+        let forced = leases
+            .patch(
+                "sched",
+                &PatchParams::apply("three").force(),
+                &Patch::Apply(lease_config("c", None)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            forced.spec.as_ref().unwrap().holder_identity.as_deref(),
+            Some("c")
+        );
+        assert_eq!(
+            managed(&forced),
+            vec![
+                (
+                    "one".into(),
+                    "Apply".into(),
+                    json!({"f:spec": {"f:leaseDurationSeconds": {}}})
+                ),
+                (
+                    "three".into(),
+                    "Apply".into(),
+                    json!({"f:spec": {"f:holderIdentity": {}}})
+                ),
+            ]
+        );
+
+        // "one" stops applying the duration, which nobody else owns: it is removed.
+        let pruned = leases
+            .patch(
+                "sched",
+                &PatchParams::apply("one"),
+                &Patch::Apply(json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": "sched"}})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(pruned.spec.as_ref().unwrap().lease_duration_seconds, None);
+        assert_eq!(
+            pruned.spec.as_ref().unwrap().holder_identity.as_deref(),
+            Some("c")
+        );
+
+        // An update by another manager owns what it changed, named with its version.
+        let mut renew = PatchParams::default();
+        renew.field_manager = Some("renewer".into());
+        leases
+            .patch(
+                "sched",
+                &renew,
+                &Patch::Merge(json!({"spec": {"holderIdentity": "d"}})),
+            )
+            .await
+            .unwrap();
+        let conflict = status(
+            leases
+                .patch(
+                    "sched",
+                    &PatchParams::apply("three"),
+                    &Patch::Apply(lease_config("c", None)),
+                )
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!(
+            conflict.message,
+            "Apply failed with 1 conflict: conflict with \"renewer\" using coordination.k8s.io/v1: .spec.holderIdentity"
+        );
+
+        // resourceVersion in a configuration is a precondition.
+        let mut stale = lease_config("d", None);
+        stale["metadata"]["resourceVersion"] = json!(created.metadata.resource_version);
+        let stale = status(
+            leases
+                .patch(
+                    "sched",
+                    &PatchParams::apply("renewer"),
+                    &Patch::Apply(stale),
+                )
+                .await
+                .unwrap_err(),
+        );
+        assert_eq!((stale.code, stale.reason.as_str()), (409, "Conflict"));
+        assert!(
+            stale.message.contains("the object has been modified"),
+            "{}",
+            stale.message
+        );
+
+        // dryRun answers with the result and stores nothing.
+        let before = leases.get("sched").await.unwrap();
+        let dry = leases
+            .patch(
+                "sched",
+                &PatchParams::apply("three").force().dry_run(),
+                &Patch::Apply(lease_config("e", None)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            dry.spec.as_ref().unwrap().holder_identity.as_deref(),
+            Some("e")
+        );
+        assert_eq!(leases.get("sched").await.unwrap(), before);
+    }
+
+    #[tokio::test]
+    async fn apply_answers_201_on_create_and_refuses_bad_requests() {
+        let server = ApiServer::start().await.unwrap();
+        let path = "/api/v1/namespaces/default/configmaps/cfg";
+        let yaml = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\ndata:\n  a: \"1\"\n";
+        let (code, body) = raw(&server, "PATCH", path, "application/apply-patch+yaml", yaml).await;
+        assert_eq!(code, 422, "{body}");
+        assert_eq!(
+            body["message"],
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+        );
+        let apply_path = format!("{path}?fieldManager=ops");
+        let (code, body) = raw(
+            &server,
+            "PATCH",
+            &apply_path,
+            "application/apply-patch+yaml",
+            yaml,
+        )
+        .await;
+        assert_eq!(code, 201, "{body}");
+        assert_eq!(body["data"], json!({"a": "1"}));
+        assert_eq!(
+            body["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:data": {"f:a": {}}})
+        );
+        let (code, _) = raw(
+            &server,
+            "PATCH",
+            &apply_path,
+            "application/apply-patch+yaml",
+            yaml,
+        )
+        .await;
+        assert_eq!(code, 200);
+
+        let (code, body) = raw(
+            &server,
+            "PATCH",
+            &format!("{path}?force=true"),
+            "application/merge-patch+json",
+            "{}",
+        )
+        .await;
+        assert_eq!((code, body["message"].as_str()), (422, Some("PatchOptions.meta.k8s.io \"\" is invalid: force: Forbidden: may not be specified for non-apply patch")));
+        let wrong = "apiVersion: v2\nkind: ConfigMap\nmetadata:\n  name: cfg\n";
+        let (code, body) = raw(
+            &server,
+            "PATCH",
+            &apply_path,
+            "application/apply-patch+yaml",
+            wrong,
+        )
+        .await;
+        assert_eq!(code, 400);
+        assert_eq!(
+            body["message"],
+            "Incorrect version specified in apply patch. Specified patch version: v2, expected: v1"
+        );
+        let junk = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  managedFields: []\n";
+        let (code, body) = raw(
+            &server,
+            "PATCH",
+            &apply_path,
+            "application/apply-patch+yaml",
+            junk,
+        )
+        .await;
+        assert_eq!(
+            (code, body["message"].as_str()),
+            (400, Some("metadata.managedFields must be nil"))
+        );
+        let (code, _) = raw(
+            &server,
+            "PATCH",
+            &apply_path,
+            "application/apply-patch+yaml",
+            "a: [",
+        )
+        .await;
+        assert_eq!(code, 400);
+    }
+
+    #[tokio::test]
+    async fn every_kind_takes_apply_and_events_own_fields_across_versions() {
+        let server = ApiServer::start().await.unwrap();
+        let client = server.client();
+        let eps: Api<Endpoints> = Api::namespaced(client.clone(), NS);
+        let ep = eps
+            .patch(
+                "sched",
+                &PatchParams::apply("e"),
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "sched", "annotations": {"x": "1"}}})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            managed(&ep)[0].2,
+            json!({"f:metadata": {"f:annotations": {"f:x": {}}}})
+        );
+
+        let v1: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(client.clone(), NS);
+        v1.patch(
+            "ev",
+            &PatchParams::apply("recorder"),
+            &Patch::Apply(json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "ev"},
+                                 "eventTime": "2025-01-01T00:00:00.000000Z", "note": "became leader",
+                                 "reportingController": "c", "reportingInstance": "i", "action": "a", "reason": "r", "type": "Normal"})),
+        )
+        .await
+        .unwrap();
+        // The core version calls `note` `message`: the owner is the same, and the field
+        // is named in the owner's version, as structured-merge-diff compares there.
+        let core: Api<Event> = Api::namespaced(client, NS);
+        let conflict = status(
+            core.patch(
+                "ev",
+                &PatchParams::apply("other"),
+                &Patch::Apply(json!({"apiVersion": "v1", "kind": "Event", "metadata": {"name": "ev"}, "message": "lost"})),
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(
+            conflict.message,
+            "Apply failed with 1 conflict: conflict with \"recorder\": .note"
+        );
+    }
+
+    #[tokio::test]
+    async fn managed_fields_survive_junk_and_reset_on_an_empty_list() {
+        let server = ApiServer::start().await.unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(server.client(), NS);
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some("c".into());
+        cm.data = Some([("k".to_string(), "v".to_string())].into());
+        let mut pp = PostParams::default();
+        pp.field_manager = Some("creator".into());
+        let created = cms.create(&pp, &cm).await.unwrap();
+        assert_eq!(
+            managed(&created),
+            vec![(
+                "creator".into(),
+                "Update".into(),
+                json!({"f:data": {".": {}, "f:k": {}}})
+            )]
+        );
+        let mut body = serde_json::to_value(&created).unwrap();
+        body["metadata"]["managedFields"] =
+            json!([{"manager": "liar", "operation": "Apply", "fieldsType": "FieldsV9"}]);
+        body["data"]["l"] = json!("w");
+        let replaced: ConfigMap = serde_json::from_value(body.clone()).unwrap();
+        let replaced = cms.replace("c", &pp, &replaced).await.unwrap();
+        assert_eq!(
+            managed(&replaced),
+            vec![(
+                "creator".into(),
+                "Update".into(),
+                json!({"f:data": {".": {}, "f:k": {}, "f:l": {}}})
+            )]
+        );
+        let mut reset = serde_json::to_value(&replaced).unwrap();
+        reset["metadata"]["managedFields"] = json!([]);
+        let reset: ConfigMap = serde_json::from_value(reset).unwrap();
+        let reset = cms.replace("c", &pp, &reset).await.unwrap();
+        assert!(reset.metadata.managed_fields.is_none(), "{reset:?}");
+    }
+
+    #[tokio::test]
+    async fn strategic_merge_patch_merges_keyed_lists_and_takes_directives() {
+        let server = ApiServer::start().await.unwrap();
+        let cms: Api<ConfigMap> = Api::namespaced(server.client(), NS);
+        let mut cm: ConfigMap = serde_json::from_value(json!({
+            "metadata": {"name": "c", "finalizers": ["a/x", "a/y"], "labels": {"keep": "1", "drop": "2"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p1", "uid": "u1"},
+                                             {"apiVersion": "v1", "kind": "Pod", "name": "p2", "uid": "u2"}]},
+            "data": {"a": "1", "b": "2"}
+        }))
+        .unwrap();
+        cm = cms.create(&PostParams::default(), &cm).await.unwrap();
+        let patched = cms
+            .patch("c", &PatchParams::default(), &Patch::Strategic(json!({
+                "metadata": {
+                    "finalizers": ["a/z"],
+                    "$deleteFromPrimitiveList/finalizers": ["a/x"],
+                    "$setElementOrder/finalizers": ["a/z", "a/y"],
+                    "labels": {"drop": null},
+                    "ownerReferences": [{"uid": "u1", "$patch": "delete"},
+                                        {"apiVersion": "v1", "kind": "Pod", "name": "p3", "uid": "u3"}]
+                },
+                "data": {"$patch": "replace", "c": "3"}
+            })))
+            .await
+            .unwrap();
+        assert_eq!(
+            patched.metadata.finalizers,
+            Some(vec!["a/z".into(), "a/y".into()])
+        );
+        assert_eq!(
+            patched.metadata.labels,
+            Some([("keep".to_string(), "1".to_string())].into())
+        );
+        let owners: Vec<&str> = patched
+            .metadata
+            .owner_references
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|o| o.uid.as_str())
+            .collect();
+        assert_eq!(owners, ["u2", "u3"]);
+        assert_eq!(
+            patched.data,
+            Some([("c".to_string(), "3".to_string())].into())
+        );
+        assert!(
+            rv(&Lease {
+                metadata: patched.metadata.clone(),
+                ..Lease::default()
+            }) > rv(&Lease {
+                metadata: cm.metadata.clone(),
+                ..Lease::default()
+            })
+        );
+
+        let bad = status(
+            cms.patch(
+                "c",
+                &PatchParams::default(),
+                &Patch::Strategic(json!({"metadata": {"$retainKeys": "labels"}})),
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(
+            (bad.code, bad.message.as_str()),
+            (400, "invalid patch format of retainKeys")
+        );
+    }
+}
+
+/// `kubectl apply --server-side` against the test server.
+mod kubectl_apply {
+    use super::*;
+
+    /// kubectl's exit status, stdout and stderr.
+    async fn kubectl_result(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+        let output = tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(args)
+            .env("KUBECACHEDIR", kubeconfig.with_extension("cache"))
+            .output()
+            .await
+            .expect(
+                "kubectl must be on PATH for this test (it is in the Kubernetes apt repository)",
+            );
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    fn manifest(holder: &str) -> String {
+        format!(
+            "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: kube-scheduler\n  namespace: kube-system\nspec:\n  holderIdentity: {holder}\n  leaseDurationSeconds: 15\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn kubectl_server_side_apply_creates_updates_conflicts_and_forces() {
+        let server = ApiServer::start_with(ApiServerOptions::new().tls().auth())
+            .await
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("apiserver-ssa-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kubeconfig = dir.join("kubeconfig");
+        server.write_kubeconfig(&kubeconfig).unwrap();
+        let file = dir.join("lease.yaml");
+        let file_arg = file.to_str().unwrap();
+        let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+        let holder = |l: &Lease| l.spec.as_ref().and_then(|s| s.holder_identity.clone());
+
+        std::fs::write(&file, manifest("node-a")).unwrap();
+        let out = kubectl(
+            &kubeconfig,
+            &["apply", "--server-side", "--validate=false", "-f", file_arg],
+        )
+        .await;
+        assert_eq!(
+            out.trim(),
+            "lease.coordination.k8s.io/kube-scheduler serverside-applied"
+        );
+        let created = leases.get("kube-scheduler").await.unwrap();
+        assert_eq!(holder(&created).as_deref(), Some("node-a"));
+        let entries = created.metadata.managed_fields.clone().unwrap();
+        assert_eq!(
+            (
+                entries[0].manager.as_deref(),
+                entries[0].operation.as_deref()
+            ),
+            (Some("kubectl"), Some("Apply"))
+        );
+
+        std::fs::write(&file, manifest("node-b")).unwrap();
+        kubectl(
+            &kubeconfig,
+            &["apply", "--server-side", "--validate=false", "-f", file_arg],
+        )
+        .await;
+        assert_eq!(
+            holder(&leases.get("kube-scheduler").await.unwrap()).as_deref(),
+            Some("node-b")
+        );
+
+        std::fs::write(&file, manifest("node-c")).unwrap();
+        let (ok, _, stderr) = kubectl_result(
+            &kubeconfig,
+            &[
+                "apply",
+                "--server-side",
+                "--validate=false",
+                "--field-manager=other",
+                "-f",
+                file_arg,
+            ],
+        )
+        .await;
+        assert!(!ok);
+        assert!(
+            stderr.contains(
+                "Apply failed with 1 conflict: conflict with \"kubectl\": .spec.holderIdentity"
+            ),
+            "{stderr}"
+        );
+        assert_eq!(
+            holder(&leases.get("kube-scheduler").await.unwrap()).as_deref(),
+            Some("node-b")
+        );
+
+        let out = kubectl(
+            &kubeconfig,
+            &[
+                "apply",
+                "--server-side",
+                "--validate=false",
+                "--field-manager=other",
+                "--force-conflicts",
+                "-f",
+                file_arg,
+            ],
+        )
+        .await;
+        assert_eq!(
+            out.trim(),
+            "lease.coordination.k8s.io/kube-scheduler serverside-applied"
+        );
+        let forced = leases.get("kube-scheduler").await.unwrap();
+        assert_eq!(holder(&forced).as_deref(), Some("node-c"));
+        let managers: Vec<_> = forced
+            .metadata
+            .managed_fields
+            .unwrap()
+            .into_iter()
+            .map(|e| e.manager.unwrap_or_default())
+            .collect();
+        assert_eq!(managers, ["kubectl", "other"]);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,7 +1,7 @@
 //! The Kubernetes side: our Lease lock against the crate's API test server, beside
-//! kube-leader-election (in a process of its own, see `benches/peers`) and
-//! kube-lease-manager, with the same server, the same timings, and requests counted at
-//! the server per user.
+//! kube-lease-manager (in this process) and kube-leader-election, kube-coordinate and
+//! kubert (in a process of their own, see `benches/peers`), with the same server, the
+//! same timings, and requests counted at the server per user.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -9,22 +9,72 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use leaderelection::lock::kube::KubeLeaseLock;
-use leaderelection::{LeaseLock, LockEvent};
+use leaderelection::LeaseLock;
 use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, User, ADMIN_TOKEN};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::client_log::{self, ClientLog};
 use crate::ours::{MakeLock, Ours};
-use crate::scenario::{Departure, LastRenewal, Library, Outcome, Replica, Timings};
+use crate::scenario::{Departure, Library, Outcome, Replica, Timings};
 use crate::stats::Samples;
 
 pub const NAMESPACE: &str = "default";
 pub const KLE: &str = "kube-leader-election 0.44";
 pub const KLM: &str = "kube-lease-manager 0.13";
+pub const KC: &str = "kube-coordinate 2.0.0-rc.0";
+pub const KUBERT: &str = "kubert 0.25 (lease)";
+
+/// A peer in the peer program: its name there (and the prefix of its users) and its
+/// name in the tables.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer {
+    pub arg: &'static str,
+    pub label: &'static str,
+}
+
+pub const PEER_KLE: Peer = Peer {
+    arg: "kube-leader-election",
+    label: KLE,
+};
+pub const PEER_KC: Peer = Peer {
+    arg: "kube-coordinate",
+    label: KC,
+};
+pub const PEER_KUBERT: Peer = Peer {
+    arg: "kubert",
+    label: KUBERT,
+};
+/// The peers the peer program runs.
+pub const PROGRAM_PEERS: [Peer; 3] = [PEER_KLE, PEER_KC, PEER_KUBERT];
+
+/// What kube-lease-manager's handover row must say, read from its source.
+pub const KLM_HANDOVER: &str = "releases, but its standby learns of it only when the lease it last read expires: it sleeps until then (src/manager.rs, `watcher_step`)";
+
+/// What a program peer's handover row must say, read from its source.
+pub fn handover_note(p: Peer) -> Option<&'static str> {
+    match p.arg {
+        "kube-coordinate" => Some("never releases: `shutdown` ends its task with no write to the Lease (src/lib.rs, `LeaderElector::run`), so the standby takes over once the lease ran out, after up to 1.2 leases of jitter"),
+        "kubert" => Some("releases (`vacate`), but its standby learns of it only when the claim it last read expires: it sleeps until then (src/lease.rs, `LeaseManager::spawn`)"),
+        _ => None,
+    }
+}
+
+/// What a renewal of a program peer is, and how it is timed.
+pub fn renew_description(p: Peer) -> (&'static str, &'static str) {
+    match p.arg {
+        "kube-coordinate" => (
+            "forced apply PATCH",
+            "30 leaders renewing every 1.5 s (its renew deadline, on its own timer), the same rate; timed in its client, PATCH sent to answered",
+        ),
+        "kubert" => ("strategic merge PATCH (`ensure_claimed`)", ""),
+        _ => ("GET, then PATCH", ""),
+    }
+}
 
 /// The users the load measurement counts requests of, one per replica.
 pub fn load_users(library: &str) -> Vec<String> {
@@ -39,11 +89,10 @@ pub fn token_of(user: &str) -> String {
 
 pub async fn start_server() -> Result<ApiServer, String> {
     let mut options = ApiServerOptions::new();
-    for lib in [
-        "leaderelection",
-        "kube-leader-election",
-        "kube-lease-manager",
-    ] {
+    let libs = ["leaderelection", "kube-lease-manager"]
+        .into_iter()
+        .chain(PROGRAM_PEERS.iter().map(|p| p.arg));
+    for lib in libs {
         for user in load_users(lib) {
             options = options.token(token_of(&user), User::admin(user.clone()));
         }
@@ -77,10 +126,23 @@ pub fn ours(server: &ApiServer, timings: Timings) -> Ours {
 // ---- kube-lease-manager, in this process ------------------------------------------
 
 /// kube-lease-manager in its automatic mode (`LeaseManager::watch`): renews `grace`
-/// before expiry, so `grace = lease - retry` renews every retry period.
+/// before expiry, so `grace = lease - retry` renews every retry period. It has no
+/// renewal hook: its client records its requests, and a renewal is a PATCH.
 pub struct KubeLeaseManager {
     pub config: kube::Config,
     pub timings: Timings,
+    /// Every client started, for the renew latency.
+    pub logs: Arc<std::sync::Mutex<Vec<ClientLog>>>,
+}
+
+impl KubeLeaseManager {
+    pub fn new(config: kube::Config, timings: Timings) -> Self {
+        Self {
+            config,
+            timings,
+            logs: Arc::default(),
+        }
+    }
 }
 
 impl Library for KubeLeaseManager {
@@ -91,11 +153,18 @@ impl Library for KubeLeaseManager {
     ) -> BoxFuture<'static, Result<Replica, String>> {
         let config = self.config.clone();
         let t = self.timings;
+        let logs = self.logs.clone();
         async move {
-            let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+            let log = ClientLog::default();
+            let client = kube::client::ClientBuilder::try_from(config)
+                .map_err(|e| e.to_string())?
+                .with_layer(&log.layer())
+                .build();
+            logs.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(log.clone());
             let duration = t.lease.as_secs();
             let grace = duration.saturating_sub(t.retry.as_secs()).max(1);
-            let last_renewal = observe_holder(client.clone(), &election, &identity);
             let manager = kube_lease_manager::LeaseManagerBuilder::new(client, election)
                 .with_namespace(NAMESPACE)
                 .with_identity(identity)
@@ -126,23 +195,19 @@ impl Library for KubeLeaseManager {
             });
             let abort_task = task.abort_handle();
             let abort_monitor = monitor.abort_handle();
-                        let abort_observer = last_renewal.1;
-            let stop_observer = abort_observer.clone();
             Ok(Replica {
                 leading,
-                last_renewal: last_renewal.0,
+                last_renewal: log.last_patch.clone(),
                 release: Some(Box::new(move || {
                     let _ = release_tx.send(());
                 })),
                 crash: Box::new(move || {
                     abort_task.abort();
                     abort_monitor.abort();
-                    abort_observer.abort();
                 }),
-                                stopped: async move {
+                stopped: async move {
                     let _ = monitor.await;
                     let _ = task.await;
-                    stop_observer.abort();
                 }
                 .boxed(),
             })
@@ -151,64 +216,55 @@ impl Library for KubeLeaseManager {
     }
 }
 
-/// The instant of the last write by `identity` to the Lease, as a watch sees it: the
-/// last renewal of a library that gives no hook for it.
-fn observe_holder(
-    client: kube::Client,
-    election: &str,
-    identity: &str,
-) -> (LastRenewal, tokio::task::AbortHandle) {
-    let last: LastRenewal = Arc::default();
-    let lock = KubeLeaseLock::new(client, NAMESPACE, election);
-    let identity = identity.to_string();
-    let task = tokio::spawn({
-        let last = last.clone();
-        async move {
-            loop {
-                if let Some(mut events) = lock.watch() {
-                    while let Some(event) = events.next().await {
-                        if let Ok(LockEvent::Changed(v)) = event {
-                            if v.record.holder_identity == identity {
-                                *last.lock().unwrap_or_else(|e| e.into_inner()) =
-                                    Some(Instant::now());
-                            }
-                        }
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+/// Renewals of kube-lease-manager: leaders of elections of their own at the short
+/// timings (each renewing every second, on its own timer), as many as make a renewal
+/// every `period` in all; each timed in its client from the PATCH sent to the answer
+/// of the GET that reads the Lease back.
+pub async fn klm_renewals(
+    server: &ApiServer,
+    period: Duration,
+    window: Duration,
+    prefix: &str,
+) -> Result<(Samples, usize), String> {
+    let t = Timings::SHORT;
+    let lib = KubeLeaseManager::new(server.config(), t);
+    let leaders = (t.retry.as_millis() / period.as_millis()).max(1) as usize;
+    let mut replicas = Vec::new();
+    for i in 0..leaders {
+        let mut r = lib.start(format!("{prefix}-{i}"), "renewer".into()).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while r.leading.borrow_and_update().is_none() {
+            if tokio::time::timeout_at(deadline, r.leading.changed())
+                .await
+                .is_err()
+            {
+                return Err(format!("leader {i} did not lead within 30 s"));
             }
         }
-    });
-    (last, task.abort_handle())
+        replicas.push(r);
+    }
+    // Past the acquisitions' own writes.
+    tokio::time::sleep(t.retry).await;
+    let since = Instant::now();
+    tokio::time::sleep(window).await;
+    let mut samples = Samples::new();
+    for log in lib.logs.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        let sent: Vec<_> = log
+            .since(since)
+            .into_iter()
+            .filter(|s| s.end <= since + window)
+            .collect();
+        for s in client_log::renewals(&sent, &[http::Method::GET]) {
+            samples.push_secs(s);
+        }
+    }
+    for r in replicas {
+        (r.crash)();
+    }
+    Ok((samples, leaders))
 }
 
-/// Whether the server takes the server-side apply patches kube-lease-manager acquires
-/// with; the reason when it does not.
-pub async fn apply_supported(server: &ApiServer) -> Result<(), String> {
-    use k8s_openapi::api::coordination::v1::Lease;
-    use kube::api::{Api, Patch, PatchParams, PostParams};
-    let api: Api<Lease> = Api::namespaced(server.client(), NAMESPACE);
-    let mut lease = Lease::default();
-    lease.metadata.name = Some("apply-probe".into());
-    let _ = api.create(&PostParams::default(), &lease).await;
-    let patch = serde_json::json!({
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "spec": { "holderIdentity": "probe" },
-    });
-    api.patch("apply-probe", &PatchParams::apply("probe"), &Patch::Apply(patch))
-        .await
-        .map(|_| ())
-        .map_err(|e| match e {
-            kube::Error::Api(status) => format!(
-                "it acquires with server-side apply (application/apply-patch+yaml), which the API test server answers with {} {}",
-                status.code, status.reason
-            ),
-            other => format!("it acquires with server-side apply, which failed: {other}"),
-        })
-}
-
-// ---- kube-leader-election, in its own process -------------------------------------
+// ---- kube-leader-election, kube-coordinate and kubert, in the peer program ---------
 
 /// Builds the peer program (`benches/peers`, a package of its own) and returns its path.
 pub fn build_peers() -> Result<PathBuf, String> {
@@ -248,9 +304,10 @@ fn peers_target_dir() -> Result<PathBuf, String> {
     Ok(target.join("peers"))
 }
 
-/// Runs a handover or failover scenario of kube-leader-election in the peer process.
+/// Runs a handover or failover scenario of a peer in the peer program.
 pub async fn peer_scenario(
     bin: &Path,
+    peer: Peer,
     server: &ApiServer,
     departure: Departure,
     n: usize,
@@ -262,7 +319,7 @@ pub async fn peer_scenario(
     };
     let out = Command::new(bin)
         .args([
-            "kube-leader-election",
+            peer.arg,
             &server.url(),
             ADMIN_TOKEN,
             mode,
@@ -310,17 +367,17 @@ pub async fn peer_scenario(
     Outcome { samples, failures }
 }
 
-/// Renewals of kube-leader-election (`try_acquire_or_renew` while leading), timed in
-/// the peer process.
+/// Renewals of a peer, timed in the peer program.
 pub async fn peer_renewals(
     bin: &Path,
+    peer: Peer,
     server: &ApiServer,
     window: Duration,
     prefix: &str,
 ) -> Result<Samples, String> {
     let out = Command::new(bin)
         .args([
-            "kube-leader-election",
+            peer.arg,
             &server.url(),
             ADMIN_TOKEN,
             "renew",
@@ -366,18 +423,13 @@ pub struct SteadyPeer {
 impl SteadyPeer {
     pub async fn start(
         bin: &Path,
+        peer: Peer,
         server: &ApiServer,
         election: &str,
         users: &[String],
     ) -> Result<Self, String> {
         let mut cmd = Command::new(bin);
-        cmd.args([
-            "kube-leader-election",
-            &server.url(),
-            ADMIN_TOKEN,
-            "steady",
-            election,
-        ]);
+        cmd.args([peer.arg, &server.url(), ADMIN_TOKEN, "steady", election]);
         for u in users {
             cmd.arg(token_of(u));
         }

@@ -253,42 +253,18 @@ async fn kube_entries(
         error,
     });
 
-    // kube-leader-election, in the peer program.
-    let users = k8s::load_users("kube-leader-election");
-    let error = match &k.peers {
-        Ok(bin) => match k8s::SteadyPeer::start(bin, server, "load-kle", &users).await {
-            Ok(p) => {
-                stops.push(Box::pin(p.stop()));
-                None
-            }
-            Err(e) => Some(e),
-        },
-        Err(e) => Some(e.clone()),
-    };
-    entries.push(Entry {
-        backend: crate::KUBE,
-        library: k8s::KLE.into(),
-        ours: false,
-        counts: counts_of(users),
-        error,
-    });
-
-    // kube-lease-manager.
+    // kube-lease-manager, in this process.
     let users = k8s::load_users("kube-lease-manager");
     let mut replicas = Vec::new();
-    let mut error = k.klm.clone().err();
-    if error.is_none() {
-        for (i, user) in users.iter().enumerate() {
-            let lib = k8s::KubeLeaseManager {
-                config: server.config_with_token(&k8s::token_of(user)),
-                timings,
-            };
-            match start_one(&lib, "load-klm", i).await {
-                Ok(r) => replicas.push(r),
-                Err(e) => {
-                    error = Some(e);
-                    break;
-                }
+    let mut error = None;
+    for (i, user) in users.iter().enumerate() {
+        let lib =
+            k8s::KubeLeaseManager::new(server.config_with_token(&k8s::token_of(user)), timings);
+        match start_one(&lib, "load-klm", i).await {
+            Ok(r) => replicas.push(r),
+            Err(e) => {
+                error = Some(e);
+                break;
             }
         }
     }
@@ -300,6 +276,29 @@ async fn kube_entries(
         counts: counts_of(users),
         error,
     });
+
+    // The others, in the peer program.
+    for p in k8s::PROGRAM_PEERS {
+        let users = k8s::load_users(p.arg);
+        let election = format!("load-{}", p.arg);
+        let error = match &k.peers {
+            Ok(bin) => match k8s::SteadyPeer::start(bin, p, server, &election, &users).await {
+                Ok(peer) => {
+                    stops.push(Box::pin(peer.stop()));
+                    None
+                }
+                Err(e) => Some(e),
+            },
+            Err(e) => Some(e.clone()),
+        };
+        entries.push(Entry {
+            backend: crate::KUBE,
+            library: p.label.into(),
+            ours: false,
+            counts: counts_of(users),
+            error,
+        });
+    }
 }
 
 /// Starts replica `i` of an election; the first waits until it leads.

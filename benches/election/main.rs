@@ -14,6 +14,7 @@
 //! Without `--bench` (as `cargo test --all-targets` runs it) it prints how to run it and
 //! exits, so the test suite never runs the benchmark.
 
+mod client_log;
 mod contention;
 mod etcd;
 mod k8s;
@@ -185,6 +186,7 @@ struct Row {
     outcome: Outcome,
     /// Whether this row is ours (the base of the ratios of its backend).
     ours: bool,
+    note: String,
 }
 
 impl Figure {
@@ -195,19 +197,31 @@ impl Figure {
         }
     }
 
-    fn add(&mut self, backend: &str, library: &str, ours: bool, outcome: Outcome) {
+    fn add(
+        &mut self,
+        backend: &str,
+        library: &str,
+        ours: bool,
+        outcome: Outcome,
+        note: Option<&str>,
+    ) {
+        let note = [note.unwrap_or(""), &outcome.note()]
+            .into_iter()
+            .filter(|n| !n.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
         eprintln!(
-            "  {backend} / {library}: p50 {} p99 {} (n={}) {}",
+            "  {backend} / {library}: p50 {} p99 {} (n={}) {note}",
             fmt_opt_secs(outcome.samples.p50()),
             fmt_opt_secs(outcome.samples.p99()),
             outcome.samples.len(),
-            outcome.note()
         );
         self.rows.push(Row {
             backend: backend.into(),
             library: library.into(),
             outcome,
             ours,
+            note,
         });
     }
 
@@ -239,7 +253,7 @@ impl Figure {
                 fmt_opt_secs(r.outcome.samples.p99()),
                 r50,
                 r99,
-                r.outcome.note(),
+                r.note.clone(),
             ]);
         }
         format!("### {}\n\n{}", self.title, t.render())
@@ -249,7 +263,7 @@ impl Figure {
 /// How a contender's scenarios run: in this process, or in the peer program.
 enum Runner {
     InProcess(Arc<dyn Library>),
-    KubeLeaderElection(std::path::PathBuf),
+    Peer(std::path::PathBuf, k8s::Peer),
     /// Not measured, and why.
     Skipped(String),
 }
@@ -262,6 +276,8 @@ struct Contender {
     runner: Runner,
     /// Elections run at once; `None` for all of them, and both scenarios at once.
     parallel: Option<usize>,
+    /// What the handover row must say of the library, read from its source.
+    handover_note: Option<&'static str>,
 }
 
 impl Contender {
@@ -272,6 +288,18 @@ impl Contender {
             ours: true,
             runner: Runner::InProcess(Arc::new(lib)),
             parallel: None,
+            handover_note: None,
+        }
+    }
+
+    fn peer(backend: &str, library: &str, runner: Runner) -> Self {
+        Self {
+            backend: backend.into(),
+            library: library.into(),
+            ours: false,
+            runner,
+            parallel: None,
+            handover_note: None,
         }
     }
 }
@@ -315,8 +343,6 @@ pub(crate) struct KubeEnv {
     pub server: leaderelection_testkit::apiserver::ApiServer,
     /// The peer program, or why it is missing.
     pub peers: Result<std::path::PathBuf, String>,
-    /// Why kube-lease-manager cannot run against the server, if it cannot.
-    pub klm: Result<(), String>,
 }
 
 impl Env {
@@ -333,13 +359,11 @@ impl Env {
                         .await
                         .unwrap_or_else(|e| Err(e.to_string()));
                     if let Err(e) = &peers {
-                        notes.push(format!("{}: not measured: {e}", k8s::KLE));
+                        for p in k8s::PROGRAM_PEERS {
+                            notes.push(format!("{}: not measured: {e}", p.label));
+                        }
                     }
-                    let klm = k8s::apply_supported(&server).await;
-                    if let Err(e) = &klm {
-                        notes.push(format!("{}: not measured: {e}", k8s::KLM));
-                    }
-                    Some(KubeEnv { server, peers, klm })
+                    Some(KubeEnv { server, peers })
                 }
                 Err(e) => {
                     notes.push(format!("Kubernetes: not measured: {e}"));
@@ -387,28 +411,26 @@ impl Env {
         if let Some(k) = &self.kube {
             v.push(Contender::ours(KUBE, k8s::ours(&k.server, timings)));
             v.push(Contender {
-                backend: KUBE.into(),
-                library: k8s::KLE.into(),
-                ours: false,
-                parallel: None,
-                runner: match &k.peers {
-                    Ok(bin) => Runner::KubeLeaderElection(bin.clone()),
-                    Err(e) => Runner::Skipped(e.clone()),
-                },
-            });
-            v.push(Contender {
-                backend: KUBE.into(),
-                library: k8s::KLM.into(),
-                ours: false,
-                parallel: None,
-                runner: match &k.klm {
-                    Ok(()) => Runner::InProcess(Arc::new(k8s::KubeLeaseManager {
-                        config: k.server.config(),
+                handover_note: Some(k8s::KLM_HANDOVER),
+                ..Contender::peer(
+                    KUBE,
+                    k8s::KLM,
+                    Runner::InProcess(Arc::new(k8s::KubeLeaseManager::new(
+                        k.server.config(),
                         timings,
-                    })),
-                    Err(e) => Runner::Skipped(e.clone()),
-                },
+                    ))),
+                )
             });
+            for p in k8s::PROGRAM_PEERS {
+                let runner = match &k.peers {
+                    Ok(bin) => Runner::Peer(bin.clone(), p),
+                    Err(e) => Runner::Skipped(e.clone()),
+                };
+                v.push(Contender {
+                    handover_note: k8s::handover_note(p),
+                    ..Contender::peer(KUBE, p.label, runner)
+                });
+            }
         }
         if let Some(e) = &self.etcd {
             v.push(Contender::ours(
@@ -427,17 +449,15 @@ impl Env {
                     stats: None,
                 },
             ));
-            v.push(Contender {
-                backend: ETCD_ELECTION.into(),
-                library: etcd::PEER.into(),
-                ours: false,
-                parallel: None,
-                runner: Runner::InProcess(Arc::new(etcd::EtcdClientElection {
+            v.push(Contender::peer(
+                ETCD_ELECTION,
+                etcd::PEER,
+                Runner::InProcess(Arc::new(etcd::EtcdClientElection {
                     target: e.target,
                     timings,
                     stats: None,
                 })),
-            });
+            ));
         }
         v
     }
@@ -494,8 +514,8 @@ async fn run_contender(
             )
             .await
         }
-        Runner::KubeLeaderElection(bin) => match &env.kube {
-            Some(k) => k8s::peer_scenario(bin, &k.server, departure, n, prefix).await,
+        Runner::Peer(bin, peer) => match &env.kube {
+            Some(k) => k8s::peer_scenario(bin, *peer, &k.server, departure, n, prefix).await,
             None => Outcome::failed("no API server".into()),
         },
         Runner::Skipped(why) => Outcome::failed(format!("not measured: {why}")),
@@ -567,8 +587,8 @@ async fn run(plan: Plan) -> String {
             } else {
                 tokio::join!(handover_run, crash_run)
             };
-            handover.add(&c.backend, &c.library, c.ours, h);
-            crash.add(&c.backend, &c.library, c.ours, f);
+            handover.add(&c.backend, &c.library, c.ours, h, c.handover_note);
+            crash.add(&c.backend, &c.library, c.ours, f, None);
         }
         out.push_str(&handover.render());
         out.push('\n');
@@ -652,21 +672,37 @@ async fn renew_section(plan: &Plan, env: &Env) -> String {
                 String::new(),
             );
         }
-        if backend == KUBE {
-            if let Some(KubeEnv {
-                server,
-                peers: Ok(bin),
-                ..
-            }) = &env.kube
-            {
-                match k8s::peer_renewals(bin, server, plan.renew_window, "renew-kle").await {
-                    Ok(s) => row(
-                        &format!("{}: GET, then PATCH", k8s::KLE),
-                        &s,
-                        ours.as_ref(),
-                        String::new(),
+        if let (true, Some(k)) = (backend == KUBE, &env.kube) {
+            match k8s::klm_renewals(&k.server, period, plan.renew_window, "renew-klm").await {
+                Ok((s, leaders)) => row(
+                    &format!("{}: PATCH, then GET", k8s::KLM),
+                    &s,
+                    ours.as_ref(),
+                    format!(
+                        "{leaders} leaders renewing every {:?} on its own timer (the same rate); timed in its client, PATCH sent to GET answered",
+                        Timings::SHORT.retry
                     ),
-                    Err(e) => row(k8s::KLE, &Samples::new(), None, format!("failed: {e}")),
+                ),
+                Err(e) => row(k8s::KLM, &Samples::new(), None, format!("failed: {e}")),
+            }
+            for p in k8s::PROGRAM_PEERS {
+                let (what, note) = k8s::renew_description(p);
+                match &k.peers {
+                    Ok(bin) => {
+                        let prefix = format!("renew-{}", p.arg);
+                        match k8s::peer_renewals(bin, p, &k.server, plan.renew_window, &prefix)
+                            .await
+                        {
+                            Ok(s) => row(
+                                &format!("{}: {what}", p.label),
+                                &s,
+                                ours.as_ref(),
+                                note.to_string(),
+                            ),
+                            Err(e) => row(p.label, &Samples::new(), None, format!("failed: {e}")),
+                        }
+                    }
+                    Err(e) => row(p.label, &Samples::new(), None, format!("not measured: {e}")),
                 }
             }
         }

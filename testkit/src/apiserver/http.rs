@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER};
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, USER_AGENT};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -178,6 +178,9 @@ fn route(method: &Method, path: &str, query: &HashMap<String, String>, addr: Soc
             namespace: namespace.map(str::to_string),
             name: name.map(str::to_string),
             dry_run: query.contains_key("dryRun"),
+            field_manager: query.get("fieldManager").cloned(),
+            force: query.get("force").cloned(),
+            user_agent: None,
         },
         verb,
     }
@@ -200,7 +203,10 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
     let authorization = header(AUTHORIZATION);
     let accept = header(ACCEPT).unwrap_or_default();
     let content_type = header(CONTENT_TYPE).unwrap_or_default();
-    let route = route(&method, &path, &query, state.addr);
+    let mut route = route(&method, &path, &query, state.addr);
+    if let Route::Resource { target, .. } = &mut route {
+        target.user_agent = header(USER_AGENT);
+    }
     let verb = match &route {
         Route::Resource { verb, .. } => verb.to_string(),
         _ => method.as_str().to_lowercase(),
@@ -344,7 +350,14 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
                     }),
                 "patch" => rest::patch(storage, &target, &content_type, &body)
                     .await
-                    .map(|obj| (StatusCode::OK, obj)),
+                    .map(|(obj, created)| {
+                        let code = if created {
+                            StatusCode::CREATED
+                        } else {
+                            StatusCode::OK
+                        };
+                        (code, obj)
+                    }),
                 _ => rest::delete(storage, &target, &body)
                     .await
                     .map(|obj| (StatusCode::OK, obj)),

@@ -47,6 +47,7 @@
 //! # Ok(()) }
 //! ```
 
+mod apply;
 mod auth;
 mod discovery;
 #[cfg(feature = "etcd")]
@@ -56,6 +57,7 @@ mod http;
 mod patch;
 mod resources;
 mod rest;
+mod schema;
 mod selector;
 mod stats;
 mod status;

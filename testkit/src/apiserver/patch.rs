@@ -1,11 +1,17 @@
 //! PATCH bodies: JSON merge patch (RFC 7386), strategic merge patch and JSON patch
-//! (RFC 6902).
+//! (RFC 6902). Apply patches are [`super::apply`]'s.
 //!
-//! A strategic merge patch is applied as a merge patch, leaving out `$` directives:
-//! the served kinds have no lists with merge keys a leader election client touches,
-//! so the two agree on them.
+//! A strategic merge patch is a merge patch that knows the Go types' lists: those
+//! with a merge key merge item by item, lists of scalars with the merge strategy
+//! merge as sets, other lists are replaced (see [`super::schema`]). It takes
+//! apimachinery's directives: `$patch` (`replace`, `delete`, `merge`) on a map or in
+//! a list, `$retainKeys`, `$deleteFromPrimitiveList/<field>` and
+//! `$setElementOrder/<field>`.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
+
+use super::schema::{self, Shape};
+use super::status::ApiError;
 
 /// The patch formats kube-apiserver accepts, by Content-Type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -13,6 +19,7 @@ pub(crate) enum PatchKind {
     Merge,
     StrategicMerge,
     Json,
+    Apply,
 }
 
 impl PatchKind {
@@ -22,27 +29,70 @@ impl PatchKind {
             "application/merge-patch+json" => Some(Self::Merge),
             "application/strategic-merge-patch+json" => Some(Self::StrategicMerge),
             "application/json-patch+json" => Some(Self::Json),
+            "application/apply-patch+yaml" => Some(Self::Apply),
             _ => None,
         }
     }
 }
 
-/// Applies `patch` to `target`; the error says what in the patch is wrong.
-pub(crate) fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), String> {
-    match kind {
-        PatchKind::Merge => {
-            merge(target, patch, false);
-            Ok(())
+/// Why a patch could not be applied, in the classes kube-apiserver answers with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PatchError {
+    /// The patch does not apply to this object (422).
+    Invalid(String),
+    /// A strategic merge directive is malformed (400).
+    BadRequest(String),
+    /// An unknown `$patch` value, which kube-apiserver answers with a 500.
+    Unknown(String),
+}
+
+impl PatchError {
+    pub fn into_api_error(self) -> ApiError {
+        match self {
+            Self::Invalid(why) => ApiError::new(
+                422,
+                "Invalid",
+                format!("the server rejected our request due to an error in our request: {why}"),
+            ),
+            Self::BadRequest(why) => ApiError::bad_request(why),
+            Self::Unknown(why) => ApiError::new(500, "", why),
         }
-        PatchKind::StrategicMerge => {
-            merge(target, patch, true);
-            Ok(())
-        }
-        PatchKind::Json => json_patch(target, patch),
     }
 }
 
-fn merge(target: &mut Value, patch: &Value, strategic: bool) {
+/// Applies `patch` to `target` (an object in the served version).
+pub(crate) fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Result<(), PatchError> {
+    match kind {
+        PatchKind::Merge => {
+            merge(target, patch);
+            Ok(())
+        }
+        PatchKind::StrategicMerge => {
+            let Value::Object(patch) = patch else {
+                return Err(PatchError::BadRequest(
+                    "invalid JSON document: a strategic merge patch must be an object".into(),
+                ));
+            };
+            if !target.is_object() {
+                *target = Value::Object(Map::new());
+            }
+            let Value::Object(map) = target else {
+                return Ok(());
+            };
+            match strategic_map(&mut Vec::new(), map, patch)? {
+                Some(merged) => *map = merged,
+                None => map.clear(),
+            }
+            Ok(())
+        }
+        PatchKind::Json => json_patch(target, patch).map_err(PatchError::Invalid),
+        PatchKind::Apply => Err(PatchError::Invalid(
+            "an apply patch is not applied as a patch".into(),
+        )),
+    }
+}
+
+fn merge(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;
@@ -54,19 +104,242 @@ fn merge(target: &mut Value, patch: &Value, strategic: bool) {
         return;
     };
     for (key, value) in patch {
-        if strategic && key.starts_with('$') {
-            continue;
-        }
         if value.is_null() {
             map.remove(key);
         } else {
-            merge(
-                map.entry(key.clone()).or_insert(Value::Null),
-                value,
-                strategic,
-            );
+            merge(map.entry(key.clone()).or_insert(Value::Null), value);
         }
     }
+}
+
+const PATCH: &str = "$patch";
+const RETAIN_KEYS: &str = "$retainKeys";
+const DELETE_FROM: &str = "$deleteFromPrimitiveList/";
+const SET_ORDER: &str = "$setElementOrder/";
+
+/// Removes every `$` directive, for a part of a patch that replaces what it finds.
+fn without_directives(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), without_directives(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .filter(|i| i.get(PATCH).is_none())
+                .map(without_directives)
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// Merges `patch` into `original` (apimachinery's `mergeMap`); None when the patch
+/// deletes the map.
+fn strategic_map(
+    path: &mut Vec<String>,
+    original: &Map<String, Value>,
+    patch: &Map<String, Value>,
+) -> Result<Option<Map<String, Value>>, PatchError> {
+    match patch.get(PATCH) {
+        None => {}
+        Some(Value::String(p)) if p == "merge" => {}
+        Some(Value::String(p)) if p == "replace" => {
+            return Ok(Some(
+                without_directives(&Value::Object(patch.clone()))
+                    .as_object()
+                    .cloned()
+                    .unwrap_or_default(),
+            ))
+        }
+        Some(Value::String(p)) if p == "delete" => return Ok(None),
+        Some(other) => {
+            return Err(PatchError::Unknown(format!(
+                "unknown patch type: {} in map: {}",
+                other
+                    .as_str()
+                    .map_or_else(|| other.to_string(), str::to_string),
+                Value::Object(patch.clone())
+            )))
+        }
+    }
+    let mut out = original.clone();
+    if let Some(retain) = patch.get(RETAIN_KEYS) {
+        let keys = retain
+            .as_array()
+            .filter(|keys| keys.iter().all(Value::is_string))
+            .ok_or_else(|| PatchError::BadRequest("invalid patch format of retainKeys".into()))?;
+        let listed = |k: &str| keys.iter().any(|key| key.as_str() == Some(k));
+        for (key, value) in patch {
+            if key.starts_with('$') || value.is_null() {
+                continue;
+            }
+            if !listed(key) {
+                return Err(PatchError::Invalid(format!(
+                    "the patch has field {key:?} that is not in $retainKeys"
+                )));
+            }
+        }
+        out.retain(|k, _| listed(k));
+    }
+    let mut orders = Vec::new();
+    for (key, value) in patch {
+        if let Some(field) = key.strip_prefix(DELETE_FROM) {
+            let doomed = value.as_array().ok_or_else(|| {
+                PatchError::BadRequest("invalid patch format of primitive list".into())
+            })?;
+            if let Some(Value::Array(items)) = out.get_mut(field) {
+                items.retain(|i| !doomed.contains(i));
+            }
+        } else if let Some(field) = key.strip_prefix(SET_ORDER) {
+            let order = value.as_array().ok_or_else(|| {
+                PatchError::BadRequest("invalid patch format of setElementOrder list".into())
+            })?;
+            orders.push((field.to_string(), order.clone()));
+        }
+    }
+    for (key, value) in patch {
+        if key.starts_with('$') {
+            continue;
+        }
+        if value.is_null() {
+            out.remove(key);
+            continue;
+        }
+        path.push(key.clone());
+        let merged = strategic_value(path, out.get(key), value)?;
+        path.pop();
+        match merged {
+            Some(v) => out.insert(key.clone(), v),
+            None => out.remove(key),
+        };
+    }
+    for (field, order) in orders {
+        path.push(field.clone());
+        let names: Vec<&str> = path.iter().map(String::as_str).collect();
+        let shape = schema::shape(&names, &Value::Array(Vec::new()));
+        path.pop();
+        if let Some(Value::Array(items)) = out.get_mut(&field) {
+            reorder(items, &order, shape);
+        }
+    }
+    Ok(Some(out))
+}
+
+fn strategic_value(
+    path: &mut Vec<String>,
+    original: Option<&Value>,
+    patch: &Value,
+) -> Result<Option<Value>, PatchError> {
+    let names: Vec<&str> = path.iter().map(String::as_str).collect();
+    let shape = schema::shape(&names, patch);
+    match (original, patch) {
+        (orig, Value::Object(patch)) => {
+            let empty = Map::new();
+            let orig = orig.and_then(Value::as_object).unwrap_or(&empty);
+            Ok(strategic_map(path, orig, patch)?.map(Value::Object))
+        }
+        (orig, Value::Array(patch)) => {
+            let none = Vec::new();
+            let orig = orig.and_then(Value::as_array).unwrap_or(&none);
+            strategic_list(orig, patch, shape).map(|l| Some(Value::Array(l)))
+        }
+        (_, scalar) => Ok(Some(scalar.clone())),
+    }
+}
+
+/// Merges a list: keyed lists item by item, sets as a union, others replaced.
+fn strategic_list(
+    original: &[Value],
+    patch: &[Value],
+    shape: Shape,
+) -> Result<Vec<Value>, PatchError> {
+    // `{"$patch": "replace"}` in a list: the rest of the patch list is the list.
+    let replace = patch
+        .iter()
+        .any(|i| i.get(PATCH).and_then(Value::as_str) == Some("replace"));
+    if replace || !matches!(shape, Shape::Keyed(_) | Shape::Set) {
+        return Ok(patch
+            .iter()
+            .filter(|i| i.get(PATCH).is_none())
+            .map(without_directives)
+            .collect());
+    }
+    let mut out = original.to_vec();
+    match shape {
+        Shape::Set => {
+            for item in patch {
+                if item.is_object() || item.is_array() {
+                    return Err(PatchError::BadRequest(
+                        "invalid patch format of primitive list".into(),
+                    ));
+                }
+                if !out.contains(item) {
+                    out.push(item.clone());
+                }
+            }
+        }
+        Shape::Keyed(key) => {
+            for item in patch {
+                let Some(wanted) = item.get(key) else {
+                    return Err(PatchError::BadRequest(format!(
+                        "map: {item} does not contain declared merge key: {key}"
+                    )));
+                };
+                let at = out.iter().position(|o| o.get(key) == Some(wanted));
+                match item.get(PATCH).and_then(Value::as_str) {
+                    Some("delete") => {
+                        out.retain(|o| o.get(key) != Some(wanted));
+                        continue;
+                    }
+                    Some("merge") | None => {}
+                    Some(other) => {
+                        return Err(PatchError::Unknown(format!(
+                            "unknown patch type: {other} in map: {item}"
+                        )))
+                    }
+                }
+                let patch_map = item.as_object().cloned().unwrap_or_default();
+                let empty = Map::new();
+                let orig = at
+                    .and_then(|i| out[i].as_object())
+                    .unwrap_or(&empty)
+                    .clone();
+                let merged = strategic_map(&mut Vec::new(), &orig, &patch_map)?;
+                match (at, merged) {
+                    (Some(i), Some(m)) => out[i] = Value::Object(m),
+                    (Some(i), None) => {
+                        out.remove(i);
+                    }
+                    (None, Some(m)) => out.push(Value::Object(m)),
+                    (None, None) => {}
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(out)
+}
+
+/// Orders `items` as `order` lists them (by merge key for keyed lists); items it
+/// does not list keep their relative order after the listed ones.
+fn reorder(items: &mut Vec<Value>, order: &[Value], shape: Shape) {
+    let rank = |item: &Value| {
+        order.iter().position(|o| match shape {
+            Shape::Keyed(key) => o.get(key).is_some() && o.get(key) == item.get(key),
+            _ => o == item,
+        })
+    };
+    let mut ranked: Vec<(usize, usize, Value)> = items
+        .drain(..)
+        .enumerate()
+        .map(|(i, item)| (rank(&item).unwrap_or(usize::MAX), i, item))
+        .collect();
+    ranked.sort_by_key(|(rank, i, _)| (*rank, *i));
+    items.extend(ranked.into_iter().map(|(_, _, item)| item));
 }
 
 fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
@@ -182,15 +455,97 @@ mod tests {
         let mut doc =
             json!({"metadata": {"annotations": {"a": "1", "b": "2"}}, "data": {"k": "v"}});
         apply(
-            PatchKind::StrategicMerge,
+            PatchKind::Merge,
             &mut doc,
-            &json!({"metadata": {"annotations": {"a": null, "c": "3"}}, "$retainKeys": ["x"]}),
+            &json!({"metadata": {"annotations": {"a": null, "c": "3"}}}),
         )
         .unwrap();
         assert_eq!(
             doc,
             json!({"metadata": {"annotations": {"b": "2", "c": "3"}}, "data": {"k": "v"}})
         );
+    }
+
+    fn strategic(doc: &mut Value, patch: Value) -> Result<(), PatchError> {
+        apply(PatchKind::StrategicMerge, doc, &patch)
+    }
+
+    #[test]
+    fn strategic_lists_merge_by_key_or_as_sets_and_others_are_replaced() {
+        let mut doc = json!({
+            "metadata": {
+                "finalizers": ["a", "b"],
+                "ownerReferences": [{"uid": "1", "name": "x"}, {"uid": "2", "name": "y"}]
+            },
+            "subsets": [{"addresses": [{"ip": "10.0.0.1"}]}]
+        });
+        strategic(&mut doc, json!({
+            "metadata": {
+                "finalizers": ["c", "a"],
+                "ownerReferences": [{"uid": "2", "name": "z"}, {"uid": "3", "name": "w"}, {"uid": "1", "$patch": "delete"}]
+            },
+            "subsets": [{"addresses": [{"ip": "10.0.0.2"}]}]
+        }))
+        .unwrap();
+        assert_eq!(doc["metadata"]["finalizers"], json!(["a", "b", "c"]));
+        assert_eq!(
+            doc["metadata"]["ownerReferences"],
+            json!([{"uid": "2", "name": "z"}, {"uid": "3", "name": "w"}])
+        );
+        assert_eq!(doc["subsets"], json!([{"addresses": [{"ip": "10.0.0.2"}]}]));
+    }
+
+    #[test]
+    fn strategic_directives() {
+        let mut doc = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x", "y", "z"]},
+                             "data": {"k": "v", "l": "w"}, "spec": {"holderIdentity": "h", "leaseTransitions": 1}});
+        strategic(
+            &mut doc,
+            json!({
+                "metadata": {
+                    "labels": {"$patch": "replace", "c": "3"},
+                    "$deleteFromPrimitiveList/finalizers": ["y"],
+                    "$setElementOrder/finalizers": ["z", "x"]
+                },
+                "data": {"$patch": "delete"},
+                "spec": {"$retainKeys": ["holderIdentity"], "holderIdentity": "g"}
+            }),
+        )
+        .unwrap();
+        assert_eq!(
+            doc,
+            json!({"metadata": {"labels": {"c": "3"}, "finalizers": ["z", "x"]},
+                   "spec": {"holderIdentity": "g"}})
+        );
+        // A replace item in a list: the list is the rest of the patch's items.
+        strategic(
+            &mut doc,
+            json!({"metadata": {"finalizers": [{"$patch": "replace"}, "q"]}}),
+        )
+        .unwrap();
+        assert_eq!(doc["metadata"]["finalizers"], json!(["q"]));
+        let mut refs = json!({"metadata": {"ownerReferences": [{"uid": "1"}]}});
+        strategic(
+            &mut refs,
+            json!({"metadata": {"ownerReferences": [{"$patch": "replace"}, {"uid": "9"}]}}),
+        )
+        .unwrap();
+        assert_eq!(refs["metadata"]["ownerReferences"], json!([{"uid": "9"}]));
+        assert!(matches!(
+            strategic(&mut doc, json!({"spec": {"$patch": "bogus"}})),
+            Err(PatchError::Unknown(_))
+        ));
+        assert!(matches!(
+            strategic(&mut doc, json!({"spec": {"$retainKeys": "x"}})),
+            Err(PatchError::BadRequest(_))
+        ));
+        assert!(matches!(
+            strategic(
+                &mut doc,
+                json!({"metadata": {"$deleteFromPrimitiveList/finalizers": "x"}})
+            ),
+            Err(PatchError::BadRequest(_))
+        ));
     }
 
     #[test]

@@ -7,10 +7,11 @@
 use rand::Rng;
 use serde_json::{json, Map, Value};
 
+use super::apply;
 use super::patch::{self, PatchKind};
 use super::resources::Resource;
 use super::selector::Selector;
-use super::status::ApiError;
+use super::status::{ApiError, Cause};
 use super::storage::{rv_of, Storage, StorageError};
 use super::validation;
 
@@ -25,6 +26,12 @@ pub(crate) struct Target {
     pub name: Option<String>,
     /// `dryRun=All`: validate and answer, but store nothing.
     pub dry_run: bool,
+    /// The `fieldManager` query parameter.
+    pub field_manager: Option<String>,
+    /// The `force` query parameter.
+    pub force: Option<String>,
+    /// The User-Agent, which names the manager of a write without `fieldManager`.
+    pub user_agent: Option<String>,
 }
 
 impl Target {
@@ -42,6 +49,14 @@ impl Target {
 
     fn key(&self) -> Result<String, ApiError> {
         Ok(self.resource.key(self.namespace()?, self.name()?))
+    }
+
+    /// Who a write is recorded for in `managedFields`.
+    fn manager(&self) -> String {
+        match &self.field_manager {
+            Some(manager) => manager.clone(),
+            None => apply::manager_from_user_agent(self.user_agent.as_deref().unwrap_or("")),
+        }
     }
 
     fn storage_error(&self, name: &str) -> impl Fn(StorageError) -> ApiError + '_ {
@@ -118,6 +133,7 @@ pub(crate) async fn create(
         }
     }
     prepare_create(&mut obj);
+    apply::record_update(target.resource, None, &mut obj, &target.manager());
     validation::validate(target.resource, &obj)?;
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
     if target.dry_run {
@@ -138,26 +154,39 @@ pub(crate) async fn update(
     body: &[u8],
 ) -> Result<(Value, bool), ApiError> {
     let new = validation::decode(target.resource, body)?;
-    guaranteed_update(storage, target, true, |_| Ok(new.clone())).await
+    let create = target.resource.create_on_update;
+    let manager = target.manager();
+    guaranteed_update(storage, target, create, Some(&manager), |_| Ok(new.clone())).await
 }
 
+/// A PATCH: returns the object and whether it was created (only an apply creates).
 pub(crate) async fn patch(
     storage: &dyn Storage,
     target: &Target,
     content_type: &str,
     body: &[u8],
-) -> Result<Value, ApiError> {
+) -> Result<(Value, bool), ApiError> {
     let kind = PatchKind::from_content_type(content_type).ok_or_else(|| {
         ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json (got {content_type:?})"),
+            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type:?})"),
         )
     })?;
+    if kind == PatchKind::Apply {
+        return apply_patch(storage, target, body).await;
+    }
+    if target.force.is_some() {
+        return Err(patch_options_invalid(Cause::forbidden(
+            "force",
+            "may not be specified for non-apply patch",
+        )));
+    }
     let patch_doc: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     let resource = target.resource;
-    let (obj, _) = guaranteed_update(storage, target, false, |existing| {
+    let manager = target.manager();
+    guaranteed_update(storage, target, false, Some(&manager), |existing| {
         let Some(existing) = existing else {
             return Err(ApiError::not_found(
                 resource,
@@ -166,29 +195,113 @@ pub(crate) async fn patch(
         };
         // Patches apply to the object as the client sees it, in this version.
         let mut obj = resource.served(existing.clone());
-        patch::apply(kind, &mut obj, &patch_doc).map_err(|why| {
-            ApiError::new(
-                422,
-                "Invalid",
-                format!("the server rejected our request due to an error in our request: {why}"),
-            )
-        })?;
+        patch::apply(kind, &mut obj, &patch_doc).map_err(patch::PatchError::into_api_error)?;
         let obj = resource.stored(obj);
         validation::check_decoded(resource, &obj)?;
         Ok(obj)
     })
-    .await?;
-    Ok(obj)
+    .await
+}
+
+/// A server-side apply patch: creates the object when absent, else merges the
+/// configuration into it with field ownership (see [`apply`]).
+async fn apply_patch(
+    storage: &dyn Storage,
+    target: &Target,
+    body: &[u8],
+) -> Result<(Value, bool), ApiError> {
+    let manager = match target.field_manager.as_deref() {
+        Some(m) if !m.is_empty() => m.to_string(),
+        _ => {
+            return Err(patch_options_invalid(Cause::required(
+                "fieldManager",
+                "is required for apply patch",
+            )))
+        }
+    };
+    let force = match target.force.as_deref() {
+        None | Some("false" | "0" | "") => false,
+        Some("true" | "1") => true,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "invalid value for force: {other:?}: must be true or false"
+            )))
+        }
+    };
+    let resource = target.resource;
+    let config = decode_apply(resource, body)?;
+    guaranteed_update(storage, target, true, None, |existing| {
+        let live = existing.map(|e| resource.served(e.clone()));
+        let merged = apply::apply(resource, live.as_ref(), &config, &manager, force)?;
+        let obj = resource.stored(merged);
+        validation::check_decoded(resource, &obj)?;
+        Ok(obj)
+    })
+    .await
+}
+
+/// An apply configuration: YAML (JSON is YAML too) naming this kind and version.
+fn decode_apply(resource: &Resource, body: &[u8]) -> Result<Value, ApiError> {
+    let config: Value = match serde_json::from_slice(body) {
+        Ok(config) => config,
+        Err(_) => serde_norway::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+    };
+    if !config.is_object() {
+        return Err(ApiError::bad_request(
+            "error decoding YAML: the apply configuration is not an object",
+        ));
+    }
+    let api_version = config
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if api_version != resource.api_version() {
+        return Err(ApiError::bad_request(format!(
+            "Incorrect version specified in apply patch. Specified patch version: {api_version}, expected: {}",
+            resource.api_version()
+        )));
+    }
+    let kind = config.get("kind").and_then(Value::as_str).unwrap_or("");
+    if kind != resource.kind {
+        return Err(ApiError::bad_request(format!(
+            "the kind in the apply patch ({kind:?}) does not match the expected kind ({})",
+            resource.kind
+        )));
+    }
+    if !config
+        .pointer("/metadata/managedFields")
+        .is_none_or(Value::is_null)
+    {
+        return Err(ApiError::bad_request("metadata.managedFields must be nil"));
+    }
+    validation::check_decoded(resource, &resource.stored(config.clone()))?;
+    Ok(config)
+}
+
+/// kube-apiserver's 422 for bad PATCH query parameters.
+fn patch_options_invalid(cause: Cause) -> ApiError {
+    let message = format!(
+        "PatchOptions.meta.k8s.io \"\" is invalid: {}: {}",
+        cause.field, cause.message
+    );
+    ApiError::new(422, "Invalid", message).with_details(json!({
+        "group": "meta.k8s.io",
+        "kind": "PatchOptions",
+        "causes": [{"reason": cause.reason, "message": cause.message, "field": cause.field}],
+    }))
 }
 
 /// Reads, changes and writes with a resourceVersion precondition until the write
 /// lands, as kube-apiserver's `GuaranteedUpdate`. `change` gets the stored object
 /// (None when absent) and returns the new one; when the new one carries a
-/// resourceVersion, a mismatch is a 409 Conflict and no retry happens.
+/// resourceVersion, a mismatch is a 409 Conflict and no retry happens. With a
+/// `manager`, the write is recorded in `managedFields` as an Update by it.
 async fn guaranteed_update(
     storage: &dyn Storage,
     target: &Target,
     create_allowed: bool,
+    manager: Option<&str>,
     change: impl Fn(Option<&Value>) -> Result<Value, ApiError>,
 ) -> Result<(Value, bool), ApiError> {
     let namespace = target.namespace()?;
@@ -213,8 +326,11 @@ async fn guaranteed_update(
                 meta_mut(&mut obj).insert("name".into(), Value::from(name));
             }
         }
+        if let Some(manager) = manager {
+            apply::record_update(resource, existing.as_ref(), &mut obj, manager);
+        }
         let Some(existing) = existing else {
-            if !(create_allowed && resource.create_on_update) {
+            if !create_allowed {
                 return Err(ApiError::not_found(resource, name));
             }
             // kube-apiserver takes the body's uid as a precondition, checked against
@@ -440,6 +556,9 @@ mod tests {
             namespace: Some("ns".into()),
             name: name.map(Into::into),
             dry_run: false,
+            field_manager: None,
+            force: None,
+            user_agent: None,
         }
     }
 
@@ -490,7 +609,7 @@ mod tests {
         .unwrap();
         assert_eq!(same["metadata"]["resourceVersion"], "2");
 
-        let patched = patch(
+        let (patched, _) = patch(
             &s,
             &target(Some("a")),
             "application/merge-patch+json",

@@ -1,0 +1,134 @@
+//! A tower layer for a Kubernetes client that records each request it sends and when
+//! its answer came: the hook for peers that expose no renewal of their own (when the
+//! leader's last renewal was answered, how long a renewal took). Shared with
+//! `benches/peers` through `#[path]`, so it names no kube version: any client whose
+//! service speaks `http` 1 takes it (`ClientBuilder::with_layer`).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+
+use crate::scenario::LastRenewal;
+
+/// One request and its answer (response headers), as the client saw them.
+#[derive(Clone, Debug)]
+pub struct Sent {
+    pub method: http::Method,
+    pub start: Instant,
+    pub end: Instant,
+    /// A 2xx answer.
+    pub ok: bool,
+}
+
+/// What one client sent; clones share it.
+#[derive(Clone, Debug, Default)]
+pub struct ClientLog {
+    sent: Arc<Mutex<Vec<Sent>>>,
+    /// When the last successful PATCH was answered: the peers here renew with a PATCH.
+    pub last_patch: LastRenewal,
+}
+
+impl ClientLog {
+    pub fn layer(&self) -> RecordLayer {
+        RecordLayer(self.clone())
+    }
+
+    /// The requests that started at or after `since`, in the order they ended.
+    pub fn since(&self, since: Instant) -> Vec<Sent> {
+        self.sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|s| s.start >= since)
+            .cloned()
+            .collect()
+    }
+
+    fn push(&self, sent: Sent) {
+        if sent.ok && sent.method == http::Method::PATCH {
+            *self.last_patch.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent.end);
+        }
+        self.sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(sent);
+    }
+}
+
+/// Durations of renewals in a log: each successful PATCH, through the answer of the
+/// `then` requests that follow it (a peer that reads the Lease back after renewing).
+pub fn renewals(sent: &[Sent], then: &[http::Method]) -> Vec<f64> {
+    let mut out = Vec::new();
+    for (i, s) in sent.iter().enumerate() {
+        if s.method != http::Method::PATCH || !s.ok {
+            continue;
+        }
+        let follow = &sent[i + 1..];
+        if follow.len() < then.len()
+            || follow
+                .iter()
+                .zip(then)
+                .any(|(f, m)| f.method != *m || !f.ok)
+        {
+            continue;
+        }
+        let end = follow[..then.len()].last().map_or(s.end, |f| f.end);
+        out.push(end.saturating_duration_since(s.start).as_secs_f64());
+    }
+    out
+}
+
+#[derive(Clone)]
+pub struct RecordLayer(ClientLog);
+
+impl<S> tower::Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Record<S> {
+        Record {
+            inner,
+            log: self.0.clone(),
+        }
+    }
+}
+
+pub struct Record<S> {
+    inner: S,
+    log: ClientLog,
+}
+
+type Answer<R, E> = Pin<Box<dyn Future<Output = Result<http::Response<R>, E>> + Send>>;
+
+impl<S, B, R> tower::Service<http::Request<B>> for Record<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<R>;
+    type Error = S::Error;
+    type Future = Answer<R, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.method().clone();
+        let log = self.log.clone();
+        let start = Instant::now();
+        let answer = self.inner.call(req);
+        Box::pin(async move {
+            let res = answer.await;
+            log.push(Sent {
+                method,
+                start,
+                end: Instant::now(),
+                ok: matches!(&res, Ok(r) if r.status().is_success()),
+            });
+            res
+        })
+    }
+}
