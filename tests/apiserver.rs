@@ -954,8 +954,10 @@ mod apply {
         );
 
         // An update by another manager owns what it changed, named with its version.
-        let mut renew = PatchParams::default();
-        renew.field_manager = Some("renewer".into());
+        let renew = PatchParams {
+            field_manager: Some("renewer".into()),
+            ..PatchParams::default()
+        };
         leases
             .patch(
                 "sched",
@@ -1097,6 +1099,20 @@ mod apply {
         )
         .await;
         assert_eq!(code, 400);
+        let long = format!("{path}?fieldManager={}", "m".repeat(129));
+        let (code, body) = raw(
+            &server,
+            "PATCH",
+            &long,
+            "application/apply-patch+yaml",
+            yaml,
+        )
+        .await;
+        assert_eq!(code, 422);
+        assert_eq!(
+            body["message"],
+            "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Too long: may not be more than 128 bytes"
+        );
     }
 
     #[tokio::test]
@@ -1152,8 +1168,10 @@ mod apply {
         let mut cm = ConfigMap::default();
         cm.metadata.name = Some("c".into());
         cm.data = Some([("k".to_string(), "v".to_string())].into());
-        let mut pp = PostParams::default();
-        pp.field_manager = Some("creator".into());
+        let pp = PostParams {
+            field_manager: Some("creator".into()),
+            ..PostParams::default()
+        };
         let created = cms.create(&pp, &cm).await.unwrap();
         assert_eq!(
             managed(&created),

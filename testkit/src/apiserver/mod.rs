@@ -9,7 +9,20 @@
 //! - `coordination.k8s.io/v1` leases, `v1` endpoints, configmaps and events, and
 //!   `events.k8s.io/v1` events (stored as core events, as kube-apiserver stores
 //!   them), in any namespace: get, list, watch, create, update (PUT), patch (merge,
-//!   strategic merge, JSON patch) and delete, with `dryRun`;
+//!   strategic merge, JSON patch, server-side apply) and delete, with `dryRun`;
+//! - server-side apply (`application/apply-patch+yaml`, YAML or JSON, `fieldManager`
+//!   required, `force`): creates the object when absent (201), owns the applied
+//!   fields, removes fields a manager stops applying when no other manager owns them,
+//!   and answers a change to another manager's field with 409 Conflict and
+//!   `FieldManagerConflict` causes;
+//! - `metadata.managedFields` (`FieldsV1`) on every write: `Apply` entries per
+//!   manager, `Update` entries per manager and API version for other writes (the
+//!   manager from `fieldManager` or the User-Agent up to its first `/`); a request
+//!   carrying invalid managed fields keeps the stored ones, an empty list resets them;
+//! - strategic merge patch with the Go types' lists: `metadata.ownerReferences`
+//!   merged by `uid`, `metadata.finalizers` as a set, other lists replaced, and the
+//!   `$patch`, `$retainKeys`, `$deleteFromPrimitiveList/` and `$setElementOrder/`
+//!   directives;
 //! - `metadata.resourceVersion` from one counter that grows on every write (the etcd
 //!   revision with etcd storage); `uid` and `creationTimestamp` set on create and kept;
 //!   a stale PUT is a 409 Conflict; a write that changes nothing is not made;
@@ -25,9 +38,10 @@
 //! Tests steer it with [`ApiServer::faults`] (latency, injected errors),
 //! [`ApiServer::restart`] and [`ApiServer::requests`] (request counts).
 //!
-//! Not served: other kinds, namespaces as objects (every namespace exists), server-side
-//! apply, `deletecollection`, list paging (`limit` is ignored: lists are whole),
-//! managedFields, and protobuf.
+//! Not served: other kinds, namespaces as objects (every namespace exists),
+//! `deletecollection`, list paging (`limit` is ignored: lists are whole), the cap of ten
+//! `Update` managers (older ones are never merged into `ancient-changes`), the upgrade
+//! from client-side apply's `last-applied-configuration`, and protobuf.
 //!
 //! # Examples
 //!
@@ -44,6 +58,37 @@
 //! let created = leases.create(&PostParams::default(), &lease).await?;
 //! assert!(created.metadata.resource_version.is_some());
 //! server.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Server-side apply, and the conflict a second manager gets:
+//!
+//! ```no_run
+//! use k8s_openapi::api::coordination::v1::Lease;
+//! use kube::api::{Api, Patch, PatchParams};
+//! use leaderelection_testkit::apiserver::ApiServer;
+//!
+//! # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+//! let server = ApiServer::start().await?;
+//! let leases: Api<Lease> = Api::namespaced(server.client(), "kube-system");
+//! let config = |holder: &str| {
+//!     serde_json::json!({
+//!         "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+//!         "metadata": {"name": "kube-scheduler"},
+//!         "spec": {"holderIdentity": holder},
+//!     })
+//! };
+//! leases
+//!     .patch("kube-scheduler", &PatchParams::apply("a"), &Patch::Apply(config("a")))
+//!     .await?;
+//! let err = leases
+//!     .patch("kube-scheduler", &PatchParams::apply("b"), &Patch::Apply(config("b")))
+//!     .await
+//!     .unwrap_err();
+//! assert!(err.to_string().contains("conflict with \"a\": .spec.holderIdentity"));
+//! leases
+//!     .patch("kube-scheduler", &PatchParams::apply("b").force(), &Patch::Apply(config("b")))
+//!     .await?;
 //! # Ok(()) }
 //! ```
 

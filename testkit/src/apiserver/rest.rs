@@ -118,6 +118,7 @@ pub(crate) async fn create(
     if target.name.is_some() {
         return Err(ApiError::method_not_allowed());
     }
+    check_field_manager(target, "CreateOptions")?;
     let mut obj = validation::decode(target.resource, body)?;
     check_namespace(&mut obj, namespace)?;
     // kube-apiserver's etcd store refuses this with a 500, as here.
@@ -153,6 +154,7 @@ pub(crate) async fn update(
     target: &Target,
     body: &[u8],
 ) -> Result<(Value, bool), ApiError> {
+    check_field_manager(target, "UpdateOptions")?;
     let new = validation::decode(target.resource, body)?;
     let create = target.resource.create_on_update;
     let manager = target.manager();
@@ -170,9 +172,10 @@ pub(crate) async fn patch(
         ApiError::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json (got {content_type:?})"),
+            format!("the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got {content_type:?})"),
         )
     })?;
+    check_field_manager(target, "PatchOptions")?;
     if kind == PatchKind::Apply {
         return apply_patch(storage, target, body).await;
     }
@@ -279,17 +282,61 @@ fn decode_apply(resource: &Resource, body: &[u8]) -> Result<Value, ApiError> {
     Ok(config)
 }
 
-/// kube-apiserver's 422 for bad PATCH query parameters.
-fn patch_options_invalid(cause: Cause) -> ApiError {
-    let message = format!(
-        "PatchOptions.meta.k8s.io \"\" is invalid: {}: {}",
-        cause.field, cause.message
-    );
-    ApiError::new(422, "Invalid", message).with_details(json!({
+/// kube-apiserver's 422 for bad write options (`CreateOptions`, `UpdateOptions`,
+/// `PatchOptions`) in the query.
+fn options_invalid(kind: &str, causes: &[Cause]) -> ApiError {
+    let listed: Vec<String> = causes
+        .iter()
+        .map(|c| format!("{}: {}", c.field, c.message))
+        .collect();
+    let summary = match listed.as_slice() {
+        [one] => one.clone(),
+        many => format!("[{}]", many.join(", ")),
+    };
+    ApiError::new(
+        422,
+        "Invalid",
+        format!("{kind}.meta.k8s.io \"\" is invalid: {summary}"),
+    )
+    .with_details(json!({
         "group": "meta.k8s.io",
-        "kind": "PatchOptions",
-        "causes": [{"reason": cause.reason, "message": cause.message, "field": cause.field}],
+        "kind": kind,
+        "causes": causes
+            .iter()
+            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+            .collect::<Vec<_>>(),
     }))
+}
+
+fn patch_options_invalid(cause: Cause) -> ApiError {
+    options_invalid("PatchOptions", &[cause])
+}
+
+/// `ValidateFieldManager`: at most 128 bytes, printable characters only.
+fn check_field_manager(target: &Target, kind: &str) -> Result<(), ApiError> {
+    let Some(manager) = target.field_manager.as_deref() else {
+        return Ok(());
+    };
+    let mut causes = Vec::new();
+    if manager.len() > 128 {
+        causes.push(Cause {
+            reason: "FieldValueTooLong",
+            field: "fieldManager".into(),
+            message: "Too long: may not be more than 128 bytes".into(),
+        });
+    }
+    for (at, c) in manager.char_indices().filter(|(_, c)| c.is_control()) {
+        causes.push(Cause::invalid(
+            "fieldManager",
+            &Value::from(manager),
+            &format!("invalid character U+{:04X} (at position {at})", c as u32),
+        ));
+    }
+    if causes.is_empty() {
+        Ok(())
+    } else {
+        Err(options_invalid(kind, &causes))
+    }
 }
 
 /// Reads, changes and writes with a resourceVersion precondition until the write
