@@ -9,7 +9,7 @@
 //! (`--contend-child`); the peers that need another kube version run in the peer
 //! program (`benches/peers`, its `contend` mode).
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write as _};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::k8s::{KLE, NAMESPACE};
+use crate::k8s::{KLM, NAMESPACE, PEER_KC, PEER_KLE, PEER_KUBERT};
 use crate::scenario::Timings;
 use crate::stats::{fmt_secs, Table};
 use crate::{Env, Plan};
@@ -134,8 +134,10 @@ impl Schedule {
 #[derive(Clone, Debug)]
 struct Spec {
     library: String,
-    /// What the replicas hand the checker as the fencing token.
-    token: &'static str,
+    /// What the replicas hand the checker as the fencing token; `None` for a library
+    /// that exposes none: its terms all carry 0, so the checker's fenced store cannot
+    /// refuse a deposed leader's writes, as no downstream system could.
+    token: Option<&'static str>,
     program: PathBuf,
     args: Vec<String>,
 }
@@ -144,8 +146,40 @@ struct Spec {
 struct Proc {
     id: String,
     child: Child,
-    /// Tokens of the terms it reported begun and not ended.
-    open: Arc<Mutex<HashSet<u64>>>,
+    open: Arc<Mutex<Open>>,
+}
+
+/// The terms a replica process reported begun and not ended.
+#[derive(Debug, Default)]
+struct Open {
+    /// The checker's name of each open term, by token.
+    terms: HashMap<u64, String>,
+    /// Terms begun so far.
+    begun: usize,
+}
+
+impl Open {
+    /// The line as the checker gets it: the identity names the process's term
+    /// (`r0-1/3`: its third), so that two terms of one process are never confused,
+    /// even when a library gives every term the same token.
+    fn rename(&mut self, line: Line) -> Line {
+        match line {
+            Line::Begin { token, identity } => {
+                self.begun += 1;
+                let identity = format!("{identity}/{}", self.begun);
+                self.terms.insert(token, identity.clone());
+                Line::Begin { token, identity }
+            }
+            Line::Act { token, identity } => Line::Act {
+                identity: self.terms.get(&token).cloned().unwrap_or(identity),
+                token,
+            },
+            Line::End { token, identity } => Line::End {
+                identity: self.terms.remove(&token).unwrap_or(identity),
+                token,
+            },
+        }
+    }
 }
 
 impl Proc {
@@ -165,7 +199,7 @@ impl Proc {
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
-        let open: Arc<Mutex<HashSet<u64>>> = Arc::default();
+        let open: Arc<Mutex<Open>> = Arc::default();
         let (o, c) = (open.clone(), checker.clone());
         // A thread of its own per replica: each line is stamped as soon as it arrives,
         // however busy the runtime is.
@@ -175,13 +209,11 @@ impl Proc {
                 let Ok(line) = line.parse::<Line>() else {
                     continue;
                 };
-                c.receive(&line);
+                // Renamed and received under one lock, so that a stop or a kill
+                // sees every term begun.
                 let mut open = o.lock().unwrap_or_else(|e| e.into_inner());
-                match line {
-                    Line::Begin { token, .. } => open.insert(token),
-                    Line::End { token, .. } => open.remove(&token),
-                    Line::Act { .. } => true,
-                };
+                let line = open.rename(line);
+                c.receive(&line);
             }
         });
         Ok(Self {
@@ -191,12 +223,19 @@ impl Proc {
         })
     }
 
+    fn open(&self) -> std::sync::MutexGuard<'_, Open> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn leads(&self) -> bool {
-        !self
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        !self.open().terms.is_empty()
+    }
+
+    /// Marks its open terms as stalled, before it is stopped.
+    fn stalled(&self, checker: &Checker) {
+        for id in self.open().terms.values() {
+            checker.stalled(id);
+        }
     }
 
     /// Signals the process unless it has exited and been reaped (its pid may then
@@ -214,8 +253,9 @@ impl Proc {
     fn kill(mut self, checker: &Checker) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        checker.killed(&self.id);
-        self.open.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        for (_, id) in self.open().terms.drain() {
+            checker.killed(&id);
+        }
     }
 
     /// Waits a little for it to exit after its standard input was closed (it stops its
@@ -345,7 +385,7 @@ impl Group {
         match what {
             Disturb::Stop(d) => {
                 self.checker.fault(format!("SIGSTOP the leader {}", p.id));
-                self.checker.stalled(&p.id);
+                p.stalled(&self.checker);
                 p.signal(libc::SIGSTOP)?;
                 sleep(d).await;
                 p.signal(libc::SIGCONT)?;
@@ -371,23 +411,45 @@ fn specs(env: &Env) -> (Vec<Spec>, Vec<String>) {
     let mut specs = Vec::new();
     let mut missing = Vec::new();
     match std::env::current_exe() {
-        Ok(exe) => specs.push(Spec {
-            library: "leaderelection".into(),
-            token: "`Leadership::fencing_token` (the Lease's resourceVersion at acquisition)",
-            program: exe,
-            args: vec![CHILD_FLAG.into(), "leaderelection".into()],
-        }),
-        Err(e) => missing.push(format!("leaderelection: cannot find this program: {e}")),
+        Ok(exe) => {
+            specs.push(Spec {
+                library: "leaderelection".into(),
+                token: Some(
+                    "`Leadership::fencing_token` (the Lease's resourceVersion at acquisition)",
+                ),
+                program: exe.clone(),
+                args: vec![CHILD_FLAG.into(), "leaderelection".into()],
+            });
+            specs.push(Spec {
+                library: KLM.into(),
+                token: None,
+                program: exe,
+                args: vec![CHILD_FLAG.into(), "kube-lease-manager".into()],
+            });
+        }
+        Err(e) => missing.push(format!(
+            "leaderelection, {KLM}: cannot find this program: {e}"
+        )),
     }
-    match env.kube.as_ref().map(|k| &k.peers) {
-        Some(Ok(bin)) => specs.push(Spec {
-            library: KLE.into(),
-            token: "`leaseTransitions` of the Lease `try_acquire_or_renew` returned",
-            program: bin.clone(),
-            args: vec!["contend".into(), "kube-leader-election".into()],
-        }),
-        Some(Err(e)) => missing.push(format!("{KLE}: {e}")),
-        None => {}
+    let peers = [
+        (
+            PEER_KLE,
+            Some("`leaseTransitions` of the Lease `try_acquire_or_renew` returned"),
+        ),
+        (PEER_KC, None),
+        (PEER_KUBERT, None),
+    ];
+    for (peer, token) in peers {
+        match env.kube.as_ref().map(|k| &k.peers) {
+            Some(Ok(bin)) => specs.push(Spec {
+                library: peer.label.into(),
+                token,
+                program: bin.clone(),
+                args: vec!["contend".into(), peer.arg.into()],
+            }),
+            Some(Err(e)) => missing.push(format!("{}: {e}", peer.label)),
+            None => {}
+        }
     }
     (specs, missing)
 }
@@ -459,13 +521,21 @@ pub async fn section(plan: &Plan, env: &Env) -> String {
         }
         t.row(vec![
             g.spec.library.clone(),
-            g.spec.token.into(),
+            g.spec.token.unwrap_or("none (0 for every term)").into(),
             faults,
             r.intervals.to_string(),
             r.overlaps().to_string(),
             count(&r, |v| matches!(v, Violation::StaleTokenAccepted { .. })).to_string(),
-            r.fencing_regressions().to_string(),
-            r.refused.to_string(),
+            if g.spec.token.is_some() {
+                r.fencing_regressions().to_string()
+            } else {
+                "–".into()
+            },
+            if g.spec.token.is_some() {
+                r.refused.to_string()
+            } else {
+                "–".into()
+            },
             fmt_secs(r.worst_gap.as_secs_f64()),
             format!("{:.1} %", r.leader_share() * 100.0),
             notes(g, &r),
@@ -515,7 +585,7 @@ fn notes(g: &Group, r: &Report) -> String {
 pub fn child(args: &[String]) -> Result<(), String> {
     let [library, url, token, election, identity] = args else {
         return Err(format!(
-            "usage: {CHILD_FLAG} leaderelection URL TOKEN ELECTION IDENTITY (got {} arguments)",
+            "usage: {CHILD_FLAG} leaderelection|kube-lease-manager URL TOKEN ELECTION IDENTITY (got {} arguments)",
             args.len()
         ));
     };
@@ -542,6 +612,7 @@ pub fn child(args: &[String]) -> Result<(), String> {
         let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
         match library.as_str() {
             "leaderelection" => ours(client, election, identity, shutdown).await,
+            "kube-lease-manager" => kube_lease_manager(client, election, identity, shutdown).await,
             other => Err(format!("unknown library {other:?}")),
         }
     })
@@ -585,6 +656,54 @@ async fn act_while_valid(l: Leadership) {
     }
 }
 
+/// kube-lease-manager in its automatic mode (`LeaseManager::watch`), renewing `grace =
+/// lease - retry` before expiry, i.e. every retry period, as the other sections drive
+/// it; the work acts while its state channel says it leads. Dropping the channel makes
+/// the manager release and stop. It exposes no token.
+async fn kube_lease_manager(
+    client: kube::Client,
+    election: &str,
+    identity: &str,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    let duration = TIMINGS.lease.as_secs();
+    let manager = kube_lease_manager::LeaseManagerBuilder::new(client, election)
+        .with_namespace(NAMESPACE)
+        .with_identity(identity)
+        .with_duration(duration)
+        .with_grace(duration.saturating_sub(TIMINGS.retry.as_secs()).max(1))
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut state, task) = manager.watch().await;
+    let mut term: Option<ChildTerm> = None;
+    let mut act = tokio::time::interval(ACT_EVERY);
+    // After a SIGSTOP, one action, not a burst of the ticks missed meanwhile.
+    act.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = state.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                let leading = *state.borrow_and_update();
+                if leading && term.is_none() {
+                    term = Some(ChildTerm::new(0, identity));
+                    act.reset_immediately();
+                } else if !leading {
+                    term = None;
+                }
+            }
+            _ = act.tick(), if term.is_some() => say(&Line::Act { token: 0, identity: identity.to_owned() }),
+        }
+    }
+    drop(term);
+    drop(state);
+    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    Ok(())
+}
+
 /// One term in a child process: `BEGIN` when made, `END` when dropped.
 struct ChildTerm(Line);
 
@@ -592,6 +711,15 @@ impl ChildTerm {
     fn begin(l: &Leadership) -> Self {
         say(&Line::begin(l));
         Self(Line::end(l))
+    }
+
+    fn new(token: u64, identity: &str) -> Self {
+        let identity = identity.to_owned();
+        say(&Line::Begin {
+            token,
+            identity: identity.clone(),
+        });
+        Self(Line::End { token, identity })
     }
 }
 

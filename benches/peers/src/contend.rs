@@ -12,15 +12,17 @@
 //! kills it with SIGKILL meanwhile.
 //!
 //! ```text
-//! leaderelection-bench-peers contend kube-leader-election URL TOKEN ELECTION IDENTITY
+//! leaderelection-bench-peers contend kube-leader-election|kube-coordinate|kubert URL TOKEN ELECTION IDENTITY
 //! ```
 
+use std::future::Future;
 use std::io::Write as _;
+use std::pin::Pin;
 use std::time::Duration;
 
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 use tokio::io::AsyncReadExt;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::scenario::Timings;
 
@@ -38,31 +40,71 @@ const TIMINGS: Timings = Timings::SHORT;
 pub async fn run(args: &[String]) -> Result<(), String> {
     let [peer, url, token, election, identity] = args else {
         return Err(format!(
-            "usage: contend kube-leader-election URL TOKEN ELECTION IDENTITY (got {} arguments)",
+            "usage: contend kube-leader-election|kube-coordinate|kubert URL TOKEN ELECTION IDENTITY (got {} arguments)",
             args.len()
         ));
     };
-    let uri = url
+    let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("bad server URL {url:?}: {e}"))?;
-    let mut config = kube::Config::new(uri);
-    config.auth_info.token = Some(token.clone().into());
-    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
-    let (leading, stepped_down) = match peer.as_str() {
-        "kube-leader-election" => kube_leader_election(client, election, identity),
+    let campaign = match peer.as_str() {
+        "kube-leader-election" => {
+            let mut config = kube::Config::new(uri);
+            config.auth_info.token = Some(token.clone().into());
+            let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+            kube_leader_election(client, election, identity)
+        }
+        "kube-coordinate" => {
+            let mut config = kube2::Config::new(uri);
+            config.auth_info.token = Some(token.clone().into());
+            let client = kube2::Client::try_from(config).map_err(|e| e.to_string())?;
+            kube_coordinate(client, election, identity)?
+        }
+        "kubert" => {
+            let mut config = kube_client_1::Config::new(uri);
+            config.auth_info.token = Some(token.clone().into());
+            let client = kube_client_1::Client::try_from(config).map_err(|e| e.to_string())?;
+            kubert(client, election, identity).await?
+        }
         other => return Err(format!("unknown peer {other:?}")),
     };
-    work(leading, identity).await;
-    stepped_down.await;
+    work(campaign.leading, campaign.may_act, identity).await;
+    campaign.step_down.await;
     Ok(())
 }
 
-/// What a replica's campaign tells its work: `Some(token)` while the library says it
-/// leads, with the term's fencing token.
-type Leading = watch::Receiver<Option<u64>>;
+/// What a replica's campaign tells its work.
+struct Campaign {
+    /// `Some(token)` while the library says this replica leads, with the term's fencing
+    /// token (0 for a library that exposes none).
+    leading: watch::Receiver<Option<u64>>,
+    /// Asked before each action: whether the library still lets this replica act.
+    may_act: Box<dyn Fn() -> bool + Send>,
+    /// Stops the campaign (releasing where the library does) once the work stopped.
+    step_down: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
 
-/// Stops the campaign (releasing if it leads) once the work has stopped.
-type StepDown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+/// A campaign whose `task` publishes into `rx`'s channel until `stop` fires.
+fn campaign(
+    rx: watch::Receiver<Option<u64>>,
+    may_act: Box<dyn Fn() -> bool + Send>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+) -> Campaign {
+    Campaign {
+        leading: rx,
+        may_act,
+        step_down: Box::pin(async move {
+            let _ = stop.send(());
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }),
+    }
+}
+
+/// Publishes `token` when it differs from the last one.
+fn publish(tx: &watch::Sender<Option<u64>>, token: Option<u64>) {
+    tx.send_if_modified(|v| std::mem::replace(v, token) != token);
+}
 
 /// kube-leader-election as its README says: `try_acquire_or_renew` every retry period
 /// in a task of its own, its result shared with the work. It leads while the last call
@@ -70,11 +112,7 @@ type StepDown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
 /// `leaseTransitions` of the Lease that call returned: the library increments it when it
 /// takes the Lease from another holder, with a merge patch that carries no
 /// resourceVersion, so two candidates can take it at once with the same number.
-fn kube_leader_election(
-    client: kube::Client,
-    election: &str,
-    identity: &str,
-) -> (Leading, StepDown) {
+fn kube_leader_election(client: kube::Client, election: &str, identity: &str) -> Campaign {
     let lock = LeaseLock::new(
         client,
         crate::NAMESPACE,
@@ -85,7 +123,7 @@ fn kube_leader_election(
         },
     );
     let (tx, rx) = watch::channel(None);
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let mut tick = tokio::time::interval(TIMINGS.retry);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -104,22 +142,102 @@ fn kube_leader_election(
                 Ok(LeaseLockResult::NotAcquired(_)) | Err(_) => None,
             };
             // A new token while leading is a new term: the Lease was taken meanwhile.
-            tx.send_if_modified(|v| std::mem::replace(v, token) != token);
+            publish(&tx, token);
         }
         if tx.borrow().is_some() {
             let _ = lock.step_down().await;
         }
     });
-    let step_down = Box::pin(async move {
-        let _ = stop_tx.send(());
-        let _ = task.await;
+    campaign(rx, Box::new(|| true), stop_tx, task)
+}
+
+/// kube-coordinate as its README says: a spawned `LeaderElector`, leadership read from
+/// its state channel, `shutdown` to stop. It exposes no token.
+fn kube_coordinate(
+    client: kube2::Client,
+    election: &str,
+    identity: &str,
+) -> Result<Campaign, String> {
+    let config = kube_coordinate::Config::default()
+        .name(election)
+        .namespace(crate::NAMESPACE)
+        .identity(identity)
+        .manager("leaderelection-bench")
+        .lease_duration(TIMINGS.lease)
+        .renew_deadline(TIMINGS.renew)
+        .retry_period(TIMINGS.retry);
+    let handle =
+        kube_coordinate::LeaderElector::spawn(config, client).map_err(|e| e.to_string())?;
+    let mut state = handle.state();
+    let (tx, rx) = watch::channel(None);
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        loop {
+            publish(&tx, state.borrow_and_update().is_leader().then_some(0));
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                changed = state.changed() => if changed.is_err() { break },
+            }
+        }
+        let _ = handle.shutdown().await;
     });
-    (rx, step_down)
+    Ok(campaign(rx, Box::new(|| true), stop_tx, task))
+}
+
+/// kubert's Lease manager as its docs and Linkerd's policy controller use it: the Lease
+/// created if missing, `LeaseManager::init`, then `spawn`, which claims and renews
+/// `lease - retry` before expiry; the work acts while the claim `is_current_for` this
+/// replica (its holder, and its expiry not yet passed on the wall clock). Dropping
+/// every receiver of the claims vacates the Lease. It exposes no token.
+async fn kubert(
+    client: kube_client_1::Client,
+    election: &str,
+    identity: &str,
+) -> Result<Campaign, String> {
+    let api = kube_client_1::Api::namespaced(client, crate::NAMESPACE);
+    crate::kubert_lease::create_lease(&api, election).await?;
+    let manager = kubert::lease::LeaseManager::init(api, election)
+        .await
+        .map_err(|e| e.to_string())?;
+    let params = kubert::lease::ClaimParams {
+        lease_duration: TIMINGS.lease,
+        renew_grace_period: TIMINGS.lease.saturating_sub(TIMINGS.retry),
+    };
+    let (mut claims, manager_task) = manager
+        .spawn(identity.to_owned(), params)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tx, rx) = watch::channel(None);
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let check = claims.clone();
+    let id = identity.to_owned();
+    let may_act = Box::new(move || check.borrow().is_current_for(&id));
+    let id = identity.to_owned();
+    let task = tokio::spawn(async move {
+        loop {
+            let claim = claims.borrow_and_update().clone();
+            let current = claim.is_current_for(&id);
+            publish(&tx, current.then_some(0));
+            tokio::select! {
+                _ = &mut stop_rx => break,
+                changed = claims.changed() => if changed.is_err() { break },
+                // The claim runs out on the wall clock without a change on the channel.
+                _ = claim.expire(), if current => {}
+            }
+        }
+        drop(claims);
+        let _ = manager_task.await;
+    });
+    Ok(campaign(rx, may_act, stop_tx, task))
 }
 
 /// The leader's work: a term per stretch of `Some(token)`, an action every
 /// [`ACT_EVERY`] within it; returns when standard input closes.
-async fn work(mut leading: Leading, identity: &str) {
+async fn work(
+    mut leading: watch::Receiver<Option<u64>>,
+    may_act: Box<dyn Fn() -> bool + Send>,
+    identity: &str,
+) {
     let mut stdin_closed = Box::pin(async {
         let mut sink = Vec::new();
         let _ = tokio::io::stdin().read_to_end(&mut sink).await;
@@ -143,7 +261,7 @@ async fn work(mut leading: Leading, identity: &str) {
                 }
             }
             _ = act.tick(), if term.is_some() => {
-                if let Some(t) = &term {
+                if let Some(t) = term.as_ref().filter(|_| may_act()) {
                     t.act();
                 }
             }

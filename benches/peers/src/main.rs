@@ -15,10 +15,10 @@
 //! when its standard input closes. `contend` runs one replica of the contention
 //! section (see `contend.rs`).
 
-mod contend;
 #[allow(dead_code)]
 #[path = "../../election/client_log.rs"]
 mod client_log;
+mod contend;
 mod coordinate;
 mod kle;
 mod kubert_lease;
