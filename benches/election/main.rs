@@ -9,12 +9,14 @@
 //! cargo bench -p leaderelection-bench --bench election -- --quick       # a fast smoke run
 //! cargo bench -p leaderelection-bench --bench election -- --only scale  # one section
 //! cargo bench -p leaderelection-bench --bench election -- --only failover --backends file
+//! cargo bench -p leaderelection-bench --bench election -- --only contention --seed 7
 //! ```
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it prints how to run it and
 //! exits, so the test suite never runs the benchmark.
 
 mod client_log;
+mod contention;
 mod etcd;
 mod k8s;
 mod load;
@@ -49,9 +51,19 @@ pub(crate) struct Plan {
     scale_window: Duration,
     renew_window: Duration,
     pub load_window: Duration,
+    /// The contention section's run, and the seed of its random disturbances.
+    pub contention_window: Duration,
+    pub seed: u64,
 }
 
-const SECTIONS: [&str; 5] = ["scale", "renew", "failover", "load", "sharded"];
+const SECTIONS: [&str; 6] = [
+    "scale",
+    "renew",
+    "failover",
+    "load",
+    "sharded",
+    "contention",
+];
 const BACKENDS: [&str; 4] = ["memory", "file", "kube", "etcd"];
 
 impl Plan {
@@ -65,6 +77,8 @@ impl Plan {
             scale_window: Duration::from_secs(20),
             renew_window: Duration::from_secs(3),
             load_window: Duration::from_secs(60),
+            contention_window: Duration::from_secs(100),
+            seed: 2026,
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -76,6 +90,7 @@ impl Plan {
                     plan.scale_window = Duration::from_secs(6);
                     plan.renew_window = Duration::from_secs(2);
                     plan.load_window = Duration::from_secs(20);
+                    plan.contention_window = Duration::from_secs(60);
                 }
                 "--only" => {
                     let list = it
@@ -115,6 +130,12 @@ impl Plan {
                         .and_then(|v| v.parse().ok())
                         .ok_or("--reps needs a number")?;
                 }
+                "--seed" => {
+                    plan.seed = it
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or("--seed needs a number")?;
+                }
                 "--scale-secs" => {
                     let secs: f64 = it
                         .next()
@@ -153,6 +174,13 @@ fn main() {
         if let Err(e) = scale::child(&args[1..]) {
             eprintln!("scale child: {e}");
             std::process::exit(1);
+        }
+        return;
+    }
+    if args.first().map(String::as_str) == Some(contention::CHILD_FLAG) {
+        if let Err(e) = contention::child(&args[1..]) {
+            eprintln!("contention replica: {e}");
+            std::process::exit(2);
         }
         return;
     }
@@ -352,7 +380,8 @@ impl Env {
     async fn start(plan: &Plan) -> Self {
         let mut notes = Vec::new();
         let servers = plan.wants("renew") || plan.wants("failover") || plan.wants("load");
-        let kube = if servers && plan.wants_backend(KUBE) {
+        // The contention section runs its replicas on the Kubernetes Lease alone.
+        let kube = if (servers || plan.wants("contention")) && plan.wants_backend(KUBE) {
             match k8s::start_server().await {
                 Ok(server) => {
                     eprintln!("building the peer program (benches/peers)");
@@ -597,6 +626,11 @@ async fn run(plan: Plan) -> String {
         out.push('\n');
         out.push_str(&crash.render());
         out.push('\n');
+    }
+
+    if plan.wants("contention") {
+        eprintln!("safety under contention, every library at once");
+        out.push_str(&contention::section(&plan, &env).await);
     }
 
     out.push_str(&load);

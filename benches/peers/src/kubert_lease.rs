@@ -51,7 +51,7 @@ impl Kubert {
 }
 
 /// `LeaseManager::init` needs the Lease to exist.
-async fn create_lease(api: &Api<Lease>, name: &str) -> Result<(), String> {
+pub(crate) async fn create_lease(api: &Api<Lease>, name: &str) -> Result<(), String> {
     let mut lease = Lease {
         spec: Some(LeaseSpec::default()),
         ..Lease::default()

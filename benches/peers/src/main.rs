@@ -6,16 +6,19 @@
 //! leaderelection-bench-peers PEER URL TOKEN handover|failover N PREFIX
 //! leaderelection-bench-peers PEER URL TOKEN renew SECONDS PREFIX
 //! leaderelection-bench-peers PEER URL TOKEN steady PREFIX TOKEN...
+//! leaderelection-bench-peers contend PEER URL TOKEN ELECTION IDENTITY
 //! ```
 //!
 //! PEER is `kube-leader-election`, `kube-coordinate` or `kubert`. `renew` times the
 //! renewals of a leader over SECONDS. `steady` starts one candidate per token at the
 //! default timings (the first leads), prints `ready` when the first leads, and releases
-//! when its standard input closes.
+//! when its standard input closes. `contend` runs one replica of the contention
+//! section (see `contend.rs`).
 
 #[allow(dead_code)]
 #[path = "../../election/client_log.rs"]
 mod client_log;
+mod contend;
 mod coordinate;
 mod kle;
 mod kubert_lease;
@@ -68,6 +71,13 @@ fn library(peer: &str, url: &str, token: &str, timings: Timings) -> Arc<dyn Libr
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("contend") {
+        if let Err(e) = contend::run(&args[1..]).await {
+            eprintln!("contend: {e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     if let Err(e) = run(&args).await {
         println!("{}", serde_json::json!({ "error": e }));
         std::process::exit(1);
