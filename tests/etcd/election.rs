@@ -293,3 +293,67 @@ async fn etcd_election_keeps_the_last_leader_seen_after_stepping_down() {
     assert_eq!(e.leader().as_deref(), Some("a"));
     assert!(e.current_leader().await.unwrap().is_none(), "resigned");
 }
+
+/// The value of `metric{name="test"}` in the text encoding of `registry`.
+#[cfg(feature = "metrics")]
+fn metric(registry: &prometheus_client::registry::Registry, metric: &str) -> f64 {
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, registry).unwrap();
+    let prefix = format!("{metric}{{name=\"test\"}} ");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in:\n{text}"));
+    line[prefix.len()..].parse().unwrap()
+}
+
+#[cfg(feature = "metrics")]
+#[tokio::test]
+async fn etcd_election_publishes_the_election_metrics() {
+    use leaderelection::Metrics;
+    use prometheus_client::registry::Registry;
+
+    let cluster = start(1);
+    let (mut registry_a, mut registry_b) = (Registry::default(), Registry::default());
+    let a = new_election(&cluster, "metrics", fast("a")).await;
+    a.set_metrics(&Metrics::new(&mut registry_a));
+    let b = new_election(&cluster, "metrics", fast("b")).await;
+    b.set_metrics(&Metrics::new(&mut registry_b));
+    let master = |r: &Registry| metric(r, "leader_election_master_status");
+    let transitions = |r: &Registry| metric(r, "leader_election_transitions_total");
+    let renewals = |r: &Registry| metric(r, "leader_election_renewal_duration_seconds_count");
+
+    let replica_a = Replica::election("a", a.clone());
+    wait_until("a leads", Duration::from_secs(10), || replica_a.is_leader()).await;
+    let replica_b = Replica::election("b", b.clone());
+    wait_until("b sees a lead", Duration::from_secs(10), || {
+        b.leader().as_deref() == Some("a")
+    })
+    .await;
+    // Leading for a few retry periods: the keep-alives are the renewals.
+    sleep(Duration::from_millis(1600)).await;
+    assert_eq!((master(&registry_a), master(&registry_b)), (1.0, 0.0));
+    assert_eq!(
+        (transitions(&registry_a), transitions(&registry_b)),
+        (1.0, 0.0)
+    );
+    assert!(
+        renewals(&registry_a) >= 2.0,
+        "a's keep-alives are timed as renewals"
+    );
+    assert_eq!(
+        metric(&registry_a, "leader_election_renewal_failures_total"),
+        0.0
+    );
+
+    // a resigns: b leads, each replica's gauge follows.
+    replica_a.stop().await;
+    wait_until("b leads", Duration::from_secs(10), || replica_b.is_leader()).await;
+    assert_eq!((master(&registry_a), master(&registry_b)), (0.0, 1.0));
+    assert_eq!(
+        (transitions(&registry_a), transitions(&registry_b)),
+        (1.0, 1.0)
+    );
+    replica_b.stop().await;
+    assert_eq!(master(&registry_b), 0.0);
+}
