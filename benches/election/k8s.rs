@@ -193,24 +193,13 @@ impl Library for KubeLeaseManager {
                     }
                 }
             });
-            let abort_task = task.abort_handle();
-            let abort_monitor = monitor.abort_handle();
-            Ok(Replica {
+            Ok(Replica::of_tasks(
                 leading,
-                last_renewal: log.last_patch.clone(),
-                release: Some(Box::new(move || {
-                    let _ = release_tx.send(());
-                })),
-                crash: Box::new(move || {
-                    abort_task.abort();
-                    abort_monitor.abort();
-                }),
-                stopped: async move {
-                    let _ = monitor.await;
-                    let _ = task.await;
-                }
-                .boxed(),
-            })
+                log.last_patch.clone(),
+                release_tx,
+                task,
+                monitor,
+            ))
         }
         .boxed()
     }

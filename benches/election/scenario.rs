@@ -60,6 +60,35 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// A replica run by a library's `task` and a `monitor` that reports its leading
+    /// and holds what the library releases on (it ends when `release` fires): a crash
+    /// aborts both, and the replica has stopped when both ended.
+    pub fn of_tasks<A: Send + 'static, B: Send + 'static>(
+        leading: watch::Receiver<Option<Instant>>,
+        last_renewal: LastRenewal,
+        release: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<A>,
+        monitor: tokio::task::JoinHandle<B>,
+    ) -> Replica {
+        let abort_task = task.abort_handle();
+        let abort_monitor = monitor.abort_handle();
+        Replica {
+            leading,
+            last_renewal,
+            release: Some(Box::new(move || {
+                let _ = release.send(());
+            })),
+            crash: Box::new(move || {
+                abort_task.abort();
+                abort_monitor.abort();
+            }),
+            stopped: Box::pin(async move {
+                let _ = monitor.await;
+                let _ = task.await;
+            }),
+        }
+    }
+
     async fn wait_leading(&mut self, limit: Duration) -> Option<Instant> {
         let rx = &mut self.leading;
         timeout(limit, async {
