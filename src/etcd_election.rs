@@ -551,18 +551,14 @@ impl EtcdElection {
                     "the leader's session is past expiry on the server; revoking it"
                 );
                 let result = self
-                    .request(
+                    .lease_request(
                         "revoke the expired session of the leader of",
                         |c| async move { c.lease_client().revoke(lease).await },
                     )
                     .await;
                 match result {
+                    // Revoked now, or already gone.
                     Ok(_) => return true,
-                    Err(LockError::Unavailable { source, .. })
-                        if source.to_string().contains("lease not found") =>
-                    {
-                        return true
-                    }
                     Err(e) => {
                         debug!(error = %e, "failed to revoke the leader's expired session; etcd will");
                         *at = Some(Instant::now() + retry);
@@ -692,19 +688,11 @@ impl EtcdElection {
     /// (-1 when etcd no longer has it), and the granted TTL.
     async fn lease_ttl(&self, lease: i64) -> Result<(i64, i64), LockError> {
         let resp = self
-            .request("ask the session of the last leader in", |c| async move {
+            .lease_request("ask the session of the last leader in", |c| async move {
                 c.lease_client().time_to_live(lease, None).await
             })
-            .await;
-        match resp {
-            Ok(r) => Ok((r.ttl(), r.granted_ttl())),
-            Err(LockError::Unavailable { source, .. })
-                if source.to_string().contains("lease not found") =>
-            {
-                Ok((-1, 0))
-            }
-            Err(e) => Err(e),
-        }
+            .await?;
+        Ok(resp.map_or((-1, 0), |r| (r.ttl(), r.granted_ttl())))
     }
 
     /// The granted TTL of the session lease of `leader`'s key while etcd still has it;
@@ -787,6 +775,28 @@ impl EtcdElection {
         self.shared
             .core
             .call(async { sent.await.map_err(|e| self.err(op, e)) })
+            .await
+    }
+
+    /// [`request`](Self::request) on a lease: `None` when etcd no longer has it.
+    async fn lease_request<T, Fut>(
+        &self,
+        op: &str,
+        send: impl FnOnce(Client) -> Fut,
+    ) -> Result<Option<T>, LockError>
+    where
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let sent = send(self.shared.client.clone());
+        self.shared
+            .core
+            .call(async {
+                match sent.await {
+                    Ok(v) => Ok(Some(v)),
+                    Err(e) if is_lease_gone(&e) => Ok(None),
+                    Err(e) => Err(self.err(op, e)),
+                }
+            })
             .await
     }
 
