@@ -99,14 +99,8 @@ pub async fn renewals_of_leaders(
     let mut replicas = Vec::new();
     for i in 0..leaders {
         let mut r = lib.start(format!("{prefix}-{i}"), "renewer".into()).await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while r.leading.borrow_and_update().is_none() {
-            if tokio::time::timeout_at(deadline, r.leading.changed())
-                .await
-                .is_err()
-            {
-                return Err(format!("leader {i} did not lead within 30 s"));
-            }
+        if r.wait_leading(Duration::from_secs(30)).await.is_none() {
+            return Err(format!("leader {i} did not lead within 30 s"));
         }
         replicas.push(r);
     }

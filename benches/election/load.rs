@@ -306,16 +306,12 @@ async fn start_one(lib: &dyn Library, election: &str, i: usize) -> Result<Replic
     let mut r = lib
         .start(election.to_string(), format!("candidate-{i}"))
         .await?;
-    if i == 0 {
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
-        while r.leading.borrow_and_update().is_none() {
-            if tokio::time::timeout_at(deadline, r.leading.changed())
-                .await
-                .is_err()
-            {
-                return Err("the first candidate did not lead within 60 s".into());
-            }
-        }
+    if i == 0
+        && r.wait_leading(std::time::Duration::from_secs(60))
+            .await
+            .is_none()
+    {
+        return Err("the first candidate did not lead within 60 s".into());
     }
     Ok(r)
 }

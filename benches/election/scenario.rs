@@ -89,7 +89,9 @@ impl Replica {
         }
     }
 
-    async fn wait_leading(&mut self, limit: Duration) -> Option<Instant> {
+    /// When this replica started leading, if it does within `limit`; `None` also
+    /// when it stopped before.
+    pub async fn wait_leading(&mut self, limit: Duration) -> Option<Instant> {
         let rx = &mut self.leading;
         timeout(limit, async {
             loop {

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
-use tokio::time::Instant;
 
 use crate::scenario::{Departure, Library, Timings};
 
@@ -133,16 +132,8 @@ async fn run(args: &[String]) -> Result<(), String> {
             for (i, token) in tokens.iter().enumerate() {
                 let lib = library(peer, url, token, Timings::DEFAULT);
                 let mut r = lib.start(prefix.clone(), format!("candidate-{i}")).await?;
-                if i == 0 {
-                    let deadline = Instant::now() + Duration::from_secs(30);
-                    while r.leading.borrow_and_update().is_none() {
-                        if tokio::time::timeout_at(deadline, r.leading.changed())
-                            .await
-                            .is_err()
-                        {
-                            return Err("the first candidate did not lead within 30 s".into());
-                        }
-                    }
+                if i == 0 && r.wait_leading(Duration::from_secs(30)).await.is_none() {
+                    return Err("the first candidate did not lead within 30 s".into());
                 }
                 replicas.push(r);
             }
