@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::LazyLock;
 
 use serde_json::{json, Map, Value};
 
@@ -23,17 +24,15 @@ use super::status::ApiError;
 pub(crate) fn document(path: &str) -> Option<Value> {
     let path = path.trim_end_matches('/');
     if path == "/openapi/v3" {
-        return Some(index());
+        return Some(INDEX.clone());
     }
     let gv = path.strip_prefix("/openapi/v3/")?;
-    group_versions()
-        .into_iter()
-        .find(|(name, _)| name == gv)
-        .map(|(_, resources)| group_version(&resources))
+    DOCUMENTS.get(gv).cloned()
 }
 
-/// `api/v1`, `apis/<group>/<version>`, each with its kinds.
-fn group_versions() -> BTreeMap<String, Vec<&'static Resource>> {
+/// The document of each group version (`api/v1`, `apis/<group>/<version>`), built
+/// once: they depend only on the served kinds.
+static DOCUMENTS: LazyLock<BTreeMap<String, Value>> = LazyLock::new(|| {
     let mut gvs: BTreeMap<String, Vec<&'static Resource>> = BTreeMap::new();
     for r in RESOURCES {
         let name = if r.group.is_empty() {
@@ -43,22 +42,24 @@ fn group_versions() -> BTreeMap<String, Vec<&'static Resource>> {
         };
         gvs.entry(name).or_default().push(r);
     }
-    gvs
-}
+    gvs.into_iter()
+        .map(|(name, resources)| (name, group_version(&resources)))
+        .collect()
+});
 
-fn index() -> Value {
-    let paths: Map<String, Value> = group_versions()
-        .into_iter()
-        .map(|(name, resources)| {
+static INDEX: LazyLock<Value> = LazyLock::new(|| {
+    let paths: Map<String, Value> = DOCUMENTS
+        .iter()
+        .map(|(name, document)| {
             let mut hasher = DefaultHasher::new();
-            group_version(&resources).to_string().hash(&mut hasher);
+            document.to_string().hash(&mut hasher);
             // kubectl caches each document under its hash.
             let url = format!("/openapi/v3/{name}?hash={:016X}", hasher.finish());
-            (name, json!({"serverRelativeURL": url}))
+            (name.clone(), json!({"serverRelativeURL": url}))
         })
         .collect();
     json!({"paths": paths})
-}
+});
 
 fn group_version(resources: &[&'static Resource]) -> Value {
     let mut schemas = Map::new();
@@ -327,15 +328,11 @@ fn answer(
     match validation {
         FieldValidation::Strict if !unknown.is_empty() => {
             let why = format!("strict decoding error: {}", unknown.join(", "));
-            Err(ApiError::bad_request(if kind == Payload::Object {
-                format!(
-                    "{kind} in version {version:?} cannot be handled as a {kind}: {why}",
-                    kind = resource.kind,
-                    version = resource.version
-                )
+            Err(if kind == Payload::Object {
+                super::validation::cannot_handle(resource, why)
             } else {
-                why
-            }))
+                ApiError::bad_request(why)
+            })
         }
         FieldValidation::Warn => Ok(unknown),
         _ => Ok(vec![]),

@@ -434,13 +434,7 @@ fn media(part: &str) -> &str {
 pub(crate) fn decode_body(resource: &Resource, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     decode(body)
         .map(|obj| obj.to_string().into_bytes())
-        .map_err(|why| {
-            ApiError::bad_request(format!(
-                "{kind} in version {version:?} cannot be handled as a {kind}: {why}",
-                kind = resource.kind,
-                version = resource.version
-            ))
-        })
+        .map_err(|why| super::validation::cannot_handle(resource, why))
 }
 
 /// Decodes an enveloped object into JSON.

@@ -73,34 +73,30 @@ fn fields(resource: &Resource) -> &'static [(&'static str, Type)] {
     }
 }
 
+/// kube-apiserver's 400 for a body it cannot decode as the kind.
+pub(crate) fn cannot_handle(resource: &Resource, why: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request(format!(
+        "{kind} in version {version:?} cannot be handled as a {kind}: {why}",
+        kind = resource.kind,
+        version = resource.version
+    ))
+}
+
 /// Parses a request body into a JSON object of the kind's shape (in stored form).
 pub(crate) fn decode(resource: &Resource, body: &[u8]) -> Result<Value, ApiError> {
-    let cannot = |why: String| {
-        ApiError::bad_request(format!(
-            "{kind} in version {version:?} cannot be handled as a {kind}: {why}",
-            kind = resource.kind,
-            version = resource.version
-        ))
-    };
-    let value: Value = serde_json::from_slice(body).map_err(|e| cannot(e.to_string()))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| cannot_handle(resource, e))?;
     if !value.is_object() {
-        return Err(cannot("the body is not a JSON object".into()));
+        return Err(cannot_handle(resource, "the body is not a JSON object"));
     }
     check_identity(resource, &value)?;
     let value = resource.stored(value);
-    check_types(resource, &value).map_err(cannot)?;
+    check_types(resource, &value).map_err(|why| cannot_handle(resource, why))?;
     Ok(value)
 }
 
 /// Checks the types of a patched object, already in stored form.
 pub(crate) fn check_decoded(resource: &Resource, value: &Value) -> Result<(), ApiError> {
-    check_types(resource, value).map_err(|why| {
-        ApiError::bad_request(format!(
-            "{kind} in version {version:?} cannot be handled as a {kind}: {why}",
-            kind = resource.kind,
-            version = resource.version
-        ))
-    })
+    check_types(resource, value).map_err(|why| cannot_handle(resource, why))
 }
 
 fn check_identity(resource: &Resource, value: &Value) -> Result<(), ApiError> {
