@@ -750,7 +750,6 @@ async fn streaming_lists_send_the_state_then_a_marked_bookmark() {
 mod apply {
     use super::*;
     use serde_json::{json, Value};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     const NS: &str = "default";
 
@@ -794,18 +793,10 @@ mod apply {
         ctype: &str,
         body: &str,
     ) -> (u16, Value) {
-        let addr = server.url().trim_start_matches("http://").to_string();
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let request = format!(
-            "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(request.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let code = response[9..12].parse().unwrap();
-        let (_, body) = response.split_once("\r\n\r\n").unwrap();
-        (code, serde_json::from_str(body).unwrap_or(Value::Null))
+        let head = format!("{method} {path} HTTP/1.1\r\nContent-Type: {ctype}");
+        let (head, body) = super::raw_request(server, &head, body.as_bytes()).await;
+        let code = head[9..12].parse().unwrap();
+        (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
     }
 
     #[tokio::test]
