@@ -394,7 +394,17 @@ async fn etcd_restarted_with_its_data_keeps_the_leader_and_the_revisions() {
 
     cluster.restart(0).unwrap();
     cluster.wait_healthy(0).unwrap();
-    // Renewals resume against the same revisions: no transition.
+    let before = mod_revision(&cluster, usize::MAX, "/leaderelection/restart").await;
+    // Renewals resume against the same revisions, within the renew deadline (8 s) of
+    // the last one before the restart: no transition.
+    let restarted = Instant::now();
+    while mod_revision(&cluster, usize::MAX, "/leaderelection/restart").await == before {
+        assert!(
+            restarted.elapsed() < Duration::from_secs(8),
+            "no renewal after the restart"
+        );
+        sleep(Duration::from_millis(200)).await;
+    }
     sleep(Duration::from_secs(2)).await;
     assert!(replicas[leader].is_leader());
     for r in &mut replicas {
