@@ -19,6 +19,9 @@ async fn etcd_lock_tampered(cluster: &EtcdCluster, native: bool, blank: bool) {
         takeover::fast(&name, "a").recampaign(false),
         &spans,
     );
+    // a leads before b starts, or b may win the first race and a, which does not
+    // campaign again, never leads.
+    takeover::wait("a leads", Duration::from_secs(20), || (a.is_leader)()).await;
     let b_lock = lock(cluster, &name, options()).await;
     let b = takeover::Running::elector("b", b_lock, takeover::fast(&name, "b"), &spans);
     takeover::leader_and_standby(&a, &b).await;
