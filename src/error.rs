@@ -1,4 +1,4 @@
-//! Errors of locks and of the elector's configuration.
+//! Errors of locks, of the elector's configuration and of its health check.
 
 use std::time::Duration;
 
@@ -125,4 +125,16 @@ pub enum ConfigError {
     /// A [`ShardedElector`](crate::ShardedElector) needs at least one shard.
     #[error("shards must be at least 1")]
     NoShards,
+}
+
+/// The elector is unhealthy: it believes it leads but has not renewed for longer than
+/// the lease plus the tolerance. Returned by `check_health` of
+/// [`LeaderElector`](crate::LeaderElector) and `EtcdElection`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("failed election to renew leadership on lease {name}: last renewal {since:?} ago")]
+pub struct HealthError {
+    /// The election name.
+    pub name: String,
+    /// Time since the last successful renewal began.
+    pub since: Duration,
 }

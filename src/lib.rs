@@ -67,6 +67,7 @@ mod metrics;
 mod record;
 mod sharded;
 mod status;
+mod sync;
 mod term;
 
 // README's examples compile and run as doctests.
@@ -76,7 +77,7 @@ struct ReadmeDoctests;
 
 pub use config::{default_identity, Config, JITTER_FACTOR};
 pub use elector::{LeaderElector, MAX_HONOURED_LEASE};
-pub use error::{BoxError, ConfigError, LockError};
+pub use error::{BoxError, ConfigError, HealthError, LockError};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
 pub use etcd_election::{EtcdElection, EtcdLeader};
@@ -95,4 +96,3 @@ pub use metrics::Metrics;
 pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
 pub use sharded::{shard_for_key, LockFactory, ShardStatus, ShardedElector};
 pub use status::{ElectionEvent, Status};
-pub use term::HealthError;

@@ -12,7 +12,7 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 use tokio::time::Instant;
 
-use crate::status::lock_unpoisoned;
+use crate::sync::lock_unpoisoned;
 
 /// The label of every election metric: the election's name.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

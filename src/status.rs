@@ -1,7 +1,7 @@
 //! What an election reports: the observed leader, and each change of leadership.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use tokio::sync::{mpsc, watch};
 use tracing::info;
@@ -9,6 +9,7 @@ use tracing::info;
 #[cfg(feature = "metrics")]
 use crate::metrics::{ElectionMetrics, Metrics};
 use crate::record::truncate;
+use crate::sync::lock_unpoisoned;
 
 /// What the elector last saw, published through `subscribe` (of [`LeaderElector`](crate::LeaderElector) and `EtcdElection`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -172,11 +173,6 @@ impl Reporter {
         }
         lock_unpoisoned(&self.events).retain(|tx| tx.send(event.clone()).is_ok());
     }
-}
-
-/// A poisoned mutex only means a panic elsewhere; the data behind it is still whole.
-pub(crate) fn lock_unpoisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The readiness and metrics methods every election type exposes, over its

@@ -20,22 +20,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn, Instrument, Span};
 
 use crate::config::Config;
-use crate::error::{ConfigError, LockError};
+use crate::error::{ConfigError, HealthError, LockError};
 use crate::leadership::Leadership;
 use crate::record::truncate;
-use crate::status::{lock_unpoisoned, ElectionEvent, Reporter};
-
-/// The elector is unhealthy: it believes it leads but has not renewed for longer than
-/// the lease plus the tolerance. Returned by `check_health` of
-/// [`LeaderElector`](crate::LeaderElector) and `EtcdElection`.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("failed election to renew leadership on lease {name}: last renewal {since:?} ago")]
-pub struct HealthError {
-    /// The election name.
-    pub name: String,
-    /// Time since the last successful renewal began.
-    pub since: Duration,
-}
+use crate::status::{ElectionEvent, Reporter};
+use crate::sync::lock_unpoisoned;
 
 /// Why a renewal did not succeed.
 pub(crate) enum Renewal {
