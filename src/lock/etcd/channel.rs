@@ -26,6 +26,8 @@ use tower::util::BoxCloneSyncService;
 use tower::{BoxError, Service, ServiceExt};
 use tracing::debug;
 
+use super::error::with_causes;
+
 /// Builds a [`Failover`] channel for `Client::connect_with_balanced_channel`.
 pub(super) struct Pinned;
 
@@ -141,7 +143,7 @@ impl Service<http::Request<Body>> for Failover {
                 Err(e) => {
                     let message = format!(
                         "etcd endpoint {uri}: {}",
-                        super::error::with_causes(e.to_string(), e.source())
+                        with_causes(e.to_string(), e.source())
                     );
                     shared.failed(counter, &uri, &message);
                     let code = Status::from_error(Box::new(e)).code();

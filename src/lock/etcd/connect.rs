@@ -5,9 +5,9 @@ use etcd_client::{Client, ConnectOptions};
 use tonic::Code;
 use tracing::warn;
 
-use super::error::describe;
+use super::channel;
+use super::error::{config_error, describe, map_error, BACKEND};
 use super::options::EtcdOptions;
-use super::{channel, map_error, BACKEND};
 use crate::error::LockError;
 
 /// Splits a comma-separated endpoint list, as in kube-apiserver's
@@ -165,9 +165,4 @@ fn check_endpoint(e: &str, options: &EtcdOptions) -> Result<(), LockError> {
         )));
     }
     Ok(())
-}
-
-/// A setting that cannot work, reported when connecting.
-pub(super) fn config_error(message: impl Into<String>) -> LockError {
-    LockError::unavailable(BACKEND, message.into())
 }

@@ -5,8 +5,10 @@ use std::fmt;
 
 use tonic::Code;
 
-use super::BACKEND;
 use crate::error::{BoxError, LockError};
+
+/// The backend's name in [`LockError`]s.
+pub(crate) const BACKEND: &str = "etcd";
 
 /// An etcd client error with what was being done, kept as the source of a [`LockError`].
 #[derive(Debug)]
@@ -93,4 +95,9 @@ pub(crate) fn map_error(context: String, e: etcd_client::Error) -> LockError {
             source,
         }
     }
+}
+
+/// A setting that cannot work, reported when connecting.
+pub(super) fn config_error(message: impl Into<String>) -> LockError {
+    LockError::unavailable(BACKEND, message.into())
 }

@@ -1,18 +1,21 @@
 //! [`EtcdLock`]: the record under one key, compare-and-swap on its mod revision.
 
 use std::fmt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use async_trait::async_trait;
-use etcd_client::{Client, Compare, CompareOp, KeyValue, PutOptions, Txn, TxnOp, TxnResponse};
+use etcd_client::{Client, Compare, CompareOp, PutOptions, Txn, TxnOp, TxnResponse};
 use tracing::{debug, warn};
 
-use super::error::describe;
-use super::options::EtcdOptions;
-use super::{connect, is_lease_gone, map_error, BACKEND, DEFAULT_PREFIX};
+use super::connect::connect;
+use super::error::{describe, is_lease_gone, map_error, BACKEND};
+use super::kv::{parse_kv, version};
+use super::options::{EtcdOptions, DEFAULT_PREFIX};
+use super::watch;
 use crate::error::LockError;
 use crate::lock::{LeaseLock, Version, Versioned, WatchStream};
-use crate::record::{InvalidRecord, LeaderElectionRecord};
+use crate::record::LeaderElectionRecord;
+use crate::sync::lock_unpoisoned;
 
 /// A [`LeaseLock`] on etcd: the record's JSON under one key (`prefix + name`,
 /// [`DEFAULT_PREFIX`] by default), the same JSON client-go writes.
@@ -380,7 +383,7 @@ impl LeaseLock for EtcdLock {
     }
 
     fn watch(&self) -> Option<WatchStream> {
-        Some(super::watch::records(
+        Some(watch::records(
             self.client.clone(),
             self.key.clone(),
             self.endpoints.clone(),
@@ -392,37 +395,10 @@ impl LeaseLock for EtcdLock {
     }
 }
 
-/// The record in a key-value, versioned by its mod revision.
-pub(super) fn parse_kv(kv: &KeyValue) -> Result<Versioned, LockError> {
-    let version = version(kv.mod_revision());
-    let record = match std::str::from_utf8(kv.value()) {
-        Ok(text) => LeaderElectionRecord::from_json(text),
-        Err(e) => Err(InvalidRecord::new(
-            format!("the value is not UTF-8: {e}"),
-            &String::from_utf8_lossy(kv.value()),
-        )),
-    };
-    match record {
-        Ok(record) => Ok(Versioned { record, version }),
-        Err(source) => Err(LockError::InvalidRecord {
-            source,
-            version: Some(version),
-        }),
-    }
-}
-
-pub(super) fn version(revision: i64) -> Version {
-    Version::from(u64::try_from(revision).unwrap_or(0))
-}
-
 /// The revision a successful write transaction created.
 fn revision(resp: &TxnResponse) -> Result<i64, LockError> {
     resp.header()
         .map(|h| h.revision())
         .filter(|r| *r > 0)
         .ok_or_else(|| LockError::unavailable(BACKEND, "etcd answered a write without a revision"))
-}
-
-fn lock_unpoisoned<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

@@ -14,16 +14,15 @@
 mod channel;
 mod connect;
 mod error;
+mod kv;
 mod lock;
 mod options;
 mod watch;
 
 pub use connect::{connect, parse_servers};
-pub(crate) use error::{is_lease_gone, map_error};
+pub(crate) use error::{is_lease_gone, map_error, BACKEND};
 pub use lock::EtcdLock;
 pub use options::{EtcdOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT};
 
 /// The etcd client crate this backend is built on, for [`EtcdLock::from_client`].
 pub use etcd_client;
-
-pub(crate) const BACKEND: &str = "etcd";

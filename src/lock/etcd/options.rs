@@ -10,7 +10,7 @@ use etcd_client::ConnectOptions;
 #[cfg(feature = "etcd-tls")]
 use etcd_client::{Certificate, Identity, TlsOptions};
 
-use super::connect::config_error;
+use super::error::config_error;
 use crate::error::LockError;
 
 /// The prefix [`EtcdLock`](super::EtcdLock) puts before the election name: the record of election

@@ -2,8 +2,8 @@
 
 use etcd_client::{Client, EventType, WatchOptions};
 
-use super::lock::parse_kv;
-use super::{map_error, BACKEND};
+use super::error::{map_error, BACKEND};
+use super::kv::parse_kv;
 use crate::error::LockError;
 use crate::lock::{LockEvent, WatchStream};
 
