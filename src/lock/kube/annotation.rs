@@ -5,14 +5,14 @@ use async_trait::async_trait;
 use serde::Serialize;
 use serde_json::Value;
 
-use super::object::{Kind, ObjectLock};
+use super::object::{Format, Kind, ObjectLock};
 use super::watch;
 use crate::error::LockError;
 use crate::lock::{LeaseLock, Version, Versioned, WatchStream};
 use crate::record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
 
 macro_rules! annotation_lock {
-    ($(#[$doc:meta])* $name:ident, $kind:expr, $flag:literal) => {
+    ($(#[$doc:meta])* $name:ident, $format:expr, $flag:literal) => {
         $(#[$doc])*
         #[derive(Clone, Debug)]
         pub struct $name {
@@ -27,7 +27,7 @@ macro_rules! annotation_lock {
                 name: impl Into<String>,
             ) -> Self {
                 Self {
-                    object: ObjectLock::new($kind, client, namespace.into(), name.into()),
+                    object: ObjectLock::new($format, client, namespace.into(), name.into()),
                 }
             }
         }
@@ -100,7 +100,7 @@ annotation_lock!(
     /// # let _ = elector; Ok(()) }
     /// ```
     EndpointsLock,
-    Kind::Endpoints,
+    ENDPOINTS,
     "endpoints"
 );
 
@@ -123,9 +123,23 @@ annotation_lock!(
     /// # let _ = elector; Ok(()) }
     /// ```
     ConfigMapLock,
-    Kind::ConfigMap,
+    CONFIG_MAP,
     "configmaps"
 );
+
+/// The record in the leader annotation of an Endpoints.
+pub(crate) const ENDPOINTS: Format = Format {
+    kind: Kind::Endpoints,
+    decode,
+    encode,
+};
+
+/// The record in the leader annotation of a ConfigMap.
+pub(crate) const CONFIG_MAP: Format = Format {
+    kind: Kind::ConfigMap,
+    decode,
+    encode,
+};
 
 /// client-go's `Get` of an annotation lock: no annotation is an empty record.
 pub(crate) fn decode(object: &Value) -> Result<LeaderElectionRecord, InvalidRecord> {

@@ -8,8 +8,10 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use super::object::{Kind, ObjectLock};
-use super::{classify, ResourceLockKind};
+use super::error::classify;
+use super::kind::ResourceLockKind;
+use super::object::{Format, ObjectLock};
+use super::{annotation, lease};
 use crate::error::LockError;
 use crate::{ElectionEvent, LeaderElector};
 
@@ -78,17 +80,17 @@ impl EventRecorder {
         name: impl Into<String>,
         identity: impl Into<String>,
     ) -> Self {
-        let kinds: &[Kind] = match kind {
-            ResourceLockKind::Leases => &[Kind::Lease],
-            ResourceLockKind::Endpoints => &[Kind::Endpoints],
-            ResourceLockKind::ConfigMaps => &[Kind::ConfigMap],
-            ResourceLockKind::EndpointsLeases => &[Kind::Endpoints, Kind::Lease],
-            ResourceLockKind::ConfigMapsLeases => &[Kind::ConfigMap, Kind::Lease],
+        let formats: &[Format] = match kind {
+            ResourceLockKind::Leases => &[lease::FORMAT],
+            ResourceLockKind::Endpoints => &[annotation::ENDPOINTS],
+            ResourceLockKind::ConfigMaps => &[annotation::CONFIG_MAP],
+            ResourceLockKind::EndpointsLeases => &[annotation::ENDPOINTS, lease::FORMAT],
+            ResourceLockKind::ConfigMapsLeases => &[annotation::CONFIG_MAP, lease::FORMAT],
         };
         let (namespace, name) = (namespace.into(), name.into());
-        let objects = kinds
+        let objects = formats
             .iter()
-            .map(|k| ObjectLock::new(*k, client.clone(), namespace.clone(), name.clone()))
+            .map(|f| ObjectLock::new(*f, client.clone(), namespace.clone(), name.clone()))
             .collect();
         let identity = identity.into();
         let component = "leaderelection".to_owned();
@@ -155,7 +157,7 @@ impl EventRecorder {
             // is still posted, just not shown there.
             let _ = object.fetch().await;
         }
-        let resource = object.kind.resource();
+        let resource = object.kind().resource();
         let regarding = ObjectReference {
             api_version: Some(resource.api_version),
             kind: Some(resource.kind),

@@ -5,7 +5,7 @@ use k8s_openapi::api::coordination::v1::LeaseSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use serde_json::Value;
 
-use super::object::{Kind, ObjectLock};
+use super::object::{Format, Kind, ObjectLock};
 use super::watch;
 use crate::error::LockError;
 use crate::lock::{LeaseLock, Version, Versioned, WatchStream};
@@ -48,7 +48,7 @@ impl KubeLeaseLock {
         name: impl Into<String>,
     ) -> Self {
         Self {
-            object: ObjectLock::new(Kind::Lease, client, namespace.into(), name.into()),
+            object: ObjectLock::new(FORMAT, client, namespace.into(), name.into()),
         }
     }
 }
@@ -96,6 +96,13 @@ impl LeaseLock for KubeLeaseLock {
         self.object.describe()
     }
 }
+
+/// The record in the spec of a Lease.
+pub(crate) const FORMAT: Format = Format {
+    kind: Kind::Lease,
+    decode,
+    encode,
+};
 
 /// client-go's `LeaseSpecToLeaderElectionRecord`: absent fields read as zero values.
 pub(crate) fn decode(object: &Value) -> Result<LeaderElectionRecord, InvalidRecord> {

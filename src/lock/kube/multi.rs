@@ -7,7 +7,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use futures::stream::StreamExt;
 
-use super::{ConfigMapLock, EndpointsLock, KubeLeaseLock};
+use super::annotation::{ConfigMapLock, EndpointsLock};
+use super::lease::KubeLeaseLock;
 use crate::error::LockError;
 use crate::lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 use crate::record::{InvalidRecord, LeaderElectionRecord};

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Endpoints};
 use kube::api::{Api, ApiResource, DynamicObject, PostParams};
 use serde_json::{json, Value};
 
-use super::{annotation, classify, lease, Failure, BACKEND};
+use super::error::{classify, Failure, BACKEND};
 use crate::error::LockError;
 use crate::lock::{Version, Versioned};
 use crate::record::{InvalidRecord, LeaderElectionRecord};
@@ -49,22 +49,18 @@ impl Kind {
             Kind::ConfigMap => "configmaps",
         }
     }
+}
 
+/// Where in its object a lock keeps the record. Each lock module supplies its own
+/// (the Lease spec, the leader annotation), so this plumbing never depends on them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Format {
+    /// The kind of object.
+    pub(crate) kind: Kind,
     /// The record an object holds.
-    pub(crate) fn decode(self, object: &Value) -> Result<LeaderElectionRecord, InvalidRecord> {
-        match self {
-            Kind::Lease => lease::decode(object),
-            Kind::Endpoints | Kind::ConfigMap => annotation::decode(object),
-        }
-    }
-
-    /// Writes `record` into `object`, leaving everything else as it is.
-    pub(crate) fn encode(self, object: &mut Value, record: &LeaderElectionRecord) {
-        match self {
-            Kind::Lease => lease::encode(object, record),
-            Kind::Endpoints | Kind::ConfigMap => annotation::encode(object, record),
-        }
-    }
+    pub(crate) decode: fn(&Value) -> Result<LeaderElectionRecord, InvalidRecord>,
+    /// Writes the record into an object, leaving everything else as it is.
+    pub(crate) encode: fn(&mut Value, &LeaderElectionRecord),
 }
 
 /// The `metadata.resourceVersion` of an object.
@@ -77,7 +73,7 @@ pub(crate) fn resource_version(object: &Value) -> Option<&str> {
 #[derive(Clone)]
 pub(crate) struct ObjectLock {
     pub(crate) api: Api<DynamicObject>,
-    pub(crate) kind: Kind,
+    format: Format,
     pub(crate) namespace: String,
     pub(crate) name: String,
     seen: Arc<Mutex<VecDeque<Value>>>,
@@ -86,7 +82,7 @@ pub(crate) struct ObjectLock {
 impl fmt::Debug for ObjectLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObjectLock")
-            .field("kind", &self.kind)
+            .field("kind", &self.format.kind)
             .field("namespace", &self.namespace)
             .field("name", &self.name)
             .finish_non_exhaustive()
@@ -94,10 +90,15 @@ impl fmt::Debug for ObjectLock {
 }
 
 impl ObjectLock {
-    pub(crate) fn new(kind: Kind, client: kube::Client, namespace: String, name: String) -> Self {
+    pub(crate) fn new(
+        format: Format,
+        client: kube::Client,
+        namespace: String,
+        name: String,
+    ) -> Self {
         Self {
-            api: Api::namespaced_with(client, &namespace, &kind.resource()),
-            kind,
+            api: Api::namespaced_with(client, &namespace, &format.kind.resource()),
+            format,
             namespace,
             name,
             seen: Arc::default(),
@@ -106,7 +107,11 @@ impl ObjectLock {
 
     /// `leases/kube-system/kube-scheduler`.
     pub(crate) fn describe(&self) -> String {
-        format!("{}/{}/{}", self.kind.plural(), self.namespace, self.name)
+        format!("{}/{}/{}", self.kind().plural(), self.namespace, self.name)
+    }
+
+    pub(crate) fn kind(&self) -> Kind {
+        self.format.kind
     }
 
     fn seen(&self) -> MutexGuard<'_, VecDeque<Value>> {
@@ -160,13 +165,10 @@ impl ObjectLock {
     /// The record an object holds, at the object's version.
     pub(crate) fn read(&self, object: &Value) -> Result<Versioned, LockError> {
         let version = resource_version(object).map(Version::new);
-        let record = self
-            .kind
-            .decode(object)
-            .map_err(|source| LockError::InvalidRecord {
-                source,
-                version: version.clone(),
-            })?;
+        let record = (self.format.decode)(object).map_err(|source| LockError::InvalidRecord {
+            source,
+            version: version.clone(),
+        })?;
         let version = version.ok_or_else(|| LockError::InvalidRecord {
             source: InvalidRecord::new(
                 "the object has no metadata.resourceVersion",
@@ -183,13 +185,13 @@ impl ObjectLock {
 
     /// POSTs a new object holding `record`.
     pub(crate) async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
-        let resource = self.kind.resource();
+        let resource = self.kind().resource();
         let mut object = json!({
             "apiVersion": resource.api_version,
             "kind": resource.kind,
             "metadata": { "name": self.name, "namespace": self.namespace },
         });
-        self.kind.encode(&mut object, record);
+        (self.format.encode)(&mut object, record);
         match self
             .api
             .create(&PostParams::default(), &from_value(object)?)
@@ -219,7 +221,7 @@ impl ObjectLock {
         let Some(mut object) = self.seen_at(expected.as_str()) else {
             return Err(LockError::Conflict);
         };
-        self.kind.encode(&mut object, record);
+        (self.format.encode)(&mut object, record);
         match self
             .api
             .replace(&self.name, &PostParams::default(), &from_value(object)?)

@@ -10,8 +10,8 @@ use futures::stream::{self, StreamExt};
 use kube::runtime::watcher::{self, watcher, Event};
 use serde_json::Value;
 
+use super::error::{classify, classify_status, BACKEND};
 use super::object::{to_value, ObjectLock};
-use super::{classify, classify_status, BACKEND};
 use crate::error::LockError;
 use crate::lock::{LockEvent, WatchStream};
 
