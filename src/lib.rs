@@ -93,6 +93,16 @@ pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::Metrics;
-pub use record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
+pub use record::{InvalidRecord, LeaderElectionRecord};
 pub use sharded::{shard_for_key, LockFactory, ShardStatus, ShardedElector};
 pub use status::{ElectionEvent, Status};
+
+/// The annotation under which Endpoints and ConfigMap locks keep the record.
+///
+/// It belongs to those locks: use `leaderelection::lock::kube::LEADER_ANNOTATION`
+/// (feature `kube`). Kept here, with the same value, for builds without `kube`.
+#[deprecated(
+    since = "0.2.0",
+    note = "use leaderelection::lock::kube::LEADER_ANNOTATION (feature `kube`)"
+)]
+pub const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";

@@ -5,9 +5,6 @@ use std::fmt;
 use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Annotation under which Endpoints and ConfigMap locks keep the record, as client-go does.
-pub const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
-
 /// Longest stored text kept in an error or a log line; a hostile record can be megabytes.
 const MAX_QUOTED: usize = 256;
 

@@ -9,7 +9,19 @@ use super::object::{Format, Kind, ObjectLock};
 use super::watch;
 use crate::error::LockError;
 use crate::lock::{LeaseLock, Version, Versioned, WatchStream};
-use crate::record::{InvalidRecord, LeaderElectionRecord, LEADER_ANNOTATION};
+use crate::record::{InvalidRecord, LeaderElectionRecord};
+
+/// The annotation under which [`EndpointsLock`] and [`ConfigMapLock`] keep the record's
+/// JSON, client-go's `LeaderElectionRecordAnnotationKey`.
+///
+/// # Examples
+///
+/// ```
+/// use leaderelection::lock::kube::LEADER_ANNOTATION;
+///
+/// assert_eq!(LEADER_ANNOTATION, "control-plane.alpha.kubernetes.io/leader");
+/// ```
+pub const LEADER_ANNOTATION: &str = "control-plane.alpha.kubernetes.io/leader";
 
 macro_rules! annotation_lock {
     ($(#[$doc:meta])* $name:ident, $format:expr, $flag:literal) => {
@@ -233,6 +245,12 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    #[allow(deprecated)]
+    fn the_old_root_path_names_the_same_annotation() {
+        assert_eq!(crate::LEADER_ANNOTATION, LEADER_ANNOTATION);
+    }
 
     #[test]
     fn writes_the_bytes_client_go_writes() {

@@ -53,8 +53,6 @@
 //!     .await;
 //! # Ok(()) }
 //! ```
-//!
-//! [`LEADER_ANNOTATION`]: crate::LEADER_ANNOTATION
 
 use async_trait::async_trait;
 
@@ -71,7 +69,7 @@ mod multi;
 mod object;
 mod watch;
 
-pub use annotation::{ConfigMapLock, EndpointsLock};
+pub use annotation::{ConfigMapLock, EndpointsLock, LEADER_ANNOTATION};
 pub use error::ApiError;
 pub use events::EventRecorder;
 pub use kind::{ResourceLockKind, UnknownResourceLock};
