@@ -116,14 +116,20 @@ struct Acquired {
 }
 
 impl LeaderElector {
-    /// An elector for `lock`, after checking `config` as client-go does.
+    /// An elector for `lock`, after checking `config` as client-go does. `lock` may
+    /// be a `Box<dyn LeaseLock>`, for a lock chosen at run time.
     ///
     /// # Errors
     ///
     /// [`ConfigError`] naming the field and the rule when the timing is invalid or the
     /// identity is empty.
     pub fn new(lock: impl LeaseLock, config: Config) -> Result<Self, ConfigError> {
-        Self::from_boxed(Box::new(lock), config)
+        Ok(Self {
+            shared: Arc::new(Shared {
+                lock: Box::new(lock),
+                core: Core::new(config)?,
+            }),
+        })
     }
 
     /// Like [`new`](Self::new), for a lock chosen at run time.
@@ -131,13 +137,12 @@ impl LeaderElector {
     /// # Errors
     ///
     /// As [`new`](Self::new).
+    #[deprecated(
+        since = "0.2.0",
+        note = "LeaderElector::new takes a Box<dyn LeaseLock> now"
+    )]
     pub fn from_boxed(lock: Box<dyn LeaseLock>, config: Config) -> Result<Self, ConfigError> {
-        Ok(Self {
-            shared: Arc::new(Shared {
-                lock,
-                core: Core::new(config)?,
-            }),
-        })
+        Self::new(lock, config)
     }
 
     observers!(

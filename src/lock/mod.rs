@@ -153,3 +153,142 @@ pub trait LeaseLock: Send + Sync + fmt::Debug + 'static {
             .unwrap_or(record.leader_transitions.max(0) as u64)
     }
 }
+
+/// Forwards to the boxed lock, so that a lock chosen at run time
+/// (`Box<dyn LeaseLock>`) goes wherever a lock does, [`LeaderElector::new`]
+/// included.
+///
+/// [`LeaderElector::new`]: crate::LeaderElector::new
+#[async_trait]
+impl<L: LeaseLock + ?Sized> LeaseLock for Box<L> {
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        (**self).get().await
+    }
+
+    async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
+        (**self).create(record).await
+    }
+
+    async fn update(
+        &self,
+        record: &LeaderElectionRecord,
+        expected: &Version,
+    ) -> Result<Version, LockError> {
+        (**self).update(record, expected).await
+    }
+
+    fn watch(&self) -> Option<WatchStream> {
+        (**self).watch()
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
+        (**self).fencing_token(record, version)
+    }
+}
+
+/// Forwards to the shared lock, so that one lock can be handed to an elector and
+/// kept for reads of one's own.
+#[async_trait]
+impl<L: LeaseLock + ?Sized> LeaseLock for std::sync::Arc<L> {
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        (**self).get().await
+    }
+
+    async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
+        (**self).create(record).await
+    }
+
+    async fn update(
+        &self,
+        record: &LeaderElectionRecord,
+        expected: &Version,
+    ) -> Result<Version, LockError> {
+        (**self).update(record, expected).await
+    }
+
+    fn watch(&self) -> Option<WatchStream> {
+        (**self).watch()
+    }
+
+    fn describe(&self) -> String {
+        (**self).describe()
+    }
+
+    fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
+        (**self).fencing_token(record, version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{Config, LeaderElector, MemoryStore};
+
+    /// A lock whose every provided method differs from the default, so that a
+    /// wrapper that fell back to a default would be seen.
+    #[derive(Debug)]
+    struct Marked;
+
+    #[async_trait]
+    impl LeaseLock for Marked {
+        async fn get(&self) -> Result<Option<Versioned>, LockError> {
+            Ok(None)
+        }
+        async fn create(&self, _: &LeaderElectionRecord) -> Result<Version, LockError> {
+            Ok(Version::new("created"))
+        }
+        async fn update(
+            &self,
+            _: &LeaderElectionRecord,
+            _: &Version,
+        ) -> Result<Version, LockError> {
+            Err(LockError::Conflict)
+        }
+        fn watch(&self) -> Option<WatchStream> {
+            Some(Box::pin(futures::stream::empty()))
+        }
+        fn describe(&self) -> String {
+            "marked".to_owned()
+        }
+        fn fencing_token(&self, _: &LeaderElectionRecord, _: &Version) -> u64 {
+            42
+        }
+    }
+
+    async fn forwards(lock: &dyn LeaseLock) {
+        let record = LeaderElectionRecord::default();
+        assert!(lock.get().await.unwrap().is_none());
+        assert_eq!(lock.create(&record).await.unwrap().as_str(), "created");
+        assert!(matches!(
+            lock.update(&record, &Version::from(1)).await,
+            Err(LockError::Conflict)
+        ));
+        assert!(lock.watch().is_some());
+        assert_eq!(lock.describe(), "marked");
+        assert_eq!(lock.fencing_token(&record, &Version::from(7)), 42);
+    }
+
+    #[tokio::test]
+    async fn boxed_and_shared_locks_forward_every_method() {
+        let boxed: Box<dyn LeaseLock> = Box::new(Marked);
+        forwards(&boxed).await;
+        forwards(&Box::new(Marked)).await;
+        let shared: Arc<dyn LeaseLock> = Arc::new(Marked);
+        forwards(&shared).await;
+        forwards(&Arc::new(Marked)).await;
+    }
+
+    #[test]
+    fn an_elector_takes_a_lock_chosen_at_run_time() {
+        let lock: Box<dyn LeaseLock> = Box::new(MemoryStore::new().lock("a"));
+        assert!(LeaderElector::new(lock, Config::new("a")).is_ok());
+        let shared = Arc::new(MemoryStore::new().lock("b"));
+        assert!(LeaderElector::new(Arc::clone(&shared), Config::new("b")).is_ok());
+    }
+}

@@ -332,7 +332,7 @@ impl ShardedElector {
         let work = Arc::clone(work);
         let token = stop.clone();
         tasks.spawn(async move {
-            let elector = match LeaderElector::from_boxed(lock, config) {
+            let elector = match LeaderElector::new(lock, config) {
                 Ok(e) => e,
                 Err(e) => {
                     warn!(error = %e, shard, "invalid shard configuration");

@@ -45,7 +45,7 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = kube::Client::try_default().await?;
 //! let lock = KubeLock::from_resource_lock_name("leases", client, "kube-system", "my-scheduler")?;
-//! let elector = LeaderElector::from_boxed(lock, Config::new("my-scheduler"))?;
+//! let elector = LeaderElector::new(lock, Config::new("my-scheduler"))?;
 //! elector
 //!     .run(CancellationToken::new(), |leadership| async move {
 //!         leadership.lost().await;
@@ -142,8 +142,8 @@ impl KubeLock {
 
     /// The lock that kube-scheduler's `--leader-elect-resource-lock=<resource_lock>`,
     /// `--leader-elect-resource-namespace=<namespace>` and
-    /// `--leader-elect-resource-name=<name>` describe, boxed for
-    /// [`LeaderElector::from_boxed`](crate::LeaderElector::from_boxed).
+    /// `--leader-elect-resource-name=<name>` describe, boxed: a `Box<dyn LeaseLock>`
+    /// is a lock, for [`LeaderElector::new`](crate::LeaderElector::new) and the rest.
     ///
     /// # Errors
     ///
@@ -184,28 +184,28 @@ impl KubeLock {
             Self::ConfigMapsLeases(_) => ResourceLockKind::ConfigMapsLeases,
         }
     }
+
+    /// The lock of this kind: the one place that chooses by kind, so that every
+    /// [`LeaseLock`] method forwards in one line and none can miss a kind.
+    fn inner(&self) -> &dyn LeaseLock {
+        match self {
+            Self::Lease(l) => l,
+            Self::Endpoints(l) => l,
+            Self::ConfigMap(l) => l,
+            Self::EndpointsLeases(l) => l,
+            Self::ConfigMapsLeases(l) => l,
+        }
+    }
 }
 
 #[async_trait]
 impl LeaseLock for KubeLock {
     async fn get(&self) -> Result<Option<Versioned>, LockError> {
-        match self {
-            Self::Lease(l) => l.get().await,
-            Self::Endpoints(l) => l.get().await,
-            Self::ConfigMap(l) => l.get().await,
-            Self::EndpointsLeases(l) => l.get().await,
-            Self::ConfigMapsLeases(l) => l.get().await,
-        }
+        self.inner().get().await
     }
 
     async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
-        match self {
-            Self::Lease(l) => l.create(record).await,
-            Self::Endpoints(l) => l.create(record).await,
-            Self::ConfigMap(l) => l.create(record).await,
-            Self::EndpointsLeases(l) => l.create(record).await,
-            Self::ConfigMapsLeases(l) => l.create(record).await,
-        }
+        self.inner().create(record).await
     }
 
     async fn update(
@@ -213,42 +213,18 @@ impl LeaseLock for KubeLock {
         record: &LeaderElectionRecord,
         expected: &Version,
     ) -> Result<Version, LockError> {
-        match self {
-            Self::Lease(l) => l.update(record, expected).await,
-            Self::Endpoints(l) => l.update(record, expected).await,
-            Self::ConfigMap(l) => l.update(record, expected).await,
-            Self::EndpointsLeases(l) => l.update(record, expected).await,
-            Self::ConfigMapsLeases(l) => l.update(record, expected).await,
-        }
+        self.inner().update(record, expected).await
     }
 
     fn watch(&self) -> Option<WatchStream> {
-        match self {
-            Self::Lease(l) => l.watch(),
-            Self::Endpoints(l) => l.watch(),
-            Self::ConfigMap(l) => l.watch(),
-            Self::EndpointsLeases(l) => l.watch(),
-            Self::ConfigMapsLeases(l) => l.watch(),
-        }
+        self.inner().watch()
     }
 
     fn describe(&self) -> String {
-        match self {
-            Self::Lease(l) => l.describe(),
-            Self::Endpoints(l) => l.describe(),
-            Self::ConfigMap(l) => l.describe(),
-            Self::EndpointsLeases(l) => l.describe(),
-            Self::ConfigMapsLeases(l) => l.describe(),
-        }
+        self.inner().describe()
     }
 
     fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
-        match self {
-            Self::Lease(l) => l.fencing_token(record, version),
-            Self::Endpoints(l) => l.fencing_token(record, version),
-            Self::ConfigMap(l) => l.fencing_token(record, version),
-            Self::EndpointsLeases(l) => l.fencing_token(record, version),
-            Self::ConfigMapsLeases(l) => l.fencing_token(record, version),
-        }
+        self.inner().fencing_token(record, version)
     }
 }
