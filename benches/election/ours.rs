@@ -62,7 +62,7 @@ pub fn spawn_elector(
     config: Config,
     last_renewal: LastRenewal,
 ) -> Result<Replica, String> {
-    let elector = LeaderElector::from_boxed(lock, config).map_err(|e| e.to_string())?;
+    let elector = LeaderElector::new(lock, config).map_err(|e| e.to_string())?;
     let (tx, rx) = watch::channel(None);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn({

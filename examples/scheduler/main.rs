@@ -115,7 +115,7 @@ async fn replica(opts: Options) -> ExitCode {
             go(opts.renew_deadline),
             go(opts.retry_period)
         );
-        match LeaderElector::from_boxed(lock, config) {
+        match LeaderElector::new(lock, config) {
             Ok(elector) => Some(elector),
             Err(e) => return usage_error(e),
         }

@@ -15,7 +15,9 @@
 //! - [`faults`]: a wrapper that cuts off, slows and counts one replica's requests to
 //!   any lock, and writes applied whose reply is lost or late;
 //! - [`fenced`]: the downstream store a leader's work writes to, refusing stale
-//!   fencing tokens.
+//!   fencing tokens;
+//! - [`replica`]: the harness every election test runs on: replicas of any elector in
+//!   tasks, their work judged by the checker, crashed, stopped, paused and cut off.
 //!
 //! # Feature flags
 //!
@@ -33,3 +35,4 @@ pub mod contract;
 pub mod etcd;
 pub mod faults;
 pub mod fenced;
+pub mod replica;

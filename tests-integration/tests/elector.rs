@@ -79,7 +79,7 @@ impl Candidate {
         terms: &Terms,
         work_delay: Duration,
     ) -> Self {
-        let elector = LeaderElector::from_boxed(lock, config).unwrap();
+        let elector = LeaderElector::new(lock, config).unwrap();
         let shutdown = CancellationToken::new();
         let crashed = CancellationToken::new();
         let task = tokio::spawn({

@@ -22,8 +22,9 @@ use leaderelection::{
 };
 #[cfg(feature = "etcd-tls")]
 use leaderelection_testkit::etcd::TestCerts;
+use leaderelection_testkit::checker::Checker;
 use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions};
-use tokio::sync::mpsc::UnboundedReceiver;
+use leaderelection_testkit::replica::{Elector, Link, Work};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -113,126 +114,32 @@ async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool)
 
 /// One replica in this process: an elector (or an etcd election) running, with the
 /// terms it led.
-struct Replica {
-    name: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<()>,
-    events: UnboundedReceiver<ElectionEvent>,
-    /// (fencing token, lost) per term, in order.
-    terms: Arc<Mutex<Vec<(u64, CancellationToken)>>>,
-    is_leader: Box<dyn Fn() -> bool + Send + Sync>,
+type Replica<E = LeaderElector> = leaderelection_testkit::replica::Replica<E>;
+
+/// A [`LeaderElector`] on `lock`, its terms recorded by a checker of its own.
+fn elector(name: &str, lock: impl LeaseLock, config: Config) -> Replica {
+    Replica::new(lock, Link::direct(), config.identity(name), &Checker::new(), Work::polite())
 }
 
-impl Replica {
-    fn elector(name: &str, lock: impl LeaseLock, config: Config) -> Self {
-        let elector = LeaderElector::new(lock, config).expect("valid config");
-        let events = elector.events();
-        let shutdown = CancellationToken::new();
-        let terms = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn({
-            let (elector, shutdown, terms) = (elector.clone(), shutdown.clone(), terms.clone());
-            async move {
-                elector
-                    .run(shutdown, move |l| {
-                        let terms = terms.clone();
-                        async move {
-                            let lost = CancellationToken::new();
-                            terms
-                                .lock()
-                                .unwrap()
-                                .push((l.fencing_token(), lost.clone()));
-                            l.lost().await;
-                            lost.cancel();
-                        }
-                    })
-                    .await
-            }
-        });
-        Self {
-            name: name.into(),
-            shutdown,
-            task,
-            events,
-            terms,
-            is_leader: Box::new(move || elector.is_leader()),
-        }
-    }
-
-    fn election(name: &str, election: EtcdElection) -> Self {
-        let events = election.events();
-        let shutdown = CancellationToken::new();
-        let terms = Arc::new(Mutex::new(Vec::new()));
-        let task = tokio::spawn({
-            let (election, shutdown, terms) = (election.clone(), shutdown.clone(), terms.clone());
-            async move {
-                election
-                    .run(shutdown, move |l| {
-                        let terms = terms.clone();
-                        async move {
-                            let lost = CancellationToken::new();
-                            terms
-                                .lock()
-                                .unwrap()
-                                .push((l.fencing_token(), lost.clone()));
-                            l.lost().await;
-                            lost.cancel();
-                        }
-                    })
-                    .await
-            }
-        });
-        Self {
-            name: name.into(),
-            shutdown,
-            task,
-            events,
-            terms,
-            is_leader: Box::new(move || election.is_leader()),
-        }
-    }
-
-    fn is_leader(&self) -> bool {
-        (self.is_leader)()
-    }
-
-    fn terms(&self) -> Vec<u64> {
-        self.terms.lock().unwrap().iter().map(|t| t.0).collect()
-    }
-
-    /// The lost token of the current (last) term.
-    fn last_lost(&self) -> Option<CancellationToken> {
-        self.terms.lock().unwrap().last().map(|t| t.1.clone())
-    }
-
-    fn drain_events(&mut self) -> Vec<ElectionEvent> {
-        let mut out = Vec::new();
-        while let Ok(e) = self.events.try_recv() {
-            out.push(e);
-        }
-        out
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        timeout(Duration::from_secs(30), self.task)
-            .await
-            .unwrap_or_else(|_| panic!("{} did not stop", self.name))
-            .unwrap();
-    }
+/// An [`EtcdElection`] running, its terms recorded by a checker of its own.
+fn election(name: &str, election: EtcdElection) -> Replica<EtcdElection> {
+    let tick = election.config().retry_period;
+    let checker = Checker::new();
+    Replica::spawn(name, election, Link::direct(), &checker, Work::polite(), tick)
 }
 
-fn leaders(replicas: &[Replica]) -> Vec<&str> {
+fn leaders<E: Elector>(replicas: &[Replica<E>]) -> Vec<&str> {
     replicas
         .iter()
         .filter(|r| r.is_leader())
-        .map(|r| r.name.as_str())
+        .map(|r| r.id.as_str())
         .collect()
 }
 
 /// Waits until exactly one replica leads and returns its index.
-async fn one_leader(replicas: &[Replica], limit: Duration) -> usize {
+async fn one_leader<E: Elector>(replicas: &[Replica<E>], limit: Duration) -> usize {
     wait_until("one replica leads", limit, || leaders(replicas).len() == 1).await;
-    replicas.iter().position(|r| r.is_leader()).unwrap()
+    replicas.iter().position(|r| r.is_leader()).unwrap_or_default()
 }
 
 async fn lock(cluster: &EtcdCluster, name: &str, options: EtcdOptions) -> EtcdLock {

@@ -1,9 +1,12 @@
 //! A record deleted or rewritten by someone other than the holder.
 
+use leaderelection_testkit::replica::{handover, Timing};
+
 use super::*;
 
-#[path = "../takeover/mod.rs"]
-mod takeover;
+/// How long the leader's work takes to stop after `lost` fires, as real work does: a
+/// successor that leads before that overlaps it.
+const WORK_STOP: Duration = Duration::from_millis(1000);
 
 /// Leader a, watching standby b, both `EtcdLock`s (`native` lease mode or not); the
 /// key deleted or blanked behind their backs. b must not take it before a's lease ran
@@ -11,20 +14,19 @@ mod takeover;
 async fn etcd_lock_tampered(cluster: &EtcdCluster, native: bool, blank: bool) {
     let name = format!("tamper-{}-{}", native as u8, blank as u8);
     let what = format!("etcd lock, native lease {native}, blank {blank}");
-    let spans = takeover::Spans::default();
+    let (t, checker) = (Timing::short(), Checker::new());
+    let work = Work::polite().stopping_in(WORK_STOP);
     let options = || EtcdOptions::new().native_lease(native);
-    let a = takeover::Running::elector(
-        "a",
-        lock(cluster, &name, options()).await,
-        takeover::fast(&name, "a").recampaign(false),
-        &spans,
-    );
+    let a_lock = lock(cluster, &name, options()).await;
+    let a_config = t.config(&name, "a").recampaign(false);
+    let a = Replica::new(a_lock, Link::direct(), a_config, &checker, work);
     // a leads before b starts, or b may win the first race and a, which does not
     // campaign again, never leads.
-    takeover::wait("a leads", Duration::from_secs(20), || (a.is_leader)()).await;
+    a.wait_leading(Duration::from_secs(20)).await;
     let b_lock = lock(cluster, &name, options()).await;
-    let b = takeover::Running::elector("b", b_lock, takeover::fast(&name, "b"), &spans);
-    takeover::leader_and_standby(&a, &b).await;
+    let b = Replica::new(b_lock, Link::direct(), t.config(&name, "b"), &checker, work);
+    b.wait_following("a", Duration::from_secs(20)).await;
+    sleep(Duration::from_millis(700)).await;
 
     let mut client = raw(cluster).await;
     let key = format!("/leaderelection/{name}");
@@ -40,9 +42,12 @@ async fn etcd_lock_tampered(cluster: &EtcdCluster, native: bool, blank: bool) {
     } else {
         client.delete(key.as_str(), None).await.unwrap();
     }
-    let retry = Duration::from_millis(500);
-    let earliest = takeover::lease_out(tampered_at, Duration::from_secs(3), retry);
-    takeover::check_takeover(&what, &spans, (a, b), tampered_at, earliest, retry).await;
+    // a renewed, and b saw it, at most a retry period before the tampering.
+    let earliest = tampered_at + t.lease - t.retry - t.slack;
+    let h = handover(&checker, "a", &b, Duration::from_secs(30)).await;
+    h.assert_bounds(&what, tampered_at, earliest, t.retry + WORK_STOP + t.slack);
+    b.stop().await;
+    a.stop().await;
 }
 
 #[tokio::test]
@@ -58,50 +63,27 @@ async fn etcd_lock_deleted_or_blanked_record_is_not_taken_while_the_leader_may_a
 #[tokio::test]
 async fn etcd_election_leaders_key_deleted_next_waits_for_its_session() {
     let cluster = start(1);
-    let spans = takeover::Spans::default();
-    let run = |who: &'static str, e: EtcdElection| {
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn({
-            let (e, shutdown, work) = (e.clone(), shutdown.clone(), takeover::work(who, &spans));
-            async move { e.run(shutdown, work).await }
-        });
-        let e2 = e.clone();
-        takeover::Running {
-            shutdown,
-            task,
-            is_leader: Box::new(move || e.is_leader()),
-            leader: Box::new(move || e2.leader()),
-        }
+    let (t, checker) = (Timing::short(), Checker::new());
+    let work = Work::polite().stopping_in(WORK_STOP);
+    let run = |who: &str, e: EtcdElection| {
+        Replica::spawn(who, e, Link::direct(), &checker, work, t.retry)
     };
-    let a_election = new_election(
-        &cluster,
-        "tamper",
-        takeover::fast("tamper", "a").recampaign(false),
-    )
-    .await;
+    let a_election = new_election(&cluster, "tamper", t.config("tamper", "a").recampaign(false)).await;
     let a = run("a", a_election.clone());
-    wait_until("a leads", Duration::from_secs(20), || (a.is_leader)()).await;
-    let b = run(
-        "b",
-        new_election(&cluster, "tamper", takeover::fast("tamper", "b")).await,
-    );
-    takeover::leader_and_standby(&a, &b).await;
+    a.wait_leading(Duration::from_secs(20)).await;
+    let b = run("b", new_election(&cluster, "tamper", t.config("tamper", "b")).await);
+    b.wait_following("a", Duration::from_secs(20)).await;
+    sleep(Duration::from_millis(700)).await;
 
     // An operator's `etcdctl del` of the leader's key: its session is still alive.
     let key = a_election.current_leader().await.unwrap().unwrap().key;
     let mut client = raw(&cluster).await;
     let tampered_at = Instant::now();
     client.delete(key.as_str(), None).await.unwrap();
-    let retry = Duration::from_millis(500);
     // The successor may lead once a's session is revoked, after a's work stopped.
-    let earliest = tampered_at + takeover::WORK_STOP;
-    takeover::check_takeover(
-        "etcd election",
-        &spans,
-        (a, b),
-        tampered_at,
-        earliest,
-        retry,
-    )
-    .await;
+    let earliest = tampered_at + WORK_STOP;
+    let h = handover(&checker, "a", &b, Duration::from_secs(30)).await;
+    h.assert_bounds("etcd election", tampered_at, earliest, t.retry + WORK_STOP + t.slack);
+    b.stop().await;
+    a.stop().await;
 }

@@ -15,6 +15,7 @@ use kube::api::{Api, DeleteParams, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use leaderelection::lock::kube::{KubeLock, ResourceLockKind};
 use leaderelection::LeaseLock;
+use leaderelection_testkit::checker::Checker;
 
 use kube_scenarios::*;
 
@@ -166,7 +167,7 @@ async fn deploy_rbac_is_enough_to_lead() {
         namespace: namespace.clone(),
         prefix: String::new(),
     };
-    let tracker = std::sync::Arc::new(Tracker::default());
+    let checker = Checker::new();
     let lock = |_| {
         KubeLock::new(
             ResourceLockKind::Leases,
@@ -175,10 +176,10 @@ async fn deploy_rbac_is_enough_to_lead() {
             &name,
         )
     };
-    let a = Replica::start(lock(()), config_for("sa-a"), &tracker);
-    let b = Replica::start(lock(()), config_for("sa-b"), &tracker);
+    let a = replica(lock(()), config_for("sa-a"), &checker);
+    let b = replica(lock(()), config_for("sa-b"), &checker);
     let leader = wait_for_leader(&[&a, &b]).await;
-    let who = [&a, &b][leader].identity.clone();
+    let who = [&a, &b][leader].id.clone();
     // The standby learns the leader, through the watch or its polling.
     let other = [&a, &b][1 - leader];
     wait_for("the standby to follow", || {

@@ -31,6 +31,15 @@ struct State {
     _tasks: std::sync::Mutex<JoinSet<()>>,
 }
 
+impl leaderelection_testkit::replica::Cut for Handle {
+    fn cut(&self, down: bool) {
+        Handle::cut(self, down)
+    }
+    fn delay(&self, by: Duration) {
+        Handle::delay(self, by)
+    }
+}
+
 impl Handle {
     /// Cuts the client off (true) or lets it through again (false).
     pub fn cut(&self, down: bool) {

@@ -46,9 +46,9 @@ async fn etcd_election_standbys_keep_alive_at_a_third_of_the_ttl_and_leaders_eve
     // less than 8.5 s less a slow keep-alive. A standby keeps alive every 3 s (Go's
     // `concurrency.Session`), so its session shows less than 8 s for a second of each.
     let config = |id| timing(id, 9000, 6000, 500);
-    let a = Replica::election("a", new_election(&cluster, "cadence", config("a")).await);
+    let a = election("a", new_election(&cluster, "cadence", config("a")).await);
     wait_until("a leads", Duration::from_secs(10), || a.is_leader()).await;
-    let b = Replica::election("b", new_election(&cluster, "cadence", config("b")).await);
+    let b = election("b", new_election(&cluster, "cadence", config("b")).await);
     sleep(Duration::from_millis(500)).await;
     let a_lease = lease_of(&mut client, "cadence/", "a").await;
     let b_lease = lease_of(&mut client, "cadence/", "b").await;
@@ -251,7 +251,7 @@ async fn etcd_election_a_standby_leads_with_time_left_whatever_the_age_of_its_ke
     for round in 0..4u64 {
         let name = format!("fresh{round}");
         let config = |id| timing(id, 9000, 1000, 400);
-        let a = Replica::election("a", new_election(&cluster, &name, config("a")).await);
+        let a = election("a", new_election(&cluster, &name, config("a")).await);
         wait_until("a leads", Duration::from_secs(10), || a.is_leader()).await;
         let b = new_election(&cluster, &name, config("b").recampaign(false)).await;
         let shutdown = CancellationToken::new();

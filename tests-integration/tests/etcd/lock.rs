@@ -139,10 +139,10 @@ async fn elections_on_etcd_hand_over_at_once() {
     let mut replicas = Vec::new();
     for id in ["a", "b", "c"] {
         let l = lock(&cluster, "handover", EtcdOptions::new()).await;
-        replicas.push(Replica::elector(id, l, cfg(id)));
+        replicas.push(elector(id, l, cfg(id)));
     }
     let first = one_leader(&replicas, Duration::from_secs(20)).await;
-    let first_token = replicas[first].terms()[0];
+    let first_token = replicas[first].tokens()[0];
 
     // Shutdown releases; a watching standby takes over at once.
     let leaving = replicas.remove(first);
@@ -154,7 +154,7 @@ async fn elections_on_etcd_hand_over_at_once() {
         took < Duration::from_secs(5),
         "took {took:?} after a release"
     );
-    let second_token = replicas[second].terms()[0];
+    let second_token = replicas[second].tokens()[0];
     assert!(second_token > first_token);
 
     // The key deleted under the leader: it finds out at its next renewal and steps
@@ -163,7 +163,7 @@ async fn elections_on_etcd_hand_over_at_once() {
     let deleted_at = Instant::now();
     client.delete(key, None).await.unwrap();
     wait_until("a new term begins", Duration::from_secs(20), || {
-        replicas.iter().flat_map(|r| r.terms()).max() > Some(second_token)
+        replicas.iter().flat_map(|r| r.tokens()).max() > Some(second_token)
     })
     .await;
     let took = deleted_at.elapsed();
@@ -177,7 +177,7 @@ async fn elections_on_etcd_hand_over_at_once() {
         LeaderElectionRecord::from_json(record.value_str().unwrap())
             .unwrap()
             .holder_identity,
-        replicas[third].name
+        replicas[third].id
     );
     for r in replicas {
         r.stop().await;
@@ -193,10 +193,10 @@ async fn minority_of_members_down_no_transition() {
     let mut replicas = Vec::new();
     for id in ["a", "b"] {
         let l = lock(&cluster, "minority", EtcdOptions::new()).await;
-        replicas.push(Replica::elector(id, l, timing(id, 15_000, 10_000, 500)));
+        replicas.push(elector(id, l, timing(id, 15_000, 10_000, 500)));
     }
     let leader = one_leader(&replicas, Duration::from_secs(20)).await;
-    let token = replicas[leader].terms()[0];
+    let token = replicas[leader].tokens()[0];
     for r in &mut replicas {
         r.drain_events();
     }
@@ -230,10 +230,10 @@ async fn minority_of_members_down_no_transition() {
                 ElectionEvent::StartedLeading { .. } | ElectionEvent::StoppedLeading
             )),
             "{}: transition with a minority down: {events:?}",
-            r.name
+            r.id
         );
     }
-    assert_eq!(replicas[leader].terms(), vec![token]);
+    assert_eq!(replicas[leader].tokens(), vec![token]);
     for r in replicas {
         r.stop().await;
     }
@@ -248,10 +248,10 @@ async fn frozen_member_no_transition() {
     let mut replicas = Vec::new();
     for id in ["a", "b"] {
         let l = lock(&cluster, "frozen-member", options()).await;
-        replicas.push(Replica::elector(id, l, timing(id, 15_000, 10_000, 500)));
+        replicas.push(elector(id, l, timing(id, 15_000, 10_000, 500)));
     }
     let leader = one_leader(&replicas, Duration::from_secs(20)).await;
-    let token = replicas[leader].terms()[0];
+    let token = replicas[leader].tokens()[0];
     for r in &mut replicas {
         r.drain_events();
     }
@@ -284,10 +284,10 @@ async fn frozen_member_no_transition() {
                 ElectionEvent::StartedLeading { .. } | ElectionEvent::StoppedLeading
             )),
             "{}: transition with a member frozen: {events:?}",
-            r.name
+            r.id
         );
     }
-    assert_eq!(replicas[leader].terms(), vec![token]);
+    assert_eq!(replicas[leader].tokens(), vec![token]);
     for r in replicas {
         r.stop().await;
     }
@@ -302,7 +302,7 @@ async fn invalid_record_is_overwritten_after_a_lease_duration() {
         .await
         .unwrap();
     let started = Instant::now();
-    let replica = Replica::elector(
+    let replica = elector(
         "a",
         lock(&cluster, "garbled", EtcdOptions::new()).await,
         fast("a"),
@@ -340,17 +340,17 @@ async fn quorum_loss_steps_the_leader_down_and_one_leader_returns() {
     let mut replicas = Vec::new();
     for id in ["a", "b", "c"] {
         let l = lock(&cluster, "quorum", EtcdOptions::new()).await;
-        replicas.push(Replica::elector(id, l, timing(id, 4_000, 3_000, 500)));
+        replicas.push(elector(id, l, timing(id, 4_000, 3_000, 500)));
     }
     let leader = one_leader(&replicas, Duration::from_secs(20)).await;
-    let token = replicas[leader].terms()[0];
-    let lost = replicas[leader].last_lost().unwrap();
+    let token = replicas[leader].tokens()[0];
+    let lost = replicas[leader].tokens().last().copied().unwrap();
 
     let killed_at = Instant::now();
     cluster.kill(1).unwrap();
     cluster.kill(2).unwrap();
     // No renewal can succeed now: the leader's token fires by its renew deadline.
-    timeout(Duration::from_secs(3 + 3), lost.cancelled())
+    timeout(Duration::from_secs(3 + 3), replicas[leader].term_end(lost))
         .await
         .expect("the leader steps down within the renew deadline");
     let stepped_down = killed_at.elapsed();
@@ -370,7 +370,7 @@ async fn quorum_loss_steps_the_leader_down_and_one_leader_returns() {
         assert!(leaders(&replicas).len() <= 1, "{:?}", leaders(&replicas));
         sleep(Duration::from_millis(100)).await;
     }
-    let new_token = *replicas[back].terms().last().unwrap();
+    let new_token = *replicas[back].tokens().last().unwrap();
     assert!(new_token > token, "{token} then {new_token}");
     eprintln!("quorum loss: the leader stepped down {stepped_down:?} after the kill");
     for r in replicas {
@@ -384,10 +384,10 @@ async fn etcd_restarted_with_its_data_keeps_the_leader_and_the_revisions() {
     let mut replicas = Vec::new();
     for id in ["a", "b"] {
         let l = lock(&cluster, "restart", EtcdOptions::new()).await;
-        replicas.push(Replica::elector(id, l, timing(id, 10_000, 8_000, 500)));
+        replicas.push(elector(id, l, timing(id, 10_000, 8_000, 500)));
     }
     let leader = one_leader(&replicas, Duration::from_secs(20)).await;
-    let token = replicas[leader].terms()[0];
+    let token = replicas[leader].tokens()[0];
     for r in &mut replicas {
         r.drain_events();
     }
@@ -415,14 +415,14 @@ async fn etcd_restarted_with_its_data_keeps_the_leader_and_the_revisions() {
                 ElectionEvent::StartedLeading { .. } | ElectionEvent::StoppedLeading
             )),
             "{}: {events:?}",
-            r.name
+            r.id
         );
     }
     // The revision survived the restart: the next leader's token is still larger.
     let old = replicas.remove(leader);
     old.stop().await;
     let next = one_leader(&replicas, Duration::from_secs(20)).await;
-    let next_token = replicas[next].terms()[0];
+    let next_token = replicas[next].tokens()[0];
     assert!(next_token > token, "{token} then {next_token}");
     let mut client = raw(&cluster).await;
     let kv = client
@@ -499,11 +499,11 @@ async fn native_lease_revoked_the_leader_steps_down_at_once() {
     let mut replicas = Vec::new();
     for id in ["a", "b"] {
         let l = lock(&cluster, "revoked", EtcdOptions::new().native_lease(true)).await;
-        replicas.push(Replica::elector(id, l, cfg(id)));
+        replicas.push(elector(id, l, cfg(id)));
     }
     let leader = one_leader(&replicas, Duration::from_secs(20)).await;
-    let token = replicas[leader].terms()[0];
-    let lost = replicas[leader].last_lost().unwrap();
+    let token = replicas[leader].tokens()[0];
+    let lost = replicas[leader].tokens().last().copied().unwrap();
     let kv = client
         .get("/leaderelection/revoked", None)
         .await
@@ -515,7 +515,7 @@ async fn native_lease_revoked_the_leader_steps_down_at_once() {
     let revoked_at = Instant::now();
     client.lease_revoke(kv.lease()).await.unwrap();
     // The next renewal's keep-alive finds the lease gone: no waiting for the deadline.
-    timeout(Duration::from_secs(4), lost.cancelled())
+    timeout(Duration::from_secs(4), replicas[leader].term_end(lost))
         .await
         .expect("the leader steps down at its next renewal");
     let stepped_down = revoked_at.elapsed();
@@ -524,7 +524,7 @@ async fn native_lease_revoked_the_leader_steps_down_at_once() {
     // whose work has stopped, may create the record again at once.
     let standby = 1 - leader;
     wait_until("a new term begins", Duration::from_secs(15), || {
-        replicas.iter().flat_map(|r| r.terms()).max() > Some(token)
+        replicas.iter().flat_map(|r| r.tokens()).max() > Some(token)
     })
     .await;
     let took_over = revoked_at.elapsed();
@@ -534,7 +534,7 @@ async fn native_lease_revoked_the_leader_steps_down_at_once() {
             "took over after {took_over:?}"
         );
     }
-    assert!(replicas.iter().flat_map(|r| r.terms()).max() > Some(token));
+    assert!(replicas.iter().flat_map(|r| r.tokens()).max() > Some(token));
     eprintln!(
         "revoked lease: stepped down after {stepped_down:?}, standby led after {took_over:?}"
     );

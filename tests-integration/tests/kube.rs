@@ -14,14 +14,17 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use leaderelection::lock::kube::{
-    ApiError, EventRecorder, KubeLeaseLock, KubeLock, ResourceLockKind, UNKNOWN_LEADER,
+    ApiError, EventRecorder, KubeLeaseLock, KubeLock, ResourceLockKind, LEADER_ANNOTATION,
+    UNKNOWN_LEADER,
 };
 use leaderelection::{
-    ElectionEvent, LeaderElectionRecord, LeaseLock, LockError, LockEvent, Version,
-    LEADER_ANNOTATION,
+    Config, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, LockEvent,
+    Version,
 };
 use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault, PolicyRule, User};
+use leaderelection_testkit::checker::Checker;
 use leaderelection_testkit::contract::{self, Backend};
+use leaderelection_testkit::replica::{handover, Link, Replica, Timing, Work};
 use tokio::time::{sleep, timeout, Instant};
 
 use kube_scenarios::*;
@@ -325,14 +328,14 @@ async fn unknown_lock_names_are_refused_with_the_valid_ones() {
 async fn stored_records_are_client_go_records() {
     bounded("stored_records_are_client_go_records", async {
         let (_server, cluster) = server().await;
-        let tracker = Arc::new(Tracker::default());
+        let checker = Checker::new();
         for kind in [
             ResourceLockKind::Endpoints,
             ResourceLockKind::ConfigMaps,
             ResourceLockKind::Leases,
         ] {
             let name = format!("bytes-{kind}");
-            let a = Replica::start(cluster.lock(kind, &name), config("node-a_1"), &tracker);
+            let a = replica(cluster.lock(kind, &name), config("node-a_1"), &checker);
             wait_for("a to lead", || a.is_leader()).await;
             let text = match kind {
                 ResourceLockKind::Endpoints => {
@@ -387,12 +390,12 @@ async fn a_go_replicas_record_is_respected() {
     ep.metadata.annotations = Some([(LEADER_ANNOTATION.to_owned(), go)].into());
     api.create(&PostParams::default(), &ep).await.unwrap();
 
-    let tracker = Arc::new(Tracker::default());
+    let checker = Checker::new();
     let start = Instant::now();
-    let a = Replica::start(
+    let a = replica(
         cluster.lock(ResourceLockKind::Endpoints, "go"),
         config("rust"),
-        &tracker,
+        &checker,
     );
     wait_for("a to see the Go leader", || {
         a.elector.leader().as_deref() == Some("go-replica")
@@ -435,11 +438,11 @@ async fn updates_keep_everything_else_on_the_object() {
         .unwrap();
         endpoints.create(&PostParams::default(), &ep).await.unwrap();
 
-        let tracker = Arc::new(Tracker::default());
-        let a = Replica::start(
+        let checker = Checker::new();
+        let a = replica(
             cluster.lock(ResourceLockKind::EndpointsLeases, "kept"),
             config("a"),
-            &tracker,
+            &checker,
         );
         let mut events = a.elector.events();
         wait_for("a to lead", || a.is_leader()).await;
@@ -555,9 +558,9 @@ async fn malformed_annotation_is_a_clear_error_then_overwritten() {
                 }
                 // An elector waits one lease (a live holder might have written it), then
                 // overwrites it, keeping the rest of the object.
-                let tracker = Arc::new(Tracker::default());
+                let checker = Checker::new();
                 let start = Instant::now();
-                let a = Replica::start(lock, config("a"), &tracker);
+                let a = replica(lock, config("a"), &checker);
                 wait_for("a to overwrite the bad record", || a.is_leader()).await;
                 assert!(
                     start.elapsed() >= LEASE - Duration::from_millis(200),
@@ -627,11 +630,11 @@ async fn malformed_lease_is_a_clear_error_then_overwritten() {
         }
         other => panic!("expected InvalidRecord, got {other:?}"),
     }
-    let tracker = Arc::new(Tracker::default());
-    let b = Replica::start(
+    let checker = Checker::new();
+    let b = replica(
         KubeLeaseLock::new(server.client(), NS, "corrupt"),
         config("b"),
-        &tracker,
+        &checker,
     );
     wait_for("b to overwrite the bad lease", || b.is_leader()).await;
     let got = lock.get().await.unwrap().unwrap();
@@ -728,10 +731,10 @@ async fn rbac_denied_is_a_clear_error_and_no_crash() {
         assert!(matches!(e, LockError::Forbidden { .. }), "{e:?}");
         assert_eq!(api_error(&e).code, Some(401));
 
-        let tracker = Arc::new(Tracker::default());
-        let nobody = Replica::start(lock("nobody-token"), config("nobody"), &tracker);
-        let reader = Replica::start(lock("reader-token"), config("reader"), &tracker);
-        let sched = Replica::start(lock("sched-token"), config("sched"), &tracker);
+        let checker = Checker::new();
+        let nobody = replica(lock("nobody-token"), config("nobody"), &checker);
+        let reader = replica(lock("reader-token"), config("reader"), &checker);
+        let sched = replica(lock("sched-token"), config("sched"), &checker);
         wait_for("sched to lead", || sched.is_leader()).await;
         wait_for("the reader to follow", || {
             reader.elector.leader().as_deref() == Some("sched")
@@ -742,7 +745,7 @@ async fn rbac_denied_is_a_clear_error_and_no_crash() {
         sched.stop().await;
         sleep(LEASE).await;
         assert!(!nobody.is_leader() && !reader.is_leader());
-        assert_eq!(tracker.leaders(), vec!["sched".to_owned()]);
+        assert_eq!(leaders(&checker), vec!["sched".to_owned()]);
         let requests = server.requests();
         assert!(
             requests.user("nobody") >= 3,
@@ -772,22 +775,22 @@ async fn rbac_denied_is_a_clear_error_and_no_crash() {
 async fn short_api_server_restart_keeps_the_leader() {
     bounded("short_api_server_restart_keeps_the_leader", async {
         let (mut server, cluster) = server().await;
-        let tracker = Arc::new(Tracker::default());
-        let a = Replica::start(
+        let checker = Checker::new();
+        let a = replica(
             cluster.lock(ResourceLockKind::Leases, "restart"),
             config("a"),
-            &tracker,
+            &checker,
         );
         wait_for("a to lead", || a.is_leader()).await;
-        let b = Replica::start(
+        let b = replica(
             cluster.lock(ResourceLockKind::Leases, "restart"),
             config("b"),
-            &tracker,
+            &checker,
         );
         wait_for("b to follow", || b.elector.leader().as_deref() == Some("a")).await;
         let mut a_events = a.elector.events();
         server.restart().await;
-        never_two_leaders_for(&tracker, 2 * LEASE).await;
+        never_two_leaders_for(&checker, 2 * LEASE).await;
         assert!(a.is_leader(), "a kept its lease through the restart");
         assert!(a_events.try_recv().is_err(), "a never stopped leading");
         assert_eq!(b.elector.leader().as_deref(), Some("a"));
@@ -814,17 +817,17 @@ async fn long_api_server_outage_makes_the_leader_step_down_in_time() {
         "long_api_server_outage_makes_the_leader_step_down_in_time",
         async {
             let (mut server, cluster) = server().await;
-            let tracker = Arc::new(Tracker::default());
-            let a = Replica::start(
+            let checker = Checker::new();
+            let a = replica(
                 cluster.lock(ResourceLockKind::Leases, "outage"),
                 config("a"),
-                &tracker,
+                &checker,
             );
             wait_for("a to lead", || a.is_leader()).await;
-            let b = Replica::start(
+            let b = replica(
                 cluster.lock(ResourceLockKind::Leases, "outage"),
                 config("b"),
-                &tracker,
+                &checker,
             );
             wait_for("b to follow", || b.elector.leader().as_deref() == Some("a")).await;
             server.stop_serving().await;
@@ -841,9 +844,9 @@ async fn long_api_server_outage_makes_the_leader_step_down_in_time() {
             sleep(rest).await;
             server.resume_serving().await.unwrap();
             let leader = wait_for_leader(&[&a, &b]).await;
-            never_two_leaders_for(&tracker, LEASE).await;
+            never_two_leaders_for(&checker, LEASE).await;
             assert_eq!(wait_for_leader(&[&a, &b]).await, leader);
-            assert!(tracker.leaders().len() >= 2, "{:?}", tracker.leaders());
+            assert!(leaders(&checker).len() >= 2, "{:?}", leaders(&checker));
             a.stop().await;
             b.stop().await;
         },
@@ -866,11 +869,11 @@ async fn standby_follows_by_watch_without_polling() {
         )
         .await
         .unwrap();
-        let tracker = Arc::new(Tracker::default());
+        let checker = Checker::new();
         let lock = |t: &str| KubeLeaseLock::new(server.client_with_token(t), NS, "quiet");
-        let a = Replica::start(lock("a-token"), config("a"), &tracker);
+        let a = replica(lock("a-token"), config("a"), &checker);
         wait_for("a to lead", || a.is_leader()).await;
-        let b = Replica::start(lock("b-token"), config("b"), &tracker);
+        let b = replica(lock("b-token"), config("b"), &checker);
         wait_for("b to follow", || b.elector.leader().as_deref() == Some("a")).await;
         sleep(Duration::from_millis(500)).await;
         let before = server.requests();
@@ -1075,7 +1078,7 @@ async fn multilock_watch_sees_both_objects() {
 async fn events_say_who_became_leader_and_who_stopped() {
     bounded("events_say_who_became_leader_and_who_stopped", async {
         let (_server, cluster) = server().await;
-        let tracker = Arc::new(Tracker::default());
+        let checker = Checker::new();
         let recorder = EventRecorder::new(
             ResourceLockKind::Leases,
             cluster.client.clone(),
@@ -1085,14 +1088,13 @@ async fn events_say_who_became_leader_and_who_stopped() {
         )
         .component("test-scheduler");
         // Attached before the elector runs, so that it sees the first StartedLeading.
-        let a = Replica::start_with(
-            Box::new(cluster.lock(ResourceLockKind::Leases, "evented")),
+        let elector = LeaderElector::new(
+            cluster.lock(ResourceLockKind::Leases, "evented"),
             config("pod-a"),
-            &tracker,
-            |elector| {
-                recorder.spawn(elector);
-            },
-        );
+        )
+        .unwrap();
+        recorder.spawn(&elector);
+        let a = Replica::spawn("pod-a", elector, Link::direct(), &checker, Work::polite(), RETRY);
         wait_for("a to lead", || a.is_leader()).await;
         let events: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
         let messages = || async {
@@ -1181,8 +1183,9 @@ async fn multilock_events_go_on_both_objects() {
 
 // ---- a record deleted or rewritten by someone else -------------------------------
 
-#[path = "takeover/mod.rs"]
-mod takeover;
+/// How long the leader's work takes to stop after `lost` fires, as real work does: a
+/// successor that leads before that overlaps it.
+const WORK_STOP: Duration = Duration::from_millis(1000);
 
 /// Leader a, watching standby b on a Lease or an Endpoints lock; the object deleted
 /// (`kubectl delete`) or its holder blanked (`kubectl edit`) behind their backs. b must
@@ -1192,21 +1195,16 @@ async fn kube_tampered(cluster: &Cluster, kind: ResourceLockKind, blank: bool) {
         .name(&format!("tamper-{kind}-{}", blank as u8))
         .to_lowercase();
     let what = format!("{kind}, blank {blank}");
-    let spans = takeover::Spans::default();
-    let a = takeover::Running::elector(
-        "a",
-        cluster.lock(kind, &name),
-        takeover::fast(&name, "a").recampaign(false),
-        &spans,
-    );
-    takeover::wait("a leads", Duration::from_secs(20), || (a.is_leader)()).await;
-    let b = takeover::Running::elector(
-        "b",
-        cluster.lock(kind, &name),
-        takeover::fast(&name, "b"),
-        &spans,
-    );
-    takeover::leader_and_standby(&a, &b).await;
+    let (t, checker) = (Timing::short(), Checker::new());
+    let work = Work::polite().stopping_in(WORK_STOP);
+    let start = |config: Config| {
+        Replica::new(cluster.lock(kind, &name), Link::direct(), config, &checker, work)
+    };
+    let a = start(t.config(&name, "a").recampaign(false));
+    a.wait_leading(Duration::from_secs(20)).await;
+    let b = start(t.config(&name, "b"));
+    b.wait_following("a", Duration::from_secs(20)).await;
+    sleep(Duration::from_millis(700)).await;
 
     let client = cluster.client.clone();
     let tampered_at = Instant::now();
@@ -1238,9 +1236,12 @@ async fn kube_tampered(cluster: &Cluster, kind: ResourceLockKind, blank: bool) {
                 .unwrap();
         }
     }
-    let retry = Duration::from_millis(500);
-    let earliest = takeover::lease_out(tampered_at, Duration::from_secs(3), retry);
-    takeover::check_takeover(&what, &spans, (a, b), tampered_at, earliest, retry).await;
+    // a renewed, and b saw it, at most a retry period before the tampering.
+    let earliest = tampered_at + t.lease - t.retry - t.slack;
+    let h = handover(&checker, "a", &b, Duration::from_secs(30)).await;
+    h.assert_bounds(&what, tampered_at, earliest, t.retry + WORK_STOP + t.slack);
+    b.stop().await;
+    a.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,7 +22,7 @@ use rand::SeedableRng;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{check, Backend, Election, Link, Replica, Style, Timing};
+use crate::support::{check, Backend, Election, Link, Replica, Timing, Work};
 use crate::{generic, proxy, Group, Reporter};
 
 /// Timing on real backends: lease 3s, renew deadline 2s, retry 0.5s; bounds allow 3s
@@ -91,7 +91,7 @@ impl Backend for Etcd {
         let lock = EtcdLock::connect(&endpoints, etcd_options(), election)
             .await
             .expect("connect to etcd");
-        (Box::new(lock), Link::Proxy(handle))
+        (Box::new(lock), Link::other(handle))
     }
 }
 
@@ -414,7 +414,7 @@ async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
     // Make a process lead, then SIGKILL it.
     if !c2.leads() {
         let l = e.wait_leader(bound).await;
-        let r = e.remove(l).await;
+        let mut r = e.remove(l);
         e.checker.fault(format!("crash in-process leader {}", r.id));
         r.crash();
         r.join().await;
@@ -465,7 +465,7 @@ impl Backend for Kube {
         config.cluster_url = format!("http://{}", addrs[0]).parse().expect("a URL");
         let client = kube::Client::try_from(config).expect("a kube client");
         let lock = KubeLeaseLock::new(client, NS, election);
-        (Box::new(lock), Link::Proxy(handle))
+        (Box::new(lock), Link::other(handle))
     }
 }
 
@@ -661,15 +661,15 @@ async fn control_plane() -> Report {
         .enumerate()
         .map(|(i, s)| {
             let lock = KubeLeaseLock::new(s.client(), NS, "kube-scheduler");
-            Replica::start(
-                Box::new(lock),
-                Link::Direct,
+            Replica::new(
+                lock,
+                Link::direct(),
                 t.config("kube-scheduler", &format!("scheduler-{i}")),
                 &checker,
                 if i % 2 == 0 {
-                    Style::Eager
+                    Work::eager()
                 } else {
-                    Style::Polite
+                    Work::polite()
                 },
             )
         })

@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::{sleep, Instant};
 
-use crate::support::{check, Backend, Election, Link, Style};
+use crate::support::{check, Backend, Election, Link, Work};
 use leaderelection_testkit::faults::WriteFault;
 
 /// A random duration in `[lo, hi)`, in milliseconds.
@@ -49,7 +49,7 @@ pub async fn leader_crash(b: &dyn Backend, rng: &mut StdRng, rounds: usize) -> R
         e.wait_leader(bound).await;
         sleep(between(rng, t.retry, t.lease * 2)).await;
         let l = e.wait_leader(bound).await;
-        let victim = e.remove(l).await;
+        let mut victim = e.remove(l);
         e.checker.fault(format!("crash leader {}", victim.id));
         victim.crash();
         let id = victim.id.clone();
@@ -226,7 +226,7 @@ pub async fn wall_clock_jumps(b: &dyn Backend, rng: &mut StdRng, rounds: usize) 
             "a standby took over from a live leader whose records carry jumped timestamps\n{}",
             e.checker.report().explain()
         );
-        let victim = e.remove(l).await;
+        let mut victim = e.remove(l);
         e.checker.fault(format!("crash leader {}", victim.id));
         let crashed_at = Instant::now();
         victim.crash();
@@ -278,7 +278,7 @@ pub async fn elector_dropped(b: &dyn Backend, rng: &mut StdRng, rounds: usize) -
     for _ in 0..rounds {
         sleep(between(rng, t.retry, t.lease * 2)).await;
         let l = e.wait_leader(bound).await;
-        let r = e.remove(l).await;
+        let r = e.remove(l);
         e.checker
             .fault(format!("drop the elector of leader {}", r.id));
         r.abort_elector();
@@ -317,7 +317,7 @@ pub async fn churn(b: &dyn Backend, rng: &mut StdRng, steps: usize) -> Report {
                     Some(l) if rng.random_bool(0.5) => l,
                     _ => rng.random_range(0..n),
                 };
-                let r = e.remove(i).await;
+                let mut r = e.remove(i);
                 if rng.random_bool(0.5) {
                     e.checker.fault(format!("{} leaves", r.id));
                     r.stop().await;
@@ -352,7 +352,7 @@ pub async fn churn(b: &dyn Backend, rng: &mut StdRng, steps: usize) -> Report {
 /// paused clock, where requests take no time).
 pub async fn takeover_margin(b: &dyn Backend, rng: &mut StdRng, rounds: usize) -> Report {
     let mut e = Election::new(b, "takeover-margin");
-    e.style = Some(Style::Eager);
+    e.work = Some(Work::eager());
     let t = e.timing;
     start(&mut e, rng).await;
     let bound = takeover_bound(&e);
@@ -403,10 +403,7 @@ pub async fn ambiguous_writes(b: &dyn Backend, rng: &mut StdRng, rounds: usize) 
     let faults = |links: &[Link]| -> Vec<leaderelection_testkit::faults::Faults> {
         links
             .iter()
-            .filter_map(|l| match l {
-                Link::Memory(f) => Some(f.clone()),
-                _ => None,
-            })
+            .filter_map(|l| l.as_faults().cloned())
             .collect()
     };
     let mut ambiguous = 0;
@@ -440,7 +437,7 @@ pub async fn ambiguous_writes(b: &dyn Backend, rng: &mut StdRng, rounds: usize) 
         // A write landing late renews an old holder's record: it costs one lease more.
         bound = bound.max(lasting + t.lease * 3 + t.jittered_retry() * 2 + t.slack);
         if let Some(l) = e.leader() {
-            let r = e.remove(l).await;
+            let mut r = e.remove(l);
             if rng.random_bool(0.5) {
                 e.checker.fault(format!("{} leaves", r.id));
                 r.stop().await;

@@ -70,7 +70,7 @@ async fn tls_with_client_certificates() {
     let lock = EtcdLock::connect(&[endpoint.as_str()], good(), "tls")
         .await
         .unwrap();
-    let replica = Replica::elector("a", lock, fast("a"));
+    let replica = elector("a", lock, fast("a"));
     wait_until("it leads over TLS", Duration::from_secs(20), || {
         replica.is_leader()
     })
@@ -163,7 +163,7 @@ async fn user_and_password_with_expiring_tokens() {
         let l = EtcdLock::connect(&endpoints, options(), "auth")
             .await
             .unwrap();
-        replicas.push(Replica::elector(id, l, fast(id)));
+        replicas.push(elector(id, l, fast(id)));
     }
     let leader = one_leader(&replicas, Duration::from_secs(20)).await;
     for r in &mut replicas {
@@ -181,7 +181,7 @@ async fn user_and_password_with_expiring_tokens() {
                 .iter()
                 .any(|e| matches!(e, ElectionEvent::StoppedLeading)),
             "{}: {events:?}",
-            r.name
+            r.id
         );
     }
     for r in replicas {

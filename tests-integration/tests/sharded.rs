@@ -10,11 +10,10 @@ use std::time::Duration;
 use leaderelection::{Config, LeaseLock, MemoryStore, ShardedElector};
 use leaderelection_testkit::checker::Checker;
 use leaderelection_testkit::faults::{Faults, FaultyLock};
+use leaderelection_testkit::replica::{Cut, Link, Work};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Lease 3s, renew deadline 2s, retry 0.5s.
 fn timing(identity: &str) -> Config {
@@ -30,21 +29,27 @@ fn checkers(shards: u32) -> Arc<Vec<Checker>> {
     Arc::new((0..shards).map(|_| Checker::new()).collect())
 }
 
-/// A replica: its elector, its run, its shutdown, and the switches of every lock it
-/// opened (a stall makes all of them unavailable, those opened later too).
-struct Replica {
-    elector: ShardedElector,
-    shutdown: CancellationToken,
-    run: JoinHandle<()>,
-    stalled: Arc<AtomicBool>,
-    faults: Arc<Mutex<Vec<Faults>>>,
+/// A replica: a sharded elector whose work of shard `s` reports to `checkers[s]`.
+type Replica = leaderelection_testkit::replica::Replica<ShardedElector>;
+
+/// The switches of every lock a sharded replica opened: cutting it off makes all of
+/// them unavailable, those opened later too.
+#[derive(Debug, Default)]
+struct ShardLinks {
+    down: AtomicBool,
+    faults: Mutex<Vec<Faults>>,
 }
 
-impl Replica {
-    fn stall(&self, down: bool) {
-        self.stalled.store(down, Ordering::SeqCst);
+impl Cut for ShardLinks {
+    fn cut(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
         for f in self.faults.lock().unwrap().iter() {
             f.set_unavailable(down);
+        }
+    }
+    fn delay(&self, by: Duration) {
+        for f in self.faults.lock().unwrap().iter() {
+            f.set_latency(by);
         }
     }
 }
@@ -55,37 +60,21 @@ fn start_with<L: LeaseLock>(
     checkers: &Arc<Vec<Checker>>,
     locks: impl Fn(&str) -> L + Send + Sync + 'static,
 ) -> Replica {
-    let stalled = Arc::new(AtomicBool::new(false));
-    let faults = Arc::new(Mutex::new(Vec::new()));
+    let links = Arc::new(ShardLinks::default());
     let factory = {
-        let (stalled, faults) = (stalled.clone(), faults.clone());
+        let links = links.clone();
         move |name: &str| {
             let lock = FaultyLock::new(locks(name));
             let f = lock.faults();
-            f.set_unavailable(stalled.load(Ordering::SeqCst));
-            faults.lock().unwrap().push(f);
+            f.set_unavailable(links.down.load(Ordering::SeqCst));
+            links.faults.lock().unwrap().push(f);
             Box::new(lock) as Box<dyn LeaseLock>
         }
     };
+    let (id, tick) = (config.identity.clone(), config.retry_period / 4);
     let elector = ShardedElector::new(config, shards, factory).expect("valid config");
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (elector, shutdown, checkers) = (elector.clone(), shutdown.clone(), checkers.clone());
-        async move {
-            elector
-                .run(shutdown, move |shard, leadership| {
-                    checkers[shard as usize].clone().hold(leadership)
-                })
-                .await
-        }
-    });
-    Replica {
-        elector,
-        shutdown,
-        run,
-        stalled,
-        faults,
-    }
+    let link = Link::other(links);
+    Replica::spawn_sharded(id, elector, link, checkers, Work::polite(), tick)
 }
 
 fn start(store: &MemoryStore, id: &str, shards: u32, checkers: &Arc<Vec<Checker>>) -> Replica {
@@ -155,10 +144,10 @@ fn handover_gaps(checkers: &[Checker], after: Instant) -> Vec<Duration> {
 
 async fn stop(replicas: Vec<Replica>) {
     for r in &replicas {
-        r.shutdown.cancel();
+        r.begin_stop();
     }
-    for r in replicas {
-        let _ = r.run.await;
+    for mut r in replicas {
+        r.join().await;
     }
 }
 
@@ -197,10 +186,10 @@ async fn a_killed_replicas_shards_are_owned_again_after_the_lease() {
         Duration::from_secs(60),
     )
     .await;
-    let victim = replicas.remove(1);
+    let mut victim = replicas.remove(1);
     let orphaned = victim.elector.owned();
-    victim.run.abort();
-    let _ = victim.run.await;
+    victim.crash();
+    victim.join().await;
     let killed_at = Instant::now();
     // Membership notices after a lease, the new owners' electors wait a lease of
     // their own from when they first saw each record, and then take over.
@@ -271,9 +260,9 @@ async fn a_graceful_leave_hands_every_shard_over() {
     )
     .await;
     let left_at = Instant::now();
-    let leaver = replicas.remove(0);
-    leaver.shutdown.cancel();
-    leaver.run.await.unwrap();
+    let mut leaver = replicas.remove(0);
+    leaver.begin_stop();
+    leaver.join().await;
     assert!(leaver.elector.owned().is_empty());
     settle(
         &replicas.iter().collect::<Vec<_>>(),
@@ -316,20 +305,20 @@ async fn random_crashes_stalls_joins_and_leaves_keep_one_owner_per_shard() {
             let pick = rng.random_range(0..replicas.len().max(1));
             match rng.random_range(0..5) {
                 0 if replicas.len() > 1 => {
-                    let r = replicas.swap_remove(pick);
-                    r.run.abort();
-                    let _ = r.run.await;
+                    let mut r = replicas.swap_remove(pick);
+                    r.crash();
+                    r.join().await;
                     events.push("crash");
                 }
                 1 if !replicas.is_empty() => {
-                    let down = !replicas[pick].stalled.load(Ordering::SeqCst);
-                    replicas[pick].stall(down);
+                    let down = !replicas[pick].link.is_cut();
+                    replicas[pick].link.cut(down);
                     events.push(if down { "stall" } else { "resume" });
                 }
                 2 if replicas.len() > 1 => {
-                    let r = replicas.swap_remove(pick);
-                    r.shutdown.cancel();
-                    let _ = r.run.await;
+                    let mut r = replicas.swap_remove(pick);
+                    r.begin_stop();
+                    r.join().await;
                     events.push("leave");
                 }
                 _ if replicas.len() < 6 => {
@@ -341,7 +330,7 @@ async fn random_crashes_stalls_joins_and_leaves_keep_one_owner_per_shard() {
         }
         // Everyone healthy again: the shards settle, one owner each.
         for r in &replicas {
-            r.stall(false);
+            r.link.cut(false);
         }
         settle(
             &replicas.iter().collect::<Vec<_>>(),
@@ -377,7 +366,7 @@ async fn random_crashes_stalls_joins_and_leaves_keep_one_owner_per_shard() {
 async fn the_members_record_tracks_live_replicas() {
     let (store, checkers) = (MemoryStore::new(), checkers(4));
     let a = start(&store, "a", 4, &checkers);
-    let b = start(&store, "b", 4, &checkers);
+    let mut b = start(&store, "b", 4, &checkers);
     sleep(Duration::from_secs(5)).await;
     assert_eq!(a.elector.members(), ["a", "b"]);
     let raw = store.get_raw("jobs-members").expect("members record");
@@ -385,8 +374,8 @@ async fn the_members_record_tracks_live_replicas() {
         raw.contains("\\\"a\\\"") && raw.contains("\\\"b\\\""),
         "{raw}"
     );
-    b.shutdown.cancel();
-    b.run.await.unwrap();
+    b.begin_stop();
+    b.join().await;
     sleep(Duration::from_secs(2)).await;
     assert_eq!(a.elector.members(), ["a"]);
     let counts: BTreeMap<&str, usize> = [("a", a.elector.owned().len())].into_iter().collect();
@@ -425,9 +414,9 @@ async fn settle_kill_settle<L: LeaseLock>(
         Duration::from_secs(30),
     )
     .await;
-    let victim = replicas.remove(0);
-    victim.run.abort();
-    let _ = victim.run.await;
+    let mut victim = replicas.remove(0);
+    victim.crash();
+    victim.join().await;
     settle(
         &replicas.iter().collect::<Vec<_>>(),
         SHARDS,

@@ -13,18 +13,18 @@ async fn etcd_election_queues_candidates_by_create_revision() {
     for id in ["a", "b", "c"] {
         let e = new_election(&cluster, "queue", timing(id, 10_000, 6_000, 500)).await;
         handles.push(e.clone());
-        replicas.push(Replica::election(id, e));
+        replicas.push(election(id, e));
         // Join one after the other, so the queue order is known.
         sleep(Duration::from_millis(500)).await;
     }
     let leader = one_leader(&replicas, Duration::from_secs(20)).await;
-    assert_eq!(replicas[leader].name, "a", "the first to join leads");
+    assert_eq!(replicas[leader].id, "a", "the first to join leads");
 
     // Keys as Go's concurrency package writes them; the token is the create revision.
     let current = handles[0].current_leader().await.unwrap().unwrap();
     assert_eq!(current.value, "a");
     assert_eq!(current.key, format!("queue/{:x}", current.lease));
-    assert_eq!(replicas[leader].terms()[0], current.create_revision as u64);
+    assert_eq!(replicas[leader].tokens()[0], current.create_revision as u64);
     let keys = client
         .get("queue/", Some(GetOptions::new().with_prefix()))
         .await
@@ -45,15 +45,15 @@ async fn etcd_election_queues_candidates_by_create_revision() {
         took < Duration::from_secs(4),
         "took {took:?} after a resignation"
     );
-    assert!(replicas[0].terms()[0] > current.create_revision as u64);
+    assert!(replicas[0].tokens()[0] > current.create_revision as u64);
 
     // The session revoked under the leader: it loses at once (no phantom leader), and
     // c, next in line, leads; b joins again at the back.
-    let b_lost = replicas[0].last_lost().unwrap();
+    let b_lost = replicas[0].tokens().last().copied().unwrap();
     let b_key = handles[1].current_leader().await.unwrap().unwrap();
     let revoked_at = Instant::now();
     client.lease_revoke(b_key.lease).await.unwrap();
-    timeout(Duration::from_secs(3), b_lost.cancelled())
+    timeout(Duration::from_secs(3), replicas[0].term_end(b_lost))
         .await
         .expect("b steps down at its next keep-alive");
     wait_until("c leads", Duration::from_secs(5), || {
@@ -150,7 +150,7 @@ async fn etcd_election_interoperates_with_etcdctl_elect() {
     })
     .await;
     let ours = new_election(&cluster, "interop", fast("rust")).await;
-    let replica = Replica::election("rust", ours.clone());
+    let replica = election("rust", ours.clone());
     wait_until("ours sees etcdctl lead", Duration::from_secs(10), || {
         ours.leader().as_deref() == Some("go-proposal")
     })
@@ -205,16 +205,15 @@ async fn etcd_election_interoperates_with_etcdctl_elect() {
 async fn etcd_election_dropping_run_fires_the_works_lost() {
     let cluster = start(1);
     let e = new_election(&cluster, "dropped", fast("a")).await;
-    let replica = Replica::election("a", e);
+    let replica = election("a", e);
     wait_until("a leads", Duration::from_secs(10), || replica.is_leader()).await;
-    let lost = replica.last_lost().unwrap();
-    assert!(!lost.is_cancelled());
+    let lost = replica.tokens().last().copied().unwrap();
+    assert!(!replica.term_ended(lost));
 
     // The run future goes (an aborted task, a caller's select!): the work, a task of
     // its own, must learn at once that nobody keeps the session alive any more.
-    replica.task.abort();
-    let _ = replica.task.await;
-    timeout(Duration::from_secs(2), lost.cancelled())
+    replica.abort_elector();
+    timeout(Duration::from_secs(2), replica.term_end(lost))
         .await
         .expect("the work's lost() fires when run's future is dropped");
 }
@@ -260,15 +259,13 @@ async fn etcd_election_keeps_the_last_leader_seen_after_stepping_down() {
     let status = e.subscribe();
 
     // Lost: an operator deletes our key; the term ends and run returns.
-    let mut replica = Replica::election("a", e.clone());
+    let mut replica = election("a", e.clone());
     wait_until("a leads", Duration::from_secs(10), || replica.is_leader()).await;
     let key = e.current_leader().await.unwrap().unwrap().key;
     client.delete(key, None).await.unwrap();
-    let Replica { task, .. } = &mut replica;
-    timeout(Duration::from_secs(10), task)
+    timeout(Duration::from_secs(10), replica.join())
         .await
-        .expect("run returns after the loss without recampaign")
-        .unwrap();
+        .expect("run returns after the loss without recampaign");
     assert!(!e.is_leader());
     assert_eq!(
         e.leader().as_deref(),
@@ -283,7 +280,7 @@ async fn etcd_election_keeps_the_last_leader_seen_after_stepping_down() {
     assert_eq!(events[2], ElectionEvent::StoppedLeading);
 
     // Shut down: the session is revoked, the last leader seen still reported.
-    let replica = Replica::election("a", e.clone());
+    let replica = election("a", e.clone());
     wait_until("a leads again", Duration::from_secs(10), || {
         replica.is_leader()
     })
@@ -323,9 +320,9 @@ async fn etcd_election_publishes_the_election_metrics() {
     let transitions = |r: &Registry| metric(r, "leader_election_transitions_total");
     let renewals = |r: &Registry| metric(r, "leader_election_renewal_duration_seconds_count");
 
-    let replica_a = Replica::election("a", a.clone());
+    let replica_a = election("a", a.clone());
     wait_until("a leads", Duration::from_secs(10), || replica_a.is_leader()).await;
-    let replica_b = Replica::election("b", b.clone());
+    let replica_b = election("b", b.clone());
     wait_until("b sees a lead", Duration::from_secs(10), || {
         b.leader().as_deref() == Some("a")
     })

@@ -162,7 +162,7 @@ async fn killed_leader_standby_leads_after_the_ttl(mode: &str) {
     let mut child = ChildCandidate::spawn(mode, &cluster, &name, "child", [3000, 2000, 500]);
     child.expect("LEADING", Duration::from_secs(30)).await;
     let options = EtcdOptions::new().native_lease(mode == "lease");
-    let standby = Replica::elector(
+    let standby = elector(
         "standby",
         lock(&cluster, &name, options).await,
         fast("standby"),
@@ -234,7 +234,7 @@ async fn frozen_leader_knows_it_lost_before_acting() {
     let mut child = ChildCandidate::spawn("lease", &cluster, "frozen", "child", [3000, 2000, 500]);
     let (leading, _) = child.expect("LEADING", Duration::from_secs(30)).await;
     child.expect("ACT", Duration::from_secs(10)).await;
-    let standby = Replica::elector(
+    let standby = elector(
         "standby",
         lock(&cluster, "frozen", EtcdOptions::new().native_lease(true)).await,
         fast("standby"),

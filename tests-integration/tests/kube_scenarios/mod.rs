@@ -2,15 +2,14 @@
 //! crate's API test server) and `tests/kind.rs` (a real cluster).
 #![allow(dead_code)]
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Once};
+use std::sync::Once;
 use std::time::Duration;
 
 use leaderelection::lock::kube::{KubeLock, ResourceLockKind};
-use leaderelection::{Config, ElectionEvent, LeaderElector, LeaseLock};
-use tokio::task::JoinHandle;
+use leaderelection::{Config, ElectionEvent, LeaseLock};
+use leaderelection_testkit::checker::Checker;
+use leaderelection_testkit::replica::{wait_until, Link, Replica, Work};
 use tokio::time::{sleep, timeout, Instant};
-use tokio_util::sync::CancellationToken;
 
 /// Short timings, still inside client-go's rules: lease 3s, renew deadline 2s, retry 0.5s.
 pub const LEASE: Duration = Duration::from_secs(3);
@@ -72,135 +71,15 @@ pub fn config(identity: &str) -> Config {
         .retry_period(RETRY)
 }
 
-/// Counts replicas whose work runs, and remembers the most that ever ran at once.
-#[derive(Default)]
-pub struct Tracker {
-    active: AtomicUsize,
-    max: AtomicUsize,
-    /// Identities in the order they started leading.
-    leaders: Mutex<Vec<String>>,
+/// A replica on `lock` whose work records its terms in `checker`.
+pub fn replica(lock: impl LeaseLock, config: Config, checker: &Checker) -> Replica {
+    Replica::new(lock, Link::direct(), config, checker, Work::polite())
 }
 
-impl Tracker {
-    pub fn max(&self) -> usize {
-        self.max.load(Ordering::SeqCst)
-    }
-
-    pub fn active(&self) -> usize {
-        self.active.load(Ordering::SeqCst)
-    }
-
-    pub fn leaders(&self) -> Vec<String> {
-        self.leaders.lock().unwrap().clone()
-    }
-
-    fn start(&self, identity: &str) {
-        let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
-        self.max.fetch_max(now, Ordering::SeqCst);
-        self.leaders.lock().unwrap().push(identity.to_owned());
-    }
-
-    fn stop(&self) {
-        self.active.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// One replica: an elector running in a task, with work that counts itself in the
-/// tracker while it leads.
-pub struct Replica {
-    pub identity: String,
-    pub elector: LeaderElector,
-    shutdown: CancellationToken,
-    crash: CancellationToken,
-    run: JoinHandle<()>,
-}
-
-impl Replica {
-    pub fn start(lock: impl LeaseLock, config: Config, tracker: &Arc<Tracker>) -> Replica {
-        Self::start_boxed(Box::new(lock), config, tracker)
-    }
-
-    pub fn start_boxed(
-        lock: Box<dyn LeaseLock>,
-        config: Config,
-        tracker: &Arc<Tracker>,
-    ) -> Replica {
-        Self::start_with(lock, config, tracker, |_| {})
-    }
-
-    /// Like [`start_boxed`](Self::start_boxed), calling `before_run` with the elector
-    /// before it starts campaigning.
-    pub fn start_with(
-        lock: Box<dyn LeaseLock>,
-        config: Config,
-        tracker: &Arc<Tracker>,
-        before_run: impl FnOnce(&LeaderElector),
-    ) -> Replica {
-        let identity = config.identity.to_owned();
-        let elector = LeaderElector::from_boxed(lock, config).expect("valid config");
-        before_run(&elector);
-        let shutdown = CancellationToken::new();
-        let crash = CancellationToken::new();
-        let run = tokio::spawn({
-            let (elector, shutdown, crash, tracker) = (
-                elector.clone(),
-                shutdown.clone(),
-                crash.clone(),
-                tracker.clone(),
-            );
-            async move {
-                elector
-                    .run(shutdown, move |leadership| {
-                        let (tracker, crash) = (tracker.clone(), crash.clone());
-                        async move {
-                            tracker.start(leadership.identity());
-                            tokio::select! {
-                                _ = leadership.lost() => {}
-                                _ = crash.cancelled() => {}
-                            }
-                            tracker.stop();
-                        }
-                    })
-                    .await
-            }
-        });
-        Replica {
-            identity,
-            elector,
-            shutdown,
-            crash,
-            run,
-        }
-    }
-
-    pub fn is_leader(&self) -> bool {
-        self.elector.is_leader()
-    }
-
-    /// Graceful shutdown: the work stops, then the lease is released.
-    pub async fn stop(self) {
-        self.shutdown.cancel();
-        timeout(PATIENCE, self.run)
-            .await
-            .expect("the elector stops after shutdown")
-            .expect("the elector task does not panic");
-    }
-
-    /// A crash: renewing stops at once, nothing is released, the work dies with it.
-    pub async fn crash(self) {
-        self.run.abort();
-        let _ = self.run.await;
-        self.crash.cancel();
-    }
-}
-
-/// Waits until `cond` holds, checking every 20ms, or panics after [`PATIENCE`].
-pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> Duration {
+/// Waits until `cond` holds, checking every 10ms, or panics after [`PATIENCE`].
+pub async fn wait_for(what: &str, cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < PATIENCE, "timed out waiting for {what}");
-        sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(what, PATIENCE, cond).await;
     start.elapsed()
 }
 
@@ -214,22 +93,19 @@ pub async fn wait_for_leader(replicas: &[&Replica]) -> usize {
     leaders[0]
 }
 
-/// Watches `tracker` for `d` and fails if two replicas' work ever overlapped.
-pub async fn never_two_leaders_for(tracker: &Tracker, d: Duration) {
+/// Watches `checker` for `d` and fails if two replicas' work ever overlapped.
+pub async fn never_two_leaders_for(checker: &Checker, d: Duration) {
     let end = Instant::now() + d;
     while Instant::now() < end {
-        assert!(
-            tracker.max() <= 1,
-            "two leaders at once: {:?}",
-            tracker.leaders()
-        );
+        checker.report().assert_safe();
         sleep(Duration::from_millis(20)).await;
     }
-    assert!(
-        tracker.max() <= 1,
-        "two leaders at once: {:?}",
-        tracker.leaders()
-    );
+    checker.report().assert_safe();
+}
+
+/// The identities of the terms so far, in order.
+pub fn leaders(checker: &Checker) -> Vec<String> {
+    checker.intervals().into_iter().map(|t| t.identity).collect()
 }
 
 // ---- the core's election scenarios ------------------------------------------
@@ -238,17 +114,8 @@ pub async fn never_two_leaders_for(tracker: &Tracker, d: Duration) {
 /// shutdown.
 pub async fn lone_candidate_leads(cluster: &Cluster, kind: ResourceLockKind) {
     let name = cluster.name(&format!("{kind}-lone"));
-    let tracker = Arc::new(Tracker::default());
-    let mut events = None;
-    let a = Replica::start_with(
-        Box::new(cluster.lock(kind, &name)),
-        config("a"),
-        &tracker,
-        |e| {
-            events = Some(e.events());
-        },
-    );
-    let mut events = events.expect("subscribed before the elector ran");
+    let checker = Checker::new();
+    let a = replica(cluster.lock(kind, &name), config("a"), &checker);
     wait_for("the lone candidate to lead", || a.is_leader()).await;
     let stored = cluster
         .lock(kind, &name)
@@ -260,13 +127,13 @@ pub async fn lone_candidate_leads(cluster: &Cluster, kind: ResourceLockKind) {
     assert_eq!(stored.record.lease_duration_seconds, 3);
     assert!(stored.record.renew_time.is_some());
     // client-go's callbacks, in order: OnNewLeader(a), OnStartedLeading.
-    let first = timeout(PATIENCE, events.recv()).await.expect("an event");
+    let first = timeout(PATIENCE, a.next_event()).await.expect("an event");
     assert_eq!(
         first,
         Some(ElectionEvent::NewLeader(Some("a".into()))),
         "{kind}"
     );
-    let second = timeout(PATIENCE, events.recv()).await.expect("an event");
+    let second = timeout(PATIENCE, a.next_event()).await.expect("an event");
     assert!(
         matches!(second, Some(ElectionEvent::StartedLeading { .. })),
         "{kind}: {second:?}"
@@ -278,29 +145,29 @@ pub async fn lone_candidate_leads(cluster: &Cluster, kind: ResourceLockKind) {
         "released on shutdown: {:?}",
         stored.record
     );
-    assert_eq!(tracker.max(), 1);
+    checker.report().assert_safe();
 }
 
 /// Of two candidates exactly one leads, and stays the only one.
 pub async fn two_candidates_one_leads(cluster: &Cluster, kind: ResourceLockKind) {
     let name = cluster.name(&format!("{kind}-two"));
-    let tracker = Arc::new(Tracker::default());
-    let a = Replica::start(cluster.lock(kind, &name), config("a"), &tracker);
-    let b = Replica::start(cluster.lock(kind, &name), config("b"), &tracker);
+    let checker = Checker::new();
+    let a = replica(cluster.lock(kind, &name), config("a"), &checker);
+    let b = replica(cluster.lock(kind, &name), config("b"), &checker);
     let leader = wait_for_leader(&[&a, &b]).await;
     // Two lease durations: the leader renews, the other never takes over.
-    never_two_leaders_for(&tracker, 2 * LEASE).await;
+    never_two_leaders_for(&checker, 2 * LEASE).await;
     assert_eq!(
         wait_for_leader(&[&a, &b]).await,
         leader,
         "{kind}: the leader kept its lease"
     );
-    let who = [&a, &b][leader].identity.clone();
+    let who = [&a, &b][leader].id.clone();
     wait_for("the standby to know the leader", || {
         b.elector.leader().as_deref() == Some(&who)
     })
     .await;
-    assert_eq!(tracker.leaders(), vec![who]);
+    assert_eq!(leaders(&checker), vec![who]);
     a.stop().await;
     b.stop().await;
 }
@@ -317,10 +184,10 @@ pub async fn release_gives_fast_takeover(cluster: &Cluster, kind: ResourceLockKi
             .renew_deadline(Duration::from_secs(15))
             .retry_period(Duration::from_secs(1))
     };
-    let tracker = Arc::new(Tracker::default());
-    let a = Replica::start(cluster.lock(kind, &name), long("a"), &tracker);
+    let checker = Checker::new();
+    let a = replica(cluster.lock(kind, &name), long("a"), &checker);
     wait_for("a to lead", || a.is_leader()).await;
-    let b = Replica::start(cluster.lock(kind, &name), long("b"), &tracker);
+    let b = replica(cluster.lock(kind, &name), long("b"), &checker);
     wait_for("b to see a", || b.elector.leader().as_deref() == Some("a")).await;
     let start = Instant::now();
     a.stop().await;
@@ -331,7 +198,7 @@ pub async fn release_gives_fast_takeover(cluster: &Cluster, kind: ResourceLockKi
         takeover < Duration::from_secs(10),
         "{kind}: takeover after release took {takeover:?}, as if the 20s lease had to run out"
     );
-    assert_eq!(tracker.max(), 1);
+    checker.report().assert_safe();
     b.stop().await;
     takeover
 }
@@ -340,13 +207,13 @@ pub async fn release_gives_fast_takeover(cluster: &Cluster, kind: ResourceLockKi
 /// the standby's clock, and not before.
 pub async fn crashed_leader_is_replaced_after_its_lease(cluster: &Cluster, kind: ResourceLockKind) {
     let name = cluster.name(&format!("{kind}-crash"));
-    let tracker = Arc::new(Tracker::default());
-    let a = Replica::start(cluster.lock(kind, &name), config("a"), &tracker);
+    let checker = Checker::new();
+    let a = replica(cluster.lock(kind, &name), config("a"), &checker);
     wait_for("a to lead", || a.is_leader()).await;
-    let b = Replica::start(cluster.lock(kind, &name), config("b"), &tracker);
+    let b = replica(cluster.lock(kind, &name), config("b"), &checker);
     wait_for("b to see a", || b.elector.leader().as_deref() == Some("a")).await;
     let start = Instant::now();
-    a.crash().await;
+    a.crash();
     wait_for("b to take over", || b.is_leader()).await;
     let waited = start.elapsed();
     eprintln!("{kind}: takeover {waited:?} after the leader crashed (lease {LEASE:?})");
@@ -365,7 +232,7 @@ pub async fn crashed_leader_is_replaced_after_its_lease(cluster: &Cluster, kind:
         stored.record.leader_transitions, 1,
         "{kind}: one change of holder"
     );
-    assert_eq!(tracker.max(), 1);
+    checker.report().assert_safe();
     b.stop().await;
 }
 
@@ -396,9 +263,9 @@ pub async fn migration_never_has_two_leaders(cluster: &Cluster, via_configmaps: 
         )
     };
     let name = cluster.name(&format!("migrate-{old}"));
-    let tracker = Arc::new(Tracker::default());
+    let checker = Checker::new();
     let start = |kind: ResourceLockKind, id: String| {
-        Replica::start(cluster.lock(kind, &name), config(&id), &tracker)
+        replica(cluster.lock(kind, &name), config(&id), &checker)
     };
 
     let mut replicas: Vec<Replica> = (0..3).map(|i| start(old, format!("{old}-{i}"))).collect();
@@ -416,35 +283,35 @@ pub async fn migration_never_has_two_leaders(cluster: &Cluster, via_configmaps: 
             } else {
                 replicas
                     .iter()
-                    .position(|r| !r.identity.starts_with(kind.name()) && !r.is_leader())
+                    .position(|r| !r.id.starts_with(kind.name()) && !r.is_leader())
                     .or_else(|| {
                         replicas
                             .iter()
-                            .position(|r| !r.identity.starts_with(kind.name()))
+                            .position(|r| !r.id.starts_with(kind.name()))
                     })
                     .expect("a replica left to replace")
             };
             let old_replica = replicas.remove(victim);
             if step == 1 && i == 0 {
-                old_replica.crash().await;
+                old_replica.crash();
             } else {
                 old_replica.stop().await;
             }
             replicas.push(start(kind, format!("{kind}-{i}")));
-            never_two_leaders_for(&tracker, Duration::from_millis(500)).await;
+            never_two_leaders_for(&checker, Duration::from_millis(500)).await;
         }
         wait_for("a leader after the step", || {
             replicas.iter().any(Replica::is_leader)
         })
         .await;
-        never_two_leaders_for(&tracker, LEASE).await;
+        never_two_leaders_for(&checker, LEASE).await;
     }
 
     let leader = replicas.iter().find(|r| r.is_leader()).expect("a leader");
     assert!(
-        leader.identity.starts_with("leases-"),
+        leader.id.starts_with("leases-"),
         "{}",
-        leader.identity
+        leader.id
     );
     let lease = cluster
         .lock(ResourceLockKind::Leases, &name)
@@ -452,18 +319,10 @@ pub async fn migration_never_has_two_leaders(cluster: &Cluster, via_configmaps: 
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(lease.record.holder_identity, leader.identity);
-    assert!(
-        tracker.max() <= 1,
-        "two leaders at once: {:?}",
-        tracker.leaders()
-    );
+    assert_eq!(lease.record.holder_identity, leader.id);
+    checker.report().assert_safe();
     for r in replicas {
         r.stop().await;
     }
-    assert!(
-        tracker.max() <= 1,
-        "two leaders at once: {:?}",
-        tracker.leaders()
-    );
+    checker.report().assert_safe();
 }
