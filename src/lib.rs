@@ -55,6 +55,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod compat;
 mod config;
 mod elector;
 mod error;
