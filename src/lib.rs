@@ -70,6 +70,7 @@ mod sharded;
 mod status;
 mod sync;
 mod term;
+mod version;
 
 // README's examples compile and run as doctests.
 #[cfg(doctest)]
