@@ -633,3 +633,19 @@ impl Term for LeaseTerm<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::MemoryStore;
+
+    #[test]
+    fn an_elector_takes_a_lock_chosen_at_run_time() {
+        let lock: Box<dyn LeaseLock> = Box::new(MemoryStore::new().lock("a"));
+        assert!(LeaderElector::new(lock, Config::new("a")).is_ok());
+        let shared = Arc::new(MemoryStore::new().lock("b"));
+        assert!(LeaderElector::new(Arc::clone(&shared), Config::new("b")).is_ok());
+    }
+}

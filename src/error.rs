@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use crate::record::InvalidRecord;
-use crate::Version;
+use crate::version::Version;
 
 /// A boxed error from a backend's client, kept as the source of [`LockError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

@@ -55,6 +55,7 @@
 //! ```
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod compat;
 mod config;
 mod elector;
 mod error;
@@ -69,6 +70,7 @@ mod sharded;
 mod status;
 mod sync;
 mod term;
+mod version;
 
 // README's examples compile and run as doctests.
 #[cfg(doctest)]

@@ -43,7 +43,7 @@ pub enum ElectionEvent {
 pub(crate) struct Reporter {
     identity: String,
     status: watch::Sender<Status>,
-    events: Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>,
+    events: Subscribers,
     /// Set once the loop has read the record (or the election) once.
     observed: AtomicBool,
     #[cfg(feature = "metrics")]
@@ -55,7 +55,7 @@ impl Reporter {
         Self {
             identity: identity.to_owned(),
             status: watch::Sender::new(Status::default()),
-            events: Mutex::new(Vec::new()),
+            events: Subscribers::default(),
             observed: AtomicBool::new(false),
             #[cfg(feature = "metrics")]
             metrics: Mutex::new(None),
@@ -127,9 +127,7 @@ impl Reporter {
     }
 
     pub(crate) fn events(&self) -> mpsc::UnboundedReceiver<ElectionEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        lock_unpoisoned(&self.events).push(tx);
-        rx
+        self.events.subscribe()
     }
 
     /// Publishes the observed leader; a change of leader is reported once.
@@ -171,7 +169,24 @@ impl Reporter {
                 m.transitions.inc();
             });
         }
-        lock_unpoisoned(&self.events).retain(|tx| tx.send(event.clone()).is_ok());
+        self.events.send(&event);
+    }
+}
+
+/// The receivers of an election's [`ElectionEvent`]s: each gets every event sent
+/// after it subscribed, in order; a dropped receiver is forgotten at the next send.
+#[derive(Debug, Default)]
+pub(crate) struct Subscribers(Mutex<Vec<mpsc::UnboundedSender<ElectionEvent>>>);
+
+impl Subscribers {
+    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<ElectionEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        lock_unpoisoned(&self.0).push(tx);
+        rx
+    }
+
+    pub(crate) fn send(&self, event: &ElectionEvent) {
+        lock_unpoisoned(&self.0).retain(|tx| tx.send(event.clone()).is_ok());
     }
 }
 

@@ -10,6 +10,7 @@ use futures::stream::BoxStream;
 
 use crate::error::LockError;
 use crate::record::LeaderElectionRecord;
+pub use crate::version::Version;
 
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]
@@ -21,38 +22,6 @@ pub mod file;
 #[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
 pub mod kube;
 pub mod memory;
-
-/// An opaque token naming one stored state of a record (a Kubernetes
-/// `resourceVersion`, an etcd `mod_revision`, a counter), used for compare-and-swap.
-///
-/// Compare versions only for equality, except through
-/// [`LeaseLock::fencing_token`], which knows whether its backend's versions grow.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Version(String);
-
-impl Version {
-    /// Wraps a backend's version.
-    pub fn new(v: impl Into<String>) -> Self {
-        Self(v.into())
-    }
-
-    /// The backend's version text.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<u64> for Version {
-    fn from(v: u64) -> Self {
-        Self(v.to_string())
-    }
-}
-
-impl fmt::Display for Version {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A record as read, with the version to pass to [`LeaseLock::update`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,7 +197,6 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::{Config, LeaderElector, MemoryStore};
 
     /// A lock whose every provided method differs from the default, so that a
     /// wrapper that fell back to a default would be seen.
@@ -282,13 +250,5 @@ mod tests {
         let shared: Arc<dyn LeaseLock> = Arc::new(Marked);
         forwards(&shared).await;
         forwards(&Arc::new(Marked)).await;
-    }
-
-    #[test]
-    fn an_elector_takes_a_lock_chosen_at_run_time() {
-        let lock: Box<dyn LeaseLock> = Box::new(MemoryStore::new().lock("a"));
-        assert!(LeaderElector::new(lock, Config::new("a")).is_ok());
-        let shared = Arc::new(MemoryStore::new().lock("b"));
-        assert!(LeaderElector::new(Arc::clone(&shared), Config::new("b")).is_ok());
     }
 }

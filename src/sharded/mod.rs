@@ -11,9 +11,9 @@ mod membership;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,8 @@ use crate::elector::LeaderElector;
 use crate::error::ConfigError;
 use crate::leadership::Leadership;
 use crate::lock::LeaseLock;
+use crate::status::{ElectionEvent, Subscribers};
+use crate::sync::lock_unpoisoned;
 use membership::Membership;
 
 /// Makes the lock of one object by name: `<name>-shard-<i>` for each shard and
@@ -103,7 +105,11 @@ struct Shared {
     shards: u32,
     locks: LockFactory,
     status: watch::Sender<ShardStatus>,
+    events: ShardSubscribers,
 }
+
+/// The receivers of each shard's events, shared with the shards' electors.
+type ShardSubscribers = Arc<Mutex<BTreeMap<u32, Subscribers>>>;
 
 impl fmt::Debug for ShardedElector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -138,6 +144,7 @@ impl ShardedElector {
                 shards,
                 locks: Arc::new(locks),
                 status: watch::Sender::new(ShardStatus::default()),
+                events: ShardSubscribers::default(),
             }),
         })
     }
@@ -176,6 +183,51 @@ impl ShardedElector {
     /// Changes of the shards owned and assigned and of the members.
     pub fn subscribe(&self) -> watch::Receiver<ShardStatus> {
         self.shared.status.subscribe()
+    }
+
+    /// Every change of leadership of shard `shard` that this replica sees, from now
+    /// on, each reported once, in order: the [`ElectionEvent`]s of the
+    /// [`LeaderElector`]s this replica runs for the shard, one after the other as the
+    /// shard is assigned here, handed over and assigned here again.
+    /// [`ElectionEvent::StartedLeading`] carries the fencing token of each term.
+    ///
+    /// Nothing is reported while the shard is assigned elsewhere (no elector of this
+    /// replica watches it then), nor for a shard past [`shards`](Self::shards). The
+    /// channel is unbounded and closes when the elector and its shards' electors are
+    /// gone; drop the receiver when no longer interested.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leaderelection::{Config, ElectionEvent, LeaseLock, MemoryStore, ShardedElector};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() -> Result<(), leaderelection::ConfigError> {
+    /// let store = MemoryStore::new();
+    /// let elector = ShardedElector::new(Config::new("jobs").identity("a"), 4, move |name: &str| {
+    ///     Box::new(store.lock(name)) as Box<dyn LeaseLock>
+    /// })?;
+    /// let mut events = elector.shard_events(2);
+    /// let shutdown = CancellationToken::new();
+    /// let run = tokio::spawn({
+    ///     let (elector, shutdown) = (elector.clone(), shutdown.clone());
+    ///     async move { elector.run(shutdown, |_, l| async move { l.lost().await }).await }
+    /// });
+    /// loop {
+    ///     if let Some(ElectionEvent::StartedLeading { .. }) = events.recv().await {
+    ///         break;
+    ///     }
+    /// }
+    /// assert!(elector.owns(2));
+    /// shutdown.cancel();
+    /// run.await.unwrap();
+    /// # Ok(()) }
+    /// ```
+    pub fn shard_events(&self, shard: u32) -> mpsc::UnboundedReceiver<ElectionEvent> {
+        lock_unpoisoned(&self.shared.events)
+            .entry(shard)
+            .or_default()
+            .subscribe()
     }
 
     /// The name of shard `shard`'s lock object: `<name>-shard-<shard>`.
@@ -329,6 +381,7 @@ impl ShardedElector {
         };
         let lock = (self.shared.locks)(&lock_name);
         let status = self.shared.status.clone();
+        let subscribers = Arc::clone(&self.shared.events);
         let work = Arc::clone(work);
         let token = stop.clone();
         tasks.spawn(async move {
@@ -339,18 +392,35 @@ impl ShardedElector {
                     return;
                 }
             };
-            elector
-                .run(token, move |leadership| {
-                    let owned = Owned::new(status.clone(), shard);
-                    let fut = work(shard, leadership);
-                    async move {
-                        fut.await;
-                        drop(owned);
-                    }
-                })
-                .await;
+            let mut events = elector.events();
+            let run = elector.run(token, move |leadership| {
+                let owned = Owned::new(status.clone(), shard);
+                let fut = work(shard, leadership);
+                async move {
+                    fut.await;
+                    drop(owned);
+                }
+            });
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(event) = events.recv() => publish(&subscribers, shard, &event),
+                    () = &mut run => break,
+                }
+            }
+            // What the elector reported as it stopped.
+            while let Ok(event) = events.try_recv() {
+                publish(&subscribers, shard, &event);
+            }
         });
         Running { stop }
+    }
+}
+
+fn publish(subscribers: &ShardSubscribers, shard: u32, event: &ElectionEvent) {
+    if let Some(s) = lock_unpoisoned(subscribers).get(&shard) {
+        s.send(event);
     }
 }
 
@@ -379,5 +449,67 @@ impl Drop for Owned {
         self.status.send_modify(|s| {
             s.owned.remove(&self.shard);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::MemoryStore;
+
+    fn elector(store: &MemoryStore, identity: &str) -> ShardedElector {
+        let store = store.clone();
+        ShardedElector::new(
+            Config::new("jobs").identity(identity),
+            3,
+            move |name: &str| Box::new(store.lock(name)) as Box<dyn LeaseLock>,
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shard_events_report_each_term_of_the_shard_and_close_with_the_elector() {
+        let store = MemoryStore::new();
+        let a = elector(&store, "a");
+        let mut events = a.shard_events(1);
+        let mut other_shard = a.shard_events(2);
+        let mut past_the_shards = a.shard_events(3);
+        let shutdown = CancellationToken::new();
+        let run = tokio::spawn({
+            let (a, shutdown) = (a.clone(), shutdown.clone());
+            async move { a.run(shutdown, |_, l| async move { l.lost().await }).await }
+        });
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        shutdown.cancel();
+        run.await.unwrap();
+        drop(a);
+
+        let mut seen = Vec::new();
+        while let Some(event) = events.recv().await {
+            seen.push(event);
+        }
+        let started: Vec<_> = seen
+            .iter()
+            .filter(|e| matches!(e, ElectionEvent::StartedLeading { .. }))
+            .collect();
+        assert_eq!(started.len(), 1, "{seen:?}");
+        assert_eq!(
+            seen.last(),
+            Some(&ElectionEvent::StoppedLeading),
+            "{seen:?}"
+        );
+        assert!(
+            seen.contains(&ElectionEvent::NewLeader(Some("a".into()))),
+            "{seen:?}"
+        );
+
+        let mut others = 0;
+        while other_shard.recv().await.is_some() {
+            others += 1;
+        }
+        assert!(others > 0);
+        assert_eq!(past_the_shards.recv().await, None);
     }
 }

@@ -24,5 +24,12 @@ pub(crate) use error::{is_lease_gone, map_error, BACKEND};
 pub use lock::EtcdLock;
 pub use options::{EtcdOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_PREFIX, DEFAULT_REQUEST_TIMEOUT};
 
-/// The etcd client crate this backend is built on, for [`EtcdLock::from_client`].
+/// The etcd client crate this backend is built on, at the version it is built on.
+///
+/// The API takes and returns its `Client` ([`connect`], [`EtcdLock::from_client`],
+/// [`EtcdLock::client`], [`EtcdElection::new`](crate::EtcdElection::new)), so
+/// etcd-client is part of this crate's public API whether or not it is re-exported;
+/// the re-export lets users name those types, or build a client of their own, without
+/// a dependency of theirs that must match this one (TLS comes through the `etcd-tls`
+/// feature, so they need none).
 pub use etcd_client;

@@ -81,7 +81,9 @@ impl FromStr for ResourceLockKind {
     }
 }
 
-/// A lock that [`KubeLock::from_resource_lock_name`] cannot build.
+/// A lock that
+/// [`KubeLock::from_resource_lock_name`](super::KubeLock::from_resource_lock_name)
+/// cannot build.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum UnknownResourceLock {
