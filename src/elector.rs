@@ -427,6 +427,7 @@ impl LeaderElector {
         Elected {
             fencing_token: self.shared.lock.fencing_token(&record, &version),
             acquired_at: sent_at,
+            valid_from: sent_at,
             term: LeaseTerm {
                 lock: &*self.shared.lock,
                 config: &self.shared.core.config,

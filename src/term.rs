@@ -58,8 +58,12 @@ pub(crate) trait Term: Send {
 pub(crate) struct Elected<T> {
     pub(crate) term: T,
     pub(crate) fencing_token: u64,
-    /// When the acquiring request (or the keep-alive the term starts from) was sent.
+    /// When the term began: the acquiring request's send, or for a queue (the etcd
+    /// election) the moment the candidate learned that it leads.
     pub(crate) acquired_at: Instant,
+    /// What validity counts from: the acquiring request's send, or the keep-alive the
+    /// term starts from, which can be much older than the term.
+    pub(crate) valid_from: Instant,
 }
 
 enum Outcome {
@@ -151,14 +155,15 @@ impl Core {
             mut term,
             fencing_token,
             acquired_at,
+            valid_from,
         } = elected;
         let lost = CancellationToken::new();
         // If this future is dropped (the caller's select!, an aborted task, a panic in
         // a backend), the work, a task of its own, must still learn that nobody renews.
         let _lost_on_drop = lost.clone().drop_guard();
-        let (valid_tx, valid_rx) = watch::channel(acquired_at + config.renew_deadline);
-        let mut last_success = acquired_at;
-        self.renewed(Some(acquired_at));
+        let (valid_tx, valid_rx) = watch::channel(valid_from + config.renew_deadline);
+        let mut last_success = valid_from;
+        self.renewed(Some(valid_from));
         info!(fencing_token, "started leading");
         self.report.set_leader(Some(config.identity.clone()), true);
         self.report
@@ -174,7 +179,7 @@ impl Core {
         let mut work: JoinHandle<()> = tokio::spawn(on_started_leading(leadership));
         let mut work_done = false;
         let mut stopping_since: Option<Instant> = None;
-        let mut next_renew = acquired_at + config.retry_period;
+        let mut next_renew = valid_from + config.retry_period;
 
         let outcome = loop {
             let deadline = last_success + config.renew_deadline;

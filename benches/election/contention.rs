@@ -27,9 +27,9 @@ use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::k8s::{KLM, NAMESPACE, PEER_KC, PEER_KLE, PEER_KUBERT};
-use crate::scenario::Timings;
-use crate::stats::{fmt_secs, Table};
 use crate::{Env, Plan};
+use leaderelection_bench_driver::scenario::Timings;
+use leaderelection_bench_driver::stats::{fmt_secs, Table};
 
 /// The flag that makes this program one replica of the section.
 pub const CHILD_FLAG: &str = "--contend-child";

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ours::{MakeLock, Ours};
 use crate::proxy::{Proxy, ProxyStats};
-use crate::scenario::{Library, Replica, Timings};
+use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 
 pub const PEER: &str = "etcd v3election API (etcd-client 0.21)";
 

@@ -18,10 +18,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::client_log::{self, ClientLog};
 use crate::ours::{MakeLock, Ours};
-use crate::scenario::{Departure, Library, Outcome, Replica, Timings};
-use crate::stats::Samples;
+use leaderelection_bench_driver::client_log::{self, ClientLog};
+use leaderelection_bench_driver::scenario::{Departure, Library, Outcome, Replica, Timings};
+use leaderelection_bench_driver::stats::Samples;
 
 pub const NAMESPACE: &str = "default";
 pub const KLE: &str = "kube-leader-election 0.44";

@@ -6,9 +6,9 @@ use std::collections::BTreeMap;
 
 use tokio::time::Instant;
 
-use crate::scenario::{Library, Replica, Timings};
-use crate::stats::{fmt_rate, ratio, Table};
 use crate::{Env, Plan};
+use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
+use leaderelection_bench_driver::stats::{fmt_rate, ratio, Table};
 
 /// Candidates per library: one leader, two standbys.
 pub const LOAD_REPLICAS: usize = 3;

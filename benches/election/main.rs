@@ -15,7 +15,6 @@
 //! Without `--bench` (as `cargo test --all-targets` runs it) it prints how to run it and
 //! exits, so the test suite never runs the benchmark.
 
-mod client_log;
 mod contention;
 mod etcd;
 mod k8s;
@@ -24,9 +23,7 @@ mod ours;
 mod procstat;
 mod proxy;
 mod scale;
-mod scenario;
 mod sharded;
-mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,8 +32,8 @@ use futures::FutureExt;
 use leaderelection::{LeaseLock, MemoryStore};
 
 use crate::ours::{MakeLock, Ours};
-use crate::scenario::{Departure, Library, Outcome, Timings};
-use crate::stats::{fmt_opt_secs, fmt_secs, ratio, Samples, Table};
+use leaderelection_bench_driver::scenario::{self, Departure, Library, Outcome, Timings};
+use leaderelection_bench_driver::stats::{fmt_opt_secs, fmt_secs, ratio, Samples, Table};
 
 /// What a run measures and for how long.
 #[derive(Clone, Debug)]

@@ -11,12 +11,12 @@ use leaderelection::{
     Config, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, Version, Versioned,
     WatchStream,
 };
-use tokio::sync::watch;
+use leaderelection_testkit::checker::Checker;
+use leaderelection_testkit::replica::{self as harness, Link, Work};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use crate::scenario::{LastRenewal, Library, Replica, Timings};
-use crate::stats::Samples;
+use leaderelection_bench_driver::scenario::{LastRenewal, Library, Replica, Timings};
+use leaderelection_bench_driver::stats::Samples;
 
 /// Makes a fresh lock handle on the record of an election.
 pub type MakeLock =
@@ -56,37 +56,32 @@ impl Library for Ours {
     }
 }
 
-/// Runs an elector whose work waits for the loss of leadership, as a [`Replica`].
+/// Runs an elector whose work holds its term until the loss of leadership, as a
+/// [`Replica`]: the test kit's harness, its terms judged by a checker of its own.
 pub fn spawn_elector(
     lock: Box<dyn LeaseLock>,
     config: Config,
     last_renewal: LastRenewal,
 ) -> Result<Replica, String> {
+    let (id, tick) = (config.identity.clone(), config.retry_period);
     let elector = LeaderElector::new(lock, config).map_err(|e| e.to_string())?;
-    let (tx, rx) = watch::channel(None);
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            elector
-                .run(shutdown, move |leadership| {
-                    let now = Instant::now();
-                    tx.send_if_modified(|v| v.is_none() && v.replace(now).is_none());
-                    async move { leadership.lost().await }
-                })
-                .await
-        }
-    });
-    let abort = task.abort_handle();
+    // The work acts once and holds its term: the figures are the elector's.
+    let work = Work::polite().every(Duration::from_secs(3600));
+    let replica = Arc::new(harness::Replica::spawn(
+        id,
+        elector,
+        Link::direct(),
+        &Checker::new(),
+        work,
+        tick,
+    ));
+    let (release, crash) = (replica.clone(), replica.clone());
     Ok(Replica {
-        leading: rx,
+        leading: replica.led_at(),
         last_renewal,
-        release: Some(Box::new(move || shutdown.cancel())),
-        crash: Box::new(move || abort.abort()),
-        stopped: async move {
-            let _ = task.await;
-        }
-        .boxed(),
+        release: Some(Box::new(move || release.begin_stop())),
+        crash: Box::new(move || crash.crash()),
+        stopped: async move { replica.join().await }.boxed(),
     })
 }
 

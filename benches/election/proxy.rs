@@ -15,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::scenario::LastRenewal;
+use leaderelection_bench_driver::scenario::LastRenewal;
 
 /// What passed through one proxy.
 #[derive(Debug, Default)]

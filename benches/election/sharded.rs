@@ -7,29 +7,25 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leaderelection::{Config, LeaseLock, MemoryStore, ShardedElector};
+use leaderelection_testkit::checker::Checker;
 use leaderelection_testkit::faults::{Faults, FaultyLock};
-use tokio::task::JoinHandle;
+use leaderelection_testkit::replica::{Link, Work};
 use tokio::time::{sleep, Instant};
-use tokio_util::sync::CancellationToken;
 
 use crate::procstat;
-use crate::stats::{fmt_secs, Table};
 use crate::Plan;
+use leaderelection_bench_driver::stats::{fmt_secs, Table};
 
-/// Each shard's terms: (shard, start, end).
-type Terms = Arc<Mutex<Vec<(u32, Instant, Option<Instant>)>>>;
-
-struct Replica {
-    elector: ShardedElector,
-    shutdown: CancellationToken,
-    run: JoinHandle<()>,
-}
+/// A sharded replica: the test kit's harness, its work of shard `s` judged by the
+/// cluster's `checkers[s]`.
+type Replica = leaderelection_testkit::replica::Replica<ShardedElector>;
 
 struct Cluster {
     store: MemoryStore,
     shards: u32,
     config: Config,
-    terms: Terms,
+    /// One checker per shard: the terms of different shards may overlap.
+    checkers: Vec<Checker>,
     faults: Arc<Mutex<Vec<Faults>>>,
     replicas: Vec<Replica>,
 }
@@ -40,7 +36,7 @@ impl Cluster {
             store: MemoryStore::new(),
             shards,
             config,
-            terms: Arc::default(),
+            checkers: (0..shards).map(|_| Checker::new()).collect(),
             faults: Arc::default(),
             replicas: Vec::new(),
         }
@@ -48,42 +44,26 @@ impl Cluster {
 
     fn join(&mut self, identity: &str) {
         let (store, faults) = (self.store.clone(), self.faults.clone());
-        let elector = ShardedElector::new(
-            self.config.clone().identity(identity),
-            self.shards,
-            move |name: &str| {
-                let lock = FaultyLock::new(store.lock(name));
-                faults.lock().unwrap().push(lock.faults());
-                Box::new(lock) as Box<dyn LeaseLock>
-            },
-        )
+        let config = self.config.clone().identity(identity);
+        let tick = config.retry_period;
+        let elector = ShardedElector::new(config, self.shards, move |name: &str| {
+            let lock = FaultyLock::new(store.lock(name));
+            faults.lock().unwrap().push(lock.faults());
+            Box::new(lock) as Box<dyn LeaseLock>
+        })
         .expect("valid config");
-        let shutdown = CancellationToken::new();
-        let terms = self.terms.clone();
-        let run = tokio::spawn({
-            let (elector, shutdown) = (elector.clone(), shutdown.clone());
-            async move {
-                elector
-                    .run(shutdown, move |shard, leadership| {
-                        let terms = terms.clone();
-                        async move {
-                            let i = {
-                                let mut t = terms.lock().unwrap();
-                                t.push((shard, Instant::now(), None));
-                                t.len() - 1
-                            };
-                            leadership.lost().await;
-                            terms.lock().unwrap()[i].2 = Some(Instant::now());
-                        }
-                    })
-                    .await
-            }
-        });
-        self.replicas.push(Replica {
+        // The work acts once and holds its term until lost: the figures are the
+        // elector's, not a workload's.
+        let work = Work::polite().every(Duration::from_secs(3600));
+        let replica = Replica::spawn_sharded(
+            identity,
             elector,
-            shutdown,
-            run,
-        });
+            Link::direct(),
+            &self.checkers,
+            work,
+            tick,
+        );
+        self.replicas.push(replica);
     }
 
     fn balanced(&self) -> bool {
@@ -117,14 +97,17 @@ impl Cluster {
 
     /// The worst gap between consecutive terms of a shard that began after `after`.
     fn worst_gap(&self, after: Instant) -> Duration {
-        let mut terms = self.terms.lock().unwrap().clone();
-        terms.sort_by_key(|t| (t.0, t.1));
-        terms
-            .windows(2)
-            .filter(|w| w[0].0 == w[1].0 && w[1].1 > after)
-            .filter_map(|w| w[0].2.map(|end| w[1].1.saturating_duration_since(end)))
-            .max()
-            .unwrap_or_default()
+        let mut worst = Duration::ZERO;
+        for checker in &self.checkers {
+            let mut terms = checker.intervals();
+            terms.sort_by_key(|t| t.start);
+            for w in terms.windows(2).filter(|w| w[1].start > after) {
+                if let Some(end) = w[0].end {
+                    worst = worst.max(w[1].start.saturating_duration_since(end));
+                }
+            }
+        }
+        worst
     }
 
     fn requests(&self) -> u64 {
@@ -138,10 +121,10 @@ impl Cluster {
 
     async fn stop(self) {
         for r in &self.replicas {
-            r.shutdown.cancel();
+            r.begin_stop();
         }
         for r in self.replicas {
-            let _ = r.run.await;
+            r.join().await;
         }
     }
 }
@@ -169,8 +152,8 @@ pub async fn section(plan: &Plan) -> String {
     let limit = Duration::from_secs(60);
     let start = c.settle(limit).await;
     let victim = c.replicas.remove(0);
-    victim.run.abort();
-    let _ = victim.run.await;
+    victim.crash();
+    victim.join().await;
     let kill = c.settle(limit).await;
     let joined_at = Instant::now();
     c.join("e");
@@ -178,8 +161,8 @@ pub async fn section(plan: &Plan) -> String {
     let join_gap = c.worst_gap(joined_at);
     let left_at = Instant::now();
     let leaver = c.replicas.remove(0);
-    leaver.shutdown.cancel();
-    let _ = leaver.run.await;
+    leaver.begin_stop();
+    leaver.join().await;
     let leave = c.settle(limit).await;
     let leave_gap = c.worst_gap(left_at);
     c.stop().await;

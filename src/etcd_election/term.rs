@@ -115,7 +115,10 @@ impl EtcdElection {
         debug!(key = %session.key, "elected");
         Elected {
             fencing_token: u64::try_from(session.create_revision).unwrap_or(0),
-            acquired_at: session.alive_since,
+            // The session was kept alive long before this term: a term that began at
+            // its last keep-alive would seem to overlap the predecessor's.
+            acquired_at: Instant::now(),
+            valid_from: session.alive_since,
             term: SessionTerm {
                 election: self,
                 session,

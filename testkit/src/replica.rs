@@ -469,7 +469,9 @@ pub struct Replica<E: Elector = LeaderElector> {
     gate: Gate,
     shutdown: CancellationToken,
     killed: CancellationToken,
-    task: Option<JoinHandle<()>>,
+    task: Mutex<Option<JoinHandle<()>>>,
+    /// When its first term's work started.
+    led_at: watch::Sender<Option<Instant>>,
 }
 
 impl<E: Elector> fmt::Debug for Replica<E> {
@@ -507,7 +509,6 @@ impl Replica<LeaderElector> {
         let link = Link::faults(lock.faults());
         Self::new(lock, link, config, checker, work)
     }
-
 }
 
 impl<E: Elector> Replica<E> {
@@ -546,10 +547,13 @@ impl<E: Elector> Replica<E> {
         let gate = Gate::default();
         let shutdown = CancellationToken::new();
         let killed = CancellationToken::new();
+        let led_at = watch::Sender::new(None);
         let term = {
             let (checkers, gate, killed) = (checkers.clone(), gate.clone(), killed.clone());
-            let shutdown = shutdown.clone();
+            let (shutdown, led) = (shutdown.clone(), led_at.clone());
             move |shard: u32, leadership: Leadership| -> WorkFuture {
+                let now = Instant::now();
+                led.send_if_modified(|t| t.is_none() && t.replace(now).is_none());
                 let checker = checkers[shard as usize % checkers.len()].clone();
                 // The work is stalled and killed with the elector: one process.
                 let work = work.run(checker, leadership, tick, shutdown.clone());
@@ -569,13 +573,20 @@ impl<E: Elector> Replica<E> {
             gate,
             shutdown,
             killed,
-            task: Some(task),
+            task: Mutex::new(Some(task)),
+            led_at,
         }
     }
 
     /// True while this replica leads.
     pub fn is_leader(&self) -> bool {
         self.elector.is_leader()
+    }
+
+    /// When its first term's work started (`None` until then): the moment a user's
+    /// work would begin, as benchmarks time a takeover.
+    pub fn led_at(&self) -> watch::Receiver<Option<Instant>> {
+        self.led_at.subscribe()
     }
 
     /// Its terms so far, as the checker recorded them, in order.
@@ -660,7 +671,7 @@ impl<E: Elector> Replica<E> {
     /// Drops the elector's `run` future, as a caller's `select!` or an aborted task
     /// would, while the leader's work (a task of its own) lives on.
     pub fn abort_elector(&self) {
-        if let Some(task) = &self.task {
+        if let Some(task) = &*self.task.lock().unwrap_or_else(|e| e.into_inner()) {
             task.abort();
         }
     }
@@ -675,9 +686,9 @@ impl<E: Elector> Replica<E> {
     }
 
     /// Graceful shutdown: the work stops, then the lease is released.
-    pub async fn stop(mut self) {
+    pub async fn stop(self) {
         self.begin_stop();
-        self.join_task().await;
+        self.join().await;
     }
 
     /// Asks for a graceful shutdown and returns at once; [`join`](Self::join) waits
@@ -690,12 +701,9 @@ impl<E: Elector> Replica<E> {
 
     /// Waits for the replica's task to end by itself (after a crash, or a `run` that
     /// returned); a panic inside the elector fails the test.
-    pub async fn join(&mut self) {
-        self.join_task().await;
-    }
-
-    async fn join_task(&mut self) {
-        if let Some(task) = self.task.take() {
+    pub async fn join(&self) {
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
             if let Err(e) = task.await {
                 if e.is_panic() {
                     std::panic::resume_unwind(e.into_panic());
@@ -897,7 +905,10 @@ async fn wait_until_or(
     let until = Instant::now() + within;
     while !cond() {
         if Instant::now() >= until {
-            panic!("timed out after {within:?} waiting until {what}\n{}", explain());
+            panic!(
+                "timed out after {within:?} waiting until {what}\n{}",
+                explain()
+            );
         }
         sleep(Duration::from_millis(10)).await;
     }
@@ -926,14 +937,21 @@ impl Handover {
     /// When either bound is broken, naming `what`.
     pub fn assert_bounds(&self, what: &str, since: Instant, earliest: Instant, prompt: Duration) {
         let (stopped, led) = (self.from_end() - since, self.to.start - since);
-        eprintln!("{what}: {} stopped {stopped:?} and {} led {led:?} after it", self.from.identity, self.to.identity);
+        eprintln!(
+            "{what}: {} stopped {stopped:?} and {} led {led:?} after it",
+            self.from.identity, self.to.identity
+        );
         assert!(
             self.to.start >= earliest,
             "{what}: {} led {led:?} after it, {:?} before the earliest allowed",
             self.to.identity,
             earliest - self.to.start
         );
-        assert!(stopped <= prompt, "{what}: {} stopped only {stopped:?} after it", self.from.identity);
+        assert!(
+            stopped <= prompt,
+            "{what}: {} stopped only {stopped:?} after it",
+            self.from.identity
+        );
     }
 }
 
@@ -961,13 +979,24 @@ pub async fn handover<E: Elector>(
     wait_until_or(
         &format!("the work of {from} stopped"),
         within,
-        || terms().iter().all(|t| t.identity != from || t.end.is_some()),
+        || {
+            terms()
+                .iter()
+                .all(|t| t.identity != from || t.end.is_some())
+        },
         || checker.report().explain(),
     )
     .await;
     let report = checker.report();
     report.assert_safe();
-    let last_of = |id: &str| report.terms.iter().rev().find(|t| t.identity == id).cloned();
+    let last_of = |id: &str| {
+        report
+            .terms
+            .iter()
+            .rev()
+            .find(|t| t.identity == id)
+            .cloned()
+    };
     let first_of = |id: &str| report.terms.iter().find(|t| t.identity == id).cloned();
     match (last_of(from), first_of(&to.id)) {
         (Some(from), Some(to)) => Handover { from, to },

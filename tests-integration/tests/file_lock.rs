@@ -18,7 +18,9 @@ use futures::StreamExt;
 use leaderelection::{
     Config, FileLock, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, LockEvent, Version,
 };
+use leaderelection_testkit::checker::Checker;
 use leaderelection_testkit::contract::{self, Backend};
+use leaderelection_testkit::replica::{Link, Replica, Work};
 use tokio_util::sync::CancellationToken;
 
 const CHILD_PATH_VAR: &str = "LEADERELECTION_FILE_LOCK_CHILD";
@@ -376,7 +378,7 @@ async fn watch_polls_once_its_directory_is_replaced() {
 async fn a_standby_takes_a_released_lease_on_the_file_event() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("election.json");
-    let (tx, mut leading) = tokio::sync::mpsc::unbounded_channel();
+    let checker = Checker::new();
     let start = |id: &str| {
         // A minute's lease and a 10 s poll: only the file event can hand over in time.
         let config = Config::new("file-events")
@@ -385,43 +387,22 @@ async fn a_standby_takes_a_released_lease_on_the_file_event() {
             .renew_deadline(Duration::from_secs(40))
             .retry_period(Duration::from_secs(1));
         let lock = FileLock::new(&path).poll_interval(SLOW_POLL);
-        let elector = LeaderElector::new(lock, config).unwrap();
-        let shutdown = CancellationToken::new();
-        let (tx, id) = (tx.clone(), id.to_owned());
-        let run = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                elector
-                    .run(shutdown, move |leadership| {
-                        let _ = tx.send(id.clone());
-                        async move { leadership.lost().await }
-                    })
-                    .await
-            }
-        });
-        (shutdown, run)
-    };
-    let mut next_leader = async |within| {
-        tokio::time::timeout(within, leading.recv())
-            .await
-            .unwrap_or_else(|_| panic!("nobody started leading within {within:?}"))
-            .unwrap()
+        Replica::new(lock, Link::direct(), config, &checker, Work::polite())
     };
 
-    let (stop_a, run_a) = start("a");
-    assert_eq!(next_leader(Duration::from_secs(30)).await, "a");
-    let (stop_b, run_b) = start("b");
+    let a = start("a");
+    a.wait_leading(Duration::from_secs(30)).await;
+    let b = start("b");
     // Let b read the record and settle on its watch, so the release reaches it as an
     // event rather than on its first read.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop_a.cancel();
-    run_a.await.unwrap();
+    a.stop().await;
     let released = Instant::now();
-    assert_eq!(next_leader(SLOW_POLL).await, "b");
+    b.wait_leading(SLOW_POLL).await;
     let took = released.elapsed();
     assert!(took < EVENT_WITHIN, "handover took {took:?}");
-    stop_b.cancel();
-    run_b.await.unwrap();
+    b.stop().await;
+    checker.report().assert_safe();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

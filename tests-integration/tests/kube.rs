@@ -1093,8 +1093,15 @@ async fn events_say_who_became_leader_and_who_stopped() {
             config("pod-a"),
         )
         .unwrap();
-        recorder.spawn(&elector);
-        let a = Replica::spawn("pod-a", elector, Link::direct(), &checker, Work::polite(), RETRY);
+        tokio::spawn(recorder.run(elector.events()));
+        let a = Replica::spawn(
+            "pod-a",
+            elector,
+            Link::direct(),
+            &checker,
+            Work::polite(),
+            RETRY,
+        );
         wait_for("a to lead", || a.is_leader()).await;
         let events: Api<Event> = Api::namespaced(cluster.client.clone(), NS);
         let messages = || async {
@@ -1198,7 +1205,13 @@ async fn kube_tampered(cluster: &Cluster, kind: ResourceLockKind, blank: bool) {
     let (t, checker) = (Timing::short(), Checker::new());
     let work = Work::polite().stopping_in(WORK_STOP);
     let start = |config: Config| {
-        Replica::new(cluster.lock(kind, &name), Link::direct(), config, &checker, work)
+        Replica::new(
+            cluster.lock(kind, &name),
+            Link::direct(),
+            config,
+            &checker,
+            work,
+        )
     };
     let a = start(t.config(&name, "a").recampaign(false));
     a.wait_leading(Duration::from_secs(20)).await;

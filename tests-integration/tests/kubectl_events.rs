@@ -29,8 +29,8 @@ async fn kubectl_get_events_shows_became_leader_and_stopped_leading() {
         .retry_period(Duration::from_secs(1));
     let elector = LeaderElector::new(KubeLeaseLock::new(client.clone(), NS, NAME), config).unwrap();
     let recorder = EventRecorder::new(ResourceLockKind::Leases, client, NS, NAME, "pod-a")
-        .component("test-scheduler")
-        .spawn(&elector);
+        .component("test-scheduler");
+    let recorder = tokio::spawn(recorder.run(elector.events()));
     let shutdown = CancellationToken::new();
     let run = tokio::spawn({
         let (elector, shutdown) = (elector.clone(), shutdown.clone());

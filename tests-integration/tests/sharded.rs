@@ -146,7 +146,7 @@ async fn stop(replicas: Vec<Replica>) {
     for r in &replicas {
         r.begin_stop();
     }
-    for mut r in replicas {
+    for r in replicas {
         r.join().await;
     }
 }
@@ -186,7 +186,7 @@ async fn a_killed_replicas_shards_are_owned_again_after_the_lease() {
         Duration::from_secs(60),
     )
     .await;
-    let mut victim = replicas.remove(1);
+    let victim = replicas.remove(1);
     let orphaned = victim.elector.owned();
     victim.crash();
     victim.join().await;
@@ -260,7 +260,7 @@ async fn a_graceful_leave_hands_every_shard_over() {
     )
     .await;
     let left_at = Instant::now();
-    let mut leaver = replicas.remove(0);
+    let leaver = replicas.remove(0);
     leaver.begin_stop();
     leaver.join().await;
     assert!(leaver.elector.owned().is_empty());
@@ -305,7 +305,7 @@ async fn random_crashes_stalls_joins_and_leaves_keep_one_owner_per_shard() {
             let pick = rng.random_range(0..replicas.len().max(1));
             match rng.random_range(0..5) {
                 0 if replicas.len() > 1 => {
-                    let mut r = replicas.swap_remove(pick);
+                    let r = replicas.swap_remove(pick);
                     r.crash();
                     r.join().await;
                     events.push("crash");
@@ -316,7 +316,7 @@ async fn random_crashes_stalls_joins_and_leaves_keep_one_owner_per_shard() {
                     events.push(if down { "stall" } else { "resume" });
                 }
                 2 if replicas.len() > 1 => {
-                    let mut r = replicas.swap_remove(pick);
+                    let r = replicas.swap_remove(pick);
                     r.begin_stop();
                     r.join().await;
                     events.push("leave");
@@ -366,7 +366,7 @@ async fn random_crashes_stalls_joins_and_leaves_keep_one_owner_per_shard() {
 async fn the_members_record_tracks_live_replicas() {
     let (store, checkers) = (MemoryStore::new(), checkers(4));
     let a = start(&store, "a", 4, &checkers);
-    let mut b = start(&store, "b", 4, &checkers);
+    let b = start(&store, "b", 4, &checkers);
     sleep(Duration::from_secs(5)).await;
     assert_eq!(a.elector.members(), ["a", "b"]);
     let raw = store.get_raw("jobs-members").expect("members record");
@@ -414,7 +414,7 @@ async fn settle_kill_settle<L: LeaseLock>(
         Duration::from_secs(30),
     )
     .await;
-    let mut victim = replicas.remove(0);
+    let victim = replicas.remove(0);
     victim.crash();
     victim.join().await;
     settle(

@@ -24,7 +24,7 @@ use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
 
-use crate::scenario::Timings;
+use leaderelection_bench_driver::scenario::Timings;
 
 /// How often a leader's work acts while it believes it leads.
 const ACT_EVERY: Duration = Duration::from_millis(100);

@@ -12,8 +12,8 @@ use kube_coordinate::{Config, LeaderElector, LeaderState};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::client_log::{self, ClientLog};
-use crate::scenario::{Library, Replica, Timings};
+use leaderelection_bench_driver::client_log::{self, ClientLog};
+use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 use crate::NAMESPACE;
 
 /// The server-side apply field manager, one for the whole group as its docs ask.

@@ -10,7 +10,7 @@ use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::scenario::{Library, Replica, Timings};
+use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 use crate::NAMESPACE;
 
 pub struct KubeLeaderElection {

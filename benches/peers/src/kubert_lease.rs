@@ -14,8 +14,8 @@ use kubert::lease::{ClaimParams, LeaseManager};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use crate::client_log::ClientLog;
-use crate::scenario::{Library, Replica, Timings};
+use leaderelection_bench_driver::client_log::ClientLog;
+use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 use crate::NAMESPACE;
 
 pub struct Kubert {

@@ -15,26 +15,17 @@
 //! when its standard input closes. `contend` runs one replica of the contention
 //! section (see `contend.rs`).
 
-#[allow(dead_code)]
-#[path = "../../election/client_log.rs"]
-mod client_log;
 mod contend;
 mod coordinate;
 mod kle;
 mod kubert_lease;
-#[allow(dead_code)]
-#[path = "../../election/scenario.rs"]
-mod scenario;
-#[allow(dead_code)]
-#[path = "../../election/stats.rs"]
-mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 
-use crate::scenario::{Departure, Library, Timings};
+use leaderelection_bench_driver::scenario::{self, Departure, Library, Timings};
 
 const NAMESPACE: &str = "default";
 

@@ -259,7 +259,7 @@ async fn etcd_election_keeps_the_last_leader_seen_after_stepping_down() {
     let status = e.subscribe();
 
     // Lost: an operator deletes our key; the term ends and run returns.
-    let mut replica = election("a", e.clone());
+    let replica = election("a", e.clone());
     wait_until("a leads", Duration::from_secs(10), || replica.is_leader()).await;
     let key = e.current_leader().await.unwrap().unwrap().key;
     client.delete(key, None).await.unwrap();

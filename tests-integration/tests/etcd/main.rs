@@ -20,9 +20,9 @@ use leaderelection::{
     Config, ElectionEvent, EtcdElection, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
     LockEvent, Version,
 };
+use leaderelection_testkit::checker::Checker;
 #[cfg(feature = "etcd-tls")]
 use leaderelection_testkit::etcd::TestCerts;
-use leaderelection_testkit::checker::Checker;
 use leaderelection_testkit::etcd::{signal_pid, EtcdCluster, EtcdClusterOptions};
 use leaderelection_testkit::replica::{Elector, Link, Work};
 use tokio::task::JoinHandle;
@@ -118,14 +118,27 @@ type Replica<E = LeaderElector> = leaderelection_testkit::replica::Replica<E>;
 
 /// A [`LeaderElector`] on `lock`, its terms recorded by a checker of its own.
 fn elector(name: &str, lock: impl LeaseLock, config: Config) -> Replica {
-    Replica::new(lock, Link::direct(), config.identity(name), &Checker::new(), Work::polite())
+    Replica::new(
+        lock,
+        Link::direct(),
+        config.identity(name),
+        &Checker::new(),
+        Work::polite(),
+    )
 }
 
 /// An [`EtcdElection`] running, its terms recorded by a checker of its own.
 fn election(name: &str, election: EtcdElection) -> Replica<EtcdElection> {
     let tick = election.config().retry_period;
     let checker = Checker::new();
-    Replica::spawn(name, election, Link::direct(), &checker, Work::polite(), tick)
+    Replica::spawn(
+        name,
+        election,
+        Link::direct(),
+        &checker,
+        Work::polite(),
+        tick,
+    )
 }
 
 fn leaders<E: Elector>(replicas: &[Replica<E>]) -> Vec<&str> {
@@ -139,7 +152,10 @@ fn leaders<E: Elector>(replicas: &[Replica<E>]) -> Vec<&str> {
 /// Waits until exactly one replica leads and returns its index.
 async fn one_leader<E: Elector>(replicas: &[Replica<E>], limit: Duration) -> usize {
     wait_until("one replica leads", limit, || leaders(replicas).len() == 1).await;
-    replicas.iter().position(|r| r.is_leader()).unwrap_or_default()
+    replicas
+        .iter()
+        .position(|r| r.is_leader())
+        .unwrap_or_default()
 }
 
 async fn lock(cluster: &EtcdCluster, name: &str, options: EtcdOptions) -> EtcdLock {

@@ -68,10 +68,18 @@ async fn etcd_election_leaders_key_deleted_next_waits_for_its_session() {
     let run = |who: &str, e: EtcdElection| {
         Replica::spawn(who, e, Link::direct(), &checker, work, t.retry)
     };
-    let a_election = new_election(&cluster, "tamper", t.config("tamper", "a").recampaign(false)).await;
+    let a_election = new_election(
+        &cluster,
+        "tamper",
+        t.config("tamper", "a").recampaign(false),
+    )
+    .await;
     let a = run("a", a_election.clone());
     a.wait_leading(Duration::from_secs(20)).await;
-    let b = run("b", new_election(&cluster, "tamper", t.config("tamper", "b")).await);
+    let b = run(
+        "b",
+        new_election(&cluster, "tamper", t.config("tamper", "b")).await,
+    );
     b.wait_following("a", Duration::from_secs(20)).await;
     sleep(Duration::from_millis(700)).await;
 
@@ -83,7 +91,12 @@ async fn etcd_election_leaders_key_deleted_next_waits_for_its_session() {
     // The successor may lead once a's session is revoked, after a's work stopped.
     let earliest = tampered_at + WORK_STOP;
     let h = handover(&checker, "a", &b, Duration::from_secs(30)).await;
-    h.assert_bounds("etcd election", tampered_at, earliest, t.retry + WORK_STOP + t.slack);
+    h.assert_bounds(
+        "etcd election",
+        tampered_at,
+        earliest,
+        t.retry + WORK_STOP + t.slack,
+    );
     b.stop().await;
     a.stop().await;
 }

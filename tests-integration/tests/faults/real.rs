@@ -414,7 +414,7 @@ async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
     // Make a process lead, then SIGKILL it.
     if !c2.leads() {
         let l = e.wait_leader(bound).await;
-        let mut r = e.remove(l);
+        let r = e.remove(l);
         e.checker.fault(format!("crash in-process leader {}", r.id));
         r.crash();
         r.join().await;

@@ -49,7 +49,7 @@ pub async fn leader_crash(b: &dyn Backend, rng: &mut StdRng, rounds: usize) -> R
         e.wait_leader(bound).await;
         sleep(between(rng, t.retry, t.lease * 2)).await;
         let l = e.wait_leader(bound).await;
-        let mut victim = e.remove(l);
+        let victim = e.remove(l);
         e.checker.fault(format!("crash leader {}", victim.id));
         victim.crash();
         let id = victim.id.clone();
@@ -226,7 +226,7 @@ pub async fn wall_clock_jumps(b: &dyn Backend, rng: &mut StdRng, rounds: usize) 
             "a standby took over from a live leader whose records carry jumped timestamps\n{}",
             e.checker.report().explain()
         );
-        let mut victim = e.remove(l);
+        let victim = e.remove(l);
         e.checker.fault(format!("crash leader {}", victim.id));
         let crashed_at = Instant::now();
         victim.crash();
@@ -317,7 +317,7 @@ pub async fn churn(b: &dyn Backend, rng: &mut StdRng, steps: usize) -> Report {
                     Some(l) if rng.random_bool(0.5) => l,
                     _ => rng.random_range(0..n),
                 };
-                let mut r = e.remove(i);
+                let r = e.remove(i);
                 if rng.random_bool(0.5) {
                     e.checker.fault(format!("{} leaves", r.id));
                     r.stop().await;
@@ -437,7 +437,7 @@ pub async fn ambiguous_writes(b: &dyn Backend, rng: &mut StdRng, rounds: usize) 
         // A write landing late renews an old holder's record: it costs one lease more.
         bound = bound.max(lasting + t.lease * 3 + t.jittered_retry() * 2 + t.slack);
         if let Some(l) = e.leader() {
-            let mut r = e.remove(l);
+            let r = e.remove(l);
             if rng.random_bool(0.5) {
                 e.checker.fault(format!("{} leaves", r.id));
                 r.stop().await;

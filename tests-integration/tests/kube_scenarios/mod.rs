@@ -105,7 +105,11 @@ pub async fn never_two_leaders_for(checker: &Checker, d: Duration) {
 
 /// The identities of the terms so far, in order.
 pub fn leaders(checker: &Checker) -> Vec<String> {
-    checker.intervals().into_iter().map(|t| t.identity).collect()
+    checker
+        .intervals()
+        .into_iter()
+        .map(|t| t.identity)
+        .collect()
 }
 
 // ---- the core's election scenarios ------------------------------------------
@@ -284,11 +288,7 @@ pub async fn migration_never_has_two_leaders(cluster: &Cluster, via_configmaps: 
                 replicas
                     .iter()
                     .position(|r| !r.id.starts_with(kind.name()) && !r.is_leader())
-                    .or_else(|| {
-                        replicas
-                            .iter()
-                            .position(|r| !r.id.starts_with(kind.name()))
-                    })
+                    .or_else(|| replicas.iter().position(|r| !r.id.starts_with(kind.name())))
                     .expect("a replica left to replace")
             };
             let old_replica = replicas.remove(victim);
@@ -308,11 +308,7 @@ pub async fn migration_never_has_two_leaders(cluster: &Cluster, via_configmaps: 
     }
 
     let leader = replicas.iter().find(|r| r.is_leader()).expect("a leader");
-    assert!(
-        leader.id.starts_with("leases-"),
-        "{}",
-        leader.id
-    );
+    assert!(leader.id.starts_with("leases-"), "{}", leader.id);
     let lease = cluster
         .lock(ResourceLockKind::Leases, &name)
         .get()

@@ -1,7 +1,7 @@
 //! A tower layer for a Kubernetes client that records each request it sends and when
 //! its answer came: the hook for peers that expose no renewal of their own (when the
 //! leader's last renewal was answered, how long a renewal took). Shared with
-//! `benches/peers` through `#[path]`, so it names no kube version: any client whose
+//! `benches/peers`, so it names no kube version: any client whose
 //! service speaks `http` 1 takes it (`ClientBuilder::with_layer`).
 
 use std::future::Future;
@@ -18,8 +18,11 @@ use crate::scenario::{LastRenewal, Library};
 /// One request and its answer (response headers), as the client saw them.
 #[derive(Clone, Debug)]
 pub struct Sent {
+    /// The request's method.
     pub method: http::Method,
+    /// When it was sent.
     pub start: Instant,
+    /// When its answer came.
     pub end: Instant,
     /// A 2xx answer.
     pub ok: bool,
@@ -34,6 +37,7 @@ pub struct ClientLog {
 }
 
 impl ClientLog {
+    /// The layer to add to a client (`ClientBuilder::with_layer`) that records into this log.
     pub fn layer(&self) -> RecordLayer {
         RecordLayer(self.clone())
     }
@@ -125,6 +129,7 @@ pub async fn renewals_of_leaders(
 }
 
 #[derive(Clone)]
+/// A tower layer recording every request of the service it wraps into a [`ClientLog`].
 pub struct RecordLayer(ClientLog);
 
 impl<S> tower::Layer<S> for RecordLayer {
@@ -138,6 +143,7 @@ impl<S> tower::Layer<S> for RecordLayer {
     }
 }
 
+/// The service [`RecordLayer`] wraps: forwards each request and records it.
 pub struct Record<S> {
     inner: S,
     log: ClientLog,

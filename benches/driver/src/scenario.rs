@@ -14,8 +14,11 @@ use crate::stats::Samples;
 /// Lease, renew deadline and retry period, the same for every library in a scenario.
 #[derive(Clone, Copy, Debug)]
 pub struct Timings {
+    /// `LeaseDuration`.
     pub lease: Duration,
+    /// `RenewDeadline`.
     pub renew: Duration,
+    /// `RetryPeriod`.
     pub retry: Duration,
 }
 
@@ -34,6 +37,7 @@ impl Timings {
         retry: Duration::from_secs(1),
     };
 
+    /// The three, for a table's caption.
     pub fn describe(&self) -> String {
         format!(
             "lease {:?}, renew deadline {:?}, retry {:?}",
@@ -132,11 +136,14 @@ pub trait Library: Send + Sync {
 
 /// Results of a scenario run over many elections.
 pub struct Outcome {
+    /// One sample per election that completed.
     pub samples: Samples,
+    /// Why the other elections did not.
     pub failures: Vec<String>,
 }
 
 impl Outcome {
+    /// An outcome with no sample, failed for `why`.
     pub fn failed(why: String) -> Self {
         Self {
             samples: Samples::new(),
@@ -144,6 +151,7 @@ impl Outcome {
         }
     }
 
+    /// The failures in a few words, for a table cell.
     pub fn note(&self) -> String {
         if self.failures.is_empty() {
             String::new()

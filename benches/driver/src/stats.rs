@@ -10,10 +10,12 @@ pub struct Samples {
 }
 
 impl Samples {
+    /// No sample yet.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Adds one sample.
     pub fn push(&mut self, d: Duration) {
         self.values.push(d.as_secs_f64());
     }
@@ -36,6 +38,7 @@ impl Samples {
         }
     }
 
+    /// How many samples.
     pub fn len(&self) -> usize {
         self.values.len()
     }
@@ -51,10 +54,12 @@ impl Samples {
         Some(v[rank - 1])
     }
 
+    /// The median, in seconds.
     pub fn p50(&self) -> Option<f64> {
         self.quantile(0.5)
     }
 
+    /// The 99th percentile, in seconds.
     pub fn p99(&self) -> Option<f64> {
         self.quantile(0.99)
     }
@@ -76,6 +81,7 @@ pub fn fmt_secs(s: f64) -> String {
     }
 }
 
+/// Seconds as [`fmt_secs`] prints them, or a dash for none.
 pub fn fmt_opt_secs(s: Option<f64>) -> String {
     s.map_or_else(|| "–".to_string(), fmt_secs)
 }
@@ -106,6 +112,7 @@ pub struct Table {
 }
 
 impl Table {
+    /// A table with these column headers.
     pub fn new(header: &[&str]) -> Self {
         Self {
             header: header.iter().map(|s| s.to_string()).collect(),
@@ -113,10 +120,12 @@ impl Table {
         }
     }
 
+    /// Adds a row of cells.
     pub fn row(&mut self, cells: Vec<String>) {
         self.rows.push(cells);
     }
 
+    /// The table in Markdown.
     pub fn render(&self) -> String {
         let mut out = String::new();
         let _ = writeln!(out, "| {} |", self.header.join(" | "));
