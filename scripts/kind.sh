@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Runs tests/kind.rs against a fresh kind cluster:
+# Runs tests-integration/tests/kind.rs against a fresh kind cluster:
 #   1. creates a kind cluster (named $KIND_CLUSTER, default leaderelection-test),
 #   2. applies the namespace and RBAC from deploy/,
-#   3. runs `cargo test --features kube --test kind` with KUBECONFIG pointing at
+#   3. runs `cargo test -p leaderelection-tests-integration --no-default-features --features kube --test kind` with KUBECONFIG pointing at
 #      the cluster and LEADERELECTION_SA_TOKEN set to a token of deploy/'s
 #      ServiceAccount (so one test checks that its Role is enough to lead),
 #   4. deletes the cluster, also when a step fails.
@@ -46,4 +46,4 @@ export LEADERELECTION_SA_NAMESPACE=leaderelection-demo
 export LEADERELECTION_SA_LEASE=example-scheduler
 
 echo "kind.sh: running the kind tests"
-cargo test --features kube --test kind -- --ignored --nocapture
+cargo test -p leaderelection-tests-integration --no-default-features --features kube --test kind -- --ignored --nocapture

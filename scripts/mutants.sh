@@ -43,7 +43,9 @@ cd "$work"
 # scenarios cover crashes under the same clock).
 export FAULTS_FILTER=memory FAULTS_SEEDS=5
 set +e
-cargo mutants --in-place --package leaderelection "${args[@]}" --output "$out" \
+# The library is mutated; its unit tests and the election tests of tests-integration
+# (another package of the workspace) judge each mutant.
+cargo mutants --in-place --package leaderelection --test-workspace=true "${args[@]}" --output "$out" \
     --timeout 10 "$@" \
     -- --lib --test elector --test contract --test faults \
     -- --skip hundred_candidates_with_random_crashes

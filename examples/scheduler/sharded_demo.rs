@@ -112,7 +112,7 @@ impl Sharded {
         let rejoined = self.balanced(&[1, 2, 3], "the three replicas").await?;
 
         Ok(format!(
-            "\nsummary\n  start:  balanced {:>6} ms after the replicas started\n  crash:  balanced {:>6} ms after replica-1 was killed (its shards waited out their leases)\n  join:   balanced {:>6} ms after replica-4 started (shards released, taken at once)\n  each shard's safety (one owner at a time, growing fencing tokens) is what\n  tests/sharded.rs checks with one checker per shard",
+            "\nsummary\n  start:  balanced {:>6} ms after the replicas started\n  crash:  balanced {:>6} ms after replica-1 was killed (its shards waited out their leases)\n  join:   balanced {:>6} ms after replica-4 started (shards released, taken at once)\n  each shard's safety (one owner at a time, growing fencing tokens) is what\n  tests-integration/tests/sharded.rs checks with one checker per shard",
             ms(settled, self.start),
             ms(recovered, crashed_at),
             ms(rejoined, joined_at),

@@ -412,7 +412,7 @@ impl Work {
     /// Runs one term: records it in `checker`, acts on the fenced store every tick
     /// while its style lets it (waiting while its validity has run out, since a
     /// renewal may yet succeed), stops as its style says, at the first refused write,
-    /// or on `shutdown`, then takes `stop_delay` to stop.
+    /// or (eager and deaf work) on `shutdown`, then takes `stop_delay` to stop.
     pub async fn run(
         self,
         checker: Checker,
@@ -423,7 +423,10 @@ impl Work {
         let tick = self.tick.unwrap_or(tick);
         let style = self.style;
         let term = checker.begin(&leadership);
-        while !shutdown.is_cancelled() {
+        // Polite work listens to `lost` alone, which the elector fires on shutdown
+        // before it releases; the others also stop with their process.
+        let ends_with_process = style != Style::Polite;
+        while !(ends_with_process && shutdown.is_cancelled()) {
             let now = Instant::now();
             let valid_until = leadership.valid_until();
             let (lost, valid) = (leadership.is_lost(), now < valid_until);
@@ -442,7 +445,7 @@ impl Work {
             };
             tokio::select! {
                 _ = leadership.lost(), if style == Style::Polite => break,
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled(), if ends_with_process => break,
                 _ = tokio::time::sleep_until(next) => {}
             }
         }

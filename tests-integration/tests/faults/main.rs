@@ -10,7 +10,7 @@
 //! side by side, and re-executes itself as a leader process that a scenario can
 //! SIGSTOP or SIGKILL.
 //!
-//! `cargo test --all-features --test faults [-- FILTER...] [--exact] [--list]`
+//! `cargo test -p leaderelection-tests-integration --test faults [-- FILTER...] [--exact] [--list]`
 //! runs the scenarios whose name contains a filter. `FAULTS_SEEDS=N` changes the
 //! number of seeds per paused-clock scenario (default 100); `FAULTS_FILTER=a,b` adds
 //! filters as the command line does.
