@@ -164,15 +164,28 @@ impl Open {
     /// even when a library gives every term the same token.
     fn rename(&mut self, line: Line) -> Line {
         match line {
-            Line::Begin { token, identity } => {
+            Line::Begin {
+                token,
+                identity,
+                valid_for,
+            } => {
                 self.begun += 1;
                 let identity = format!("{identity}/{}", self.begun);
                 self.terms.insert(token, identity.clone());
-                Line::Begin { token, identity }
+                Line::Begin {
+                    token,
+                    identity,
+                    valid_for,
+                }
             }
-            Line::Act { token, identity } => Line::Act {
+            Line::Act {
+                token,
+                identity,
+                valid_for,
+            } => Line::Act {
                 identity: self.terms.get(&token).cloned().unwrap_or(identity),
                 token,
+                valid_for,
             },
             Line::End { token, identity } => Line::End {
                 identity: self.terms.remove(&token).unwrap_or(identity),
@@ -695,7 +708,7 @@ async fn kube_lease_manager(
                     term = None;
                 }
             }
-            _ = act.tick(), if term.is_some() => say(&Line::Act { token: 0, identity: identity.to_owned() }),
+            _ = act.tick(), if term.is_some() => say(&Line::Act { token: 0, identity: identity.to_owned(), valid_for: None }),
         }
     }
     drop(term);
@@ -718,6 +731,7 @@ impl ChildTerm {
         say(&Line::Begin {
             token,
             identity: identity.clone(),
+            valid_for: None,
         });
         Self(Line::End { token, identity })
     }

@@ -29,8 +29,10 @@ pub struct Interval {
     pub start: Instant,
     /// When the work stopped: its future finished or was dropped. `None` while it runs.
     pub end: Option<Instant>,
-    /// The term's last [`Leadership::valid_until`] as its work saw it; `None` when the
-    /// term ran in another process, whose clock is not this one.
+    /// The term's last [`Leadership::valid_until`] as its work saw it. For a term in
+    /// another process, whose clock is not this one: the arrival of its last line that
+    /// carried its [remaining validity](super::Line::valid_for), plus that; `None`
+    /// when no line did.
     pub valid_until: Option<Instant>,
     /// True when the test stalled the leader during the term ([`Checker::stalled`]):
     /// the term is then judged by its accepted writes only.

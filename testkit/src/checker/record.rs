@@ -180,14 +180,44 @@ impl Checker {
     /// Takes a line reported by another process, stamped now: `BEGIN` starts a term,
     /// `ACT` writes to the fenced store, `END` ends the term. Returns whether an `ACT`
     /// was accepted (true for other lines).
+    ///
+    /// A `BEGIN` or `ACT` that carries its [remaining validity](Line::valid_for) sets
+    /// the term's [`valid_until`](Interval::valid_until) to now plus that; an `ACT`
+    /// with none left that the store accepted is an [acted after
+    /// validity](super::Violation::ActedAfterValidity).
     pub fn receive(&self, line: &Line) -> bool {
         let now = Instant::now();
+        let valid_until = line.valid_for().map(|v| now + v);
         match line {
-            Line::Begin { token, identity } => {
-                self.record(Interval::new(identity.clone(), *token, now));
+            Line::Begin {
+                token, identity, ..
+            } => {
+                let mut interval = Interval::new(identity.clone(), *token, now);
+                interval.valid_until = valid_until;
+                self.record(interval);
                 true
             }
-            Line::Act { token, identity } => self.store.write_at(identity, *token, now).is_ok(),
+            Line::Act {
+                token, identity, ..
+            } => {
+                let (seq, result) = self.store.logged_write(identity, *token, now);
+                if let Some(valid_until) = valid_until {
+                    let mut state = self.state();
+                    // The term's latest interval: a line after its END still counts.
+                    if let Some(i) = state
+                        .intervals
+                        .iter_mut()
+                        .rev()
+                        .find(|i| i.identity == *identity && i.fencing_token == *token)
+                    {
+                        i.valid_until = Some(valid_until);
+                    }
+                    if now >= valid_until {
+                        state.late_writes.push((seq, valid_until));
+                    }
+                }
+                result.is_ok()
+            }
             Line::End { token, identity } => {
                 self.end_open(
                     |i| i.identity == *identity && i.fencing_token == *token,
@@ -272,5 +302,43 @@ mod tests {
             "{}",
             r.explain()
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_act_with_no_validity_left_acted_after_its_validity() {
+        let c = Checker::new();
+        c.receive(&"BEGIN 3 p1 valid_for=2000".parse().unwrap());
+        c.receive(&"ACT 3 p1 valid_for=1500".parse().unwrap());
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert!(c.report().is_safe());
+        // The child's own clock says its validity ran out, and it still wrote.
+        assert!(c.receive(&"ACT 3 p1 valid_for=0".parse().unwrap()));
+        let r = c.report();
+        assert_eq!(r.bad_writes(), 1, "{}", r.explain());
+        assert!(matches!(
+            r.violations[0],
+            crate::checker::Violation::ActedAfterValidity { .. }
+        ));
+        // A line without the validity is not judged by it.
+        let c = Checker::new();
+        c.receive(&"BEGIN 3 p1".parse().unwrap());
+        c.receive(&"ACT 3 p1".parse().unwrap());
+        assert!(c.report().is_safe());
+        assert_eq!(c.intervals()[0].valid_until, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_child_term_ending_long_after_its_validity_was_noticed_late() {
+        let c = Checker::new();
+        c.receive(&"BEGIN 3 p1 valid_for=1000".parse().unwrap());
+        tokio::time::advance(Duration::from_millis(500)).await;
+        c.receive(&"ACT 3 p1 valid_for=1000".parse().unwrap());
+        let renewed = Instant::now() + Duration::from_secs(1);
+        assert_eq!(c.intervals()[0].valid_until, Some(renewed));
+        tokio::time::advance(Duration::from_secs(5)).await;
+        c.receive(&"END 3 p1".parse().unwrap());
+        let r = c.report();
+        assert!(r.is_safe(), "{}", r.explain());
+        assert_eq!(r.noticed_late, 1);
     }
 }
