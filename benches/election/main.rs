@@ -18,11 +18,11 @@
 mod client_log;
 mod contention;
 mod etcd;
+mod grpc;
 mod k8s;
 mod load;
 mod ours;
 mod procstat;
-mod proxy;
 mod scale;
 mod scenario;
 mod sharded;

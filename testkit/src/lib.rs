@@ -33,3 +33,4 @@ pub mod contract;
 pub mod etcd;
 pub mod faults;
 pub mod fenced;
+pub mod proxy;

@@ -17,13 +17,14 @@ use leaderelection::{LeaderElector, LeaseLock};
 use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault};
 use leaderelection_testkit::checker::{Checker, Line, Report};
 use leaderelection_testkit::etcd::{signal_pid, EtcdCluster};
+use leaderelection_testkit::proxy::Proxy;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokio::time::{sleep, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{check, Backend, Election, Link, Replica, Style, Timing};
-use crate::{generic, proxy, Group, Reporter};
+use crate::{generic, Group, Reporter};
 
 /// Timing on real backends: lease 3s, renew deadline 2s, retry 0.5s; bounds allow 3s
 /// more, for a loaded machine.
@@ -86,12 +87,13 @@ impl Backend for Etcd {
         self.timing
     }
     async fn connect(&self, election: &str) -> (Box<dyn LeaseLock>, Link) {
-        let (addrs, handle) = proxy::start(&self.members).await.expect("start a proxy");
-        let endpoints: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-        let lock = EtcdLock::connect(&endpoints, etcd_options(), election)
+        let proxy = Proxy::start_many(&self.members)
+            .await
+            .expect("start a proxy");
+        let lock = EtcdLock::connect(&proxy.endpoints(), etcd_options(), election)
             .await
             .expect("connect to etcd");
-        (Box::new(lock), Link::Proxy(handle))
+        (Box::new(lock), Link::Proxy(proxy))
     }
 }
 
@@ -460,12 +462,12 @@ impl Backend for Kube {
         self.timing
     }
     async fn connect(&self, election: &str) -> (Box<dyn LeaseLock>, Link) {
-        let (addrs, handle) = proxy::start(&[self.server]).await.expect("start a proxy");
+        let proxy = Proxy::start(self.server).await.expect("start a proxy");
         let mut config = self.config.clone();
-        config.cluster_url = format!("http://{}", addrs[0]).parse().expect("a URL");
+        config.cluster_url = proxy.endpoint().parse().expect("a URL");
         let client = kube::Client::try_from(config).expect("a kube client");
         let lock = KubeLeaseLock::new(client, NS, election);
-        (Box::new(lock), Link::Proxy(handle))
+        (Box::new(lock), Link::Proxy(proxy))
     }
 }
 

@@ -54,7 +54,7 @@ impl Timing {
 pub enum Link {
     Memory(Faults),
     #[allow(dead_code)] // built only with the real backends' features
-    Proxy(crate::proxy::Handle),
+    Proxy(leaderelection_testkit::proxy::Proxy),
     /// A replica that scenarios do not cut off or slow.
     #[allow(dead_code)]
     Direct,
