@@ -29,6 +29,7 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
 pub mod apiserver;
 pub mod checker;
+pub mod child;
 pub mod contract;
 pub mod etcd;
 pub mod faults;

@@ -72,6 +72,7 @@ mod term;
 
 pub use interval::{Interval, LATE_AFTER};
 pub use line::{InvalidLine, Line};
+pub(crate) use record::act_while_valid_with;
 pub use record::Checker;
 pub use report::{Report, Takeover, Violation};
 pub use summary::{Row, Summary};

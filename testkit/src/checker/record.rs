@@ -138,21 +138,7 @@ impl Checker {
     /// Cancel safe: dropping the future ends the term at that moment, as a crash would.
     pub async fn act_while_valid(self, leadership: Leadership, every: Duration) {
         let term = self.begin(&leadership);
-        while !leadership.is_lost() {
-            let now = Instant::now();
-            let next = if leadership.is_valid() {
-                if term.act().is_err() {
-                    break;
-                }
-                (now + every).min(leadership.valid_until())
-            } else {
-                now + every
-            };
-            tokio::select! {
-                _ = leadership.lost() => break,
-                _ = tokio::time::sleep_until(next) => {}
-            }
-        }
+        act_while_valid_with(&leadership, every, || term.act().is_ok()).await;
         term.end();
     }
 
@@ -269,6 +255,31 @@ impl Checker {
         let mut state = self.state();
         if state.closed.is_none() {
             state.closed = Some(Instant::now());
+        }
+    }
+}
+
+/// The loop of [`Checker::act_while_valid`] and its twin in a child process: `act` at
+/// once and then every `every` while valid, wait while not, stop when leadership is
+/// lost or `act` returns false.
+pub(crate) async fn act_while_valid_with(
+    leadership: &Leadership,
+    every: Duration,
+    mut act: impl FnMut() -> bool,
+) {
+    while !leadership.is_lost() {
+        let now = Instant::now();
+        let next = if leadership.is_valid() {
+            if !act() {
+                break;
+            }
+            (now + every).min(leadership.valid_until())
+        } else {
+            now + every
+        };
+        tokio::select! {
+            _ = leadership.lost() => break,
+            _ = tokio::time::sleep_until(next) => {}
         }
     }
 }
