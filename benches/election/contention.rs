@@ -5,22 +5,18 @@
 //! [`Line`]s for the work it does while it believes it leads; one [`Checker`] per
 //! library stamps them on arrival and judges the terms as the fault suite does.
 //!
-//! The replicas of our elector run in this benchmark's own program
-//! (`--contend-child`); the peers that need another kube version run in the peer
-//! program (`benches/peers`, its `contend` mode).
+//! The replicas of our elector run in this benchmark's own program (in the test kit
+//! child-process role [`ROLE`]); the peers that need another kube version run in the
+//! peer program (`benches/peers`, its `contend` mode).
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write as _};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leaderelection::lock::kube::KubeLeaseLock;
-use leaderelection::{Config, LeaderElector, Leadership};
+use leaderelection::{Config, LeaderElector};
 use leaderelection_testkit::apiserver::ADMIN_TOKEN;
-use leaderelection_testkit::checker::{Checker, Line, Report, Violation};
-use leaderelection_testkit::etcd::signal_pid;
+use leaderelection_testkit::checker::{Checker, Report, Violation};
+use leaderelection_testkit::child::{self, Child, Command};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::{sleep, sleep_until, Instant};
@@ -31,8 +27,8 @@ use crate::{Env, Plan};
 use leaderelection_bench_driver::scenario::Timings;
 use leaderelection_bench_driver::stats::{fmt_secs, Table};
 
-/// The flag that makes this program one replica of the section.
-pub const CHILD_FLAG: &str = "--contend-child";
+/// The child-process role that makes this program one replica of the section.
+pub const ROLE: &str = "contend";
 
 /// Replicas per library.
 const REPLICAS: usize = 3;
@@ -130,7 +126,7 @@ impl Schedule {
     }
 }
 
-/// How to start one replica of a library: `program args... URL TOKEN ELECTION IDENTITY`.
+/// How to start one replica of a library.
 #[derive(Clone, Debug)]
 struct Spec {
     library: String,
@@ -138,48 +134,34 @@ struct Spec {
     /// that exposes none: its terms all carry 0, so the checker's fenced store cannot
     /// refuse a deposed leader's writes, as no downstream system could.
     token: Option<&'static str>,
-    program: PathBuf,
-    args: Vec<String>,
+    launch: Launch,
 }
 
-/// One replica process; its lines go to the library's checker as they arrive.
+/// The program that runs a library's replicas.
+#[derive(Clone, Debug)]
+enum Launch {
+    /// This program, in the role [`ROLE`], for this library.
+    Role(String),
+    /// Another program: `program args... URL TOKEN ELECTION IDENTITY`.
+    Program { program: PathBuf, args: Vec<String> },
+}
+
+/// What one replica of this program runs.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct ReplicaSpec {
+    library: String,
+    url: String,
+    token: String,
+    election: String,
+    identity: String,
+}
+
+/// One replica process; its lines go to the library's checker as they arrive, each
+/// term under its own name (`r0-1/3`: the process's third), so that two terms of one
+/// process are never confused, even when a library gives every term the same token.
 struct Proc {
     id: String,
     child: Child,
-    open: Arc<Mutex<Open>>,
-}
-
-/// The terms a replica process reported begun and not ended.
-#[derive(Debug, Default)]
-struct Open {
-    /// The checker's name of each open term, by token.
-    terms: HashMap<u64, String>,
-    /// Terms begun so far.
-    begun: usize,
-}
-
-impl Open {
-    /// The line as the checker gets it: the identity names the process's term
-    /// (`r0-1/3`: its third), so that two terms of one process are never confused,
-    /// even when a library gives every term the same token.
-    fn rename(&mut self, line: Line) -> Line {
-        match line {
-            Line::Begin { token, identity } => {
-                self.begun += 1;
-                let identity = format!("{identity}/{}", self.begun);
-                self.terms.insert(token, identity.clone());
-                Line::Begin { token, identity }
-            }
-            Line::Act { token, identity } => Line::Act {
-                identity: self.terms.get(&token).cloned().unwrap_or(identity),
-                token,
-            },
-            Line::End { token, identity } => Line::End {
-                identity: self.terms.remove(&token).unwrap_or(identity),
-                token,
-            },
-        }
-    }
 }
 
 impl Proc {
@@ -190,93 +172,44 @@ impl Proc {
         id: &str,
         checker: &Checker,
     ) -> Result<Self, String> {
-        let mut child = Command::new(&spec.program)
-            .args(&spec.args)
-            .args([url, ADMIN_TOKEN, election, id])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("cannot start {}: {e}", spec.program.display()))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let open: Arc<Mutex<Open>> = Arc::default();
-        let (o, c) = (open.clone(), checker.clone());
+        let command = match &spec.launch {
+            Launch::Role(library) => {
+                let replica = ReplicaSpec {
+                    library: library.clone(),
+                    url: url.to_owned(),
+                    token: ADMIN_TOKEN.to_owned(),
+                    election: election.to_owned(),
+                    identity: id.to_owned(),
+                };
+                Command::role(ROLE, &replica).map_err(|e| e.to_string())?
+            }
+            Launch::Program { program, args } => {
+                Command::program(program)
+                    .args(args)
+                    .args([url, ADMIN_TOKEN, election, id])
+            }
+        };
         // A thread of its own per replica: each line is stamped as soon as it arrives,
         // however busy the runtime is.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let Ok(line) = line.parse::<Line>() else {
-                    continue;
-                };
-                // Renamed and received under one lock, so that a stop or a kill
-                // sees every term begun.
-                let mut open = o.lock().unwrap_or_else(|e| e.into_inner());
-                let line = open.rename(line);
-                c.receive(&line);
-            }
-        });
+        let child = command
+            .checker(checker)
+            .number_terms()
+            .spawn()
+            .map_err(|e| e.to_string())?;
         Ok(Self {
             id: id.to_owned(),
             child,
-            open,
         })
     }
 
-    fn open(&self) -> std::sync::MutexGuard<'_, Open> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     fn leads(&self) -> bool {
-        !self.open().terms.is_empty()
-    }
-
-    /// Marks its open terms as stalled, before it is stopped.
-    fn stalled(&self, checker: &Checker) {
-        for id in self.open().terms.values() {
-            checker.stalled(id);
-        }
-    }
-
-    /// Signals the process unless it has exited and been reaped (its pid may then
-    /// belong to another process).
-    fn signal(&mut self, sig: libc::c_int) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(None) => signal_pid(self.child.id(), sig)
-                .map_err(|e| format!("cannot signal {}: {e}", self.id)),
-            Ok(Some(status)) => Err(format!("{} had exited: {status}", self.id)),
-            Err(e) => Err(format!("cannot wait for {}: {e}", self.id)),
-        }
-    }
-
-    /// SIGKILL: its open term ends now, as its work dies with it.
-    fn kill(mut self, checker: &Checker) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for (_, id) in self.open().terms.drain() {
-            checker.killed(&id);
-        }
+        self.child.leads()
     }
 
     /// Waits a little for it to exit after its standard input was closed (it stops its
     /// work and releases).
     async fn wait_exit(mut self) {
-        let until = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.signal(libc::SIGCONT).is_ok() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        let _ = self.child.wait_exit(Duration::from_secs(5)).await;
     }
 }
 
@@ -371,7 +304,7 @@ impl Group {
         // All at once, so that a standby does not take over from a leader that stops.
         let mut procs: Vec<Proc> = self.slots.iter_mut().filter_map(Option::take).collect();
         for p in &mut procs {
-            drop(p.child.stdin.take());
+            p.child.close_stdin();
         }
         for p in procs {
             p.wait_exit().await;
@@ -385,17 +318,17 @@ impl Group {
         match what {
             Disturb::Stop(d) => {
                 self.checker.fault(format!("SIGSTOP the leader {}", p.id));
-                p.stalled(&self.checker);
-                p.signal(libc::SIGSTOP)?;
+                p.child.stop().map_err(|e| e.to_string())?;
                 sleep(d).await;
-                p.signal(libc::SIGCONT)?;
+                p.child.resume().map_err(|e| e.to_string())?;
                 self.checker.fault(format!("SIGCONT {}", p.id));
                 self.slots[slot] = Some(p);
                 self.applied.stops += 1;
             }
             Disturb::Kill(d) => {
                 self.checker.fault(format!("SIGKILL the leader {}", p.id));
-                p.kill(&self.checker);
+                // Its open terms end now, as its work dies with it.
+                p.child.kill().map_err(|e| e.to_string())?;
                 self.applied.kills += 1;
                 sleep(d).await;
                 self.start(slot)?;
@@ -410,27 +343,16 @@ impl Group {
 fn specs(env: &Env) -> (Vec<Spec>, Vec<String>) {
     let mut specs = Vec::new();
     let mut missing = Vec::new();
-    match std::env::current_exe() {
-        Ok(exe) => {
-            specs.push(Spec {
-                library: "leaderelection".into(),
-                token: Some(
-                    "`Leadership::fencing_token` (the Lease's resourceVersion at acquisition)",
-                ),
-                program: exe.clone(),
-                args: vec![CHILD_FLAG.into(), "leaderelection".into()],
-            });
-            specs.push(Spec {
-                library: KLM.into(),
-                token: None,
-                program: exe,
-                args: vec![CHILD_FLAG.into(), "kube-lease-manager".into()],
-            });
-        }
-        Err(e) => missing.push(format!(
-            "leaderelection, {KLM}: cannot find this program: {e}"
-        )),
-    }
+    specs.push(Spec {
+        library: "leaderelection".into(),
+        token: Some("`Leadership::fencing_token` (the Lease's resourceVersion at acquisition)"),
+        launch: Launch::Role("leaderelection".into()),
+    });
+    specs.push(Spec {
+        library: KLM.into(),
+        token: None,
+        launch: Launch::Role("kube-lease-manager".into()),
+    });
     let peers = [
         (
             PEER_KLE,
@@ -444,8 +366,10 @@ fn specs(env: &Env) -> (Vec<Spec>, Vec<String>) {
             Some(Ok(bin)) => specs.push(Spec {
                 library: peer.label.into(),
                 token,
-                program: bin.clone(),
-                args: vec!["contend".into(), peer.arg.into()],
+                launch: Launch::Program {
+                    program: bin.clone(),
+                    args: vec!["contend".into(), peer.arg.into()],
+                },
             }),
             Some(Err(e)) => missing.push(format!("{}: {e}", peer.label)),
             None => {}
@@ -576,43 +500,38 @@ fn notes(g: &Group, r: &Report) -> String {
 
 // ---- one replica, in a child process ----------------------------------------------
 
-/// Runs one replica: `--contend-child LIBRARY URL TOKEN ELECTION IDENTITY`, until its
-/// standard input closes.
+/// Runs one replica (this program in the role [`ROLE`]), until its standard input
+/// closes.
 ///
 /// # Errors
 ///
-/// Bad arguments, or a replica that cannot start.
-pub fn child(args: &[String]) -> Result<(), String> {
-    let [library, url, token, election, identity] = args else {
-        return Err(format!(
-            "usage: {CHILD_FLAG} leaderelection|kube-lease-manager URL TOKEN ELECTION IDENTITY (got {} arguments)",
-            args.len()
-        ));
-    };
+/// A bad spec, or a replica that cannot start.
+pub fn child(spec: ReplicaSpec) -> Result<(), String> {
+    let ReplicaSpec {
+        library,
+        url,
+        token,
+        election,
+        identity,
+    } = spec;
     let uri = url
         .parse()
         .map_err(|e| format!("bad server URL {url:?}: {e}"))?;
     let mut config = kube::Config::new(uri);
-    config.auth_info.token = Some(token.clone().into());
+    config.auth_info.token = Some(token.into());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start a runtime: {e}"))?;
     // The parent ends us by closing our standard input (or by SIGKILL).
-    let shutdown = CancellationToken::new();
-    let stop = shutdown.clone();
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {
-            sink.clear();
-        }
-        stop.cancel();
-    });
+    let shutdown = child::shutdown();
     rt.block_on(async {
         let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
         match library.as_str() {
-            "leaderelection" => ours(client, election, identity, shutdown).await,
-            "kube-lease-manager" => kube_lease_manager(client, election, identity, shutdown).await,
+            "leaderelection" => ours(client, &election, &identity, shutdown).await,
+            "kube-lease-manager" => {
+                kube_lease_manager(client, &election, &identity, shutdown).await
+            }
             other => Err(format!("unknown library {other:?}")),
         }
     })
@@ -631,29 +550,13 @@ async fn ours(
         .renew_deadline(TIMINGS.renew)
         .retry_period(TIMINGS.retry);
     let elector = LeaderElector::new(lock, config).map_err(|e| e.to_string())?;
-    elector.run(shutdown, act_while_valid).await;
+    // Acts every ACT_EVERY while valid, waits while its validity has run out (a
+    // renewal may yet succeed), and reports its end when it returns or is dropped (the
+    // elector aborts work that outlives its lease, as after a SIGSTOP).
+    elector
+        .run(shutdown, |l| child::act_while_valid(l, ACT_EVERY))
+        .await;
     Ok(())
-}
-
-/// The leader's work: acts every [`ACT_EVERY`] while [`Leadership::is_valid`] holds,
-/// waits while its validity has run out (a renewal may yet succeed), and reports its
-/// end when it returns or is dropped (the elector aborts work that outlives its lease,
-/// as after a SIGSTOP).
-async fn act_while_valid(l: Leadership) {
-    let _term = ChildTerm::begin(&l);
-    while !l.is_lost() {
-        let now = Instant::now();
-        let next = if l.is_valid() {
-            say(&Line::act(&l));
-            (now + ACT_EVERY).min(l.valid_until())
-        } else {
-            now + ACT_EVERY
-        };
-        tokio::select! {
-            _ = l.lost() => break,
-            _ = sleep_until(next) => {}
-        }
-    }
 }
 
 /// kube-lease-manager in its automatic mode (`LeaseManager::watch`), renewing `grace =
@@ -676,7 +579,7 @@ async fn kube_lease_manager(
         .await
         .map_err(|e| e.to_string())?;
     let (mut state, task) = manager.watch().await;
-    let mut term: Option<ChildTerm> = None;
+    let mut term: Option<child::Term> = None;
     let mut act = tokio::time::interval(ACT_EVERY);
     // After a SIGSTOP, one action, not a burst of the ticks missed meanwhile.
     act.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -689,48 +592,21 @@ async fn kube_lease_manager(
                 }
                 let leading = *state.borrow_and_update();
                 if leading && term.is_none() {
-                    term = Some(ChildTerm::new(0, identity));
+                    term = Some(child::Term::untimed(0, identity));
                     act.reset_immediately();
                 } else if !leading {
                     term = None;
                 }
             }
-            _ = act.tick(), if term.is_some() => say(&Line::Act { token: 0, identity: identity.to_owned() }),
+            _ = act.tick(), if term.is_some() => {
+                if let Some(t) = &term {
+                    t.act();
+                }
+            }
         }
     }
     drop(term);
     drop(state);
     let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     Ok(())
-}
-
-/// One term in a child process: `BEGIN` when made, `END` when dropped.
-struct ChildTerm(Line);
-
-impl ChildTerm {
-    fn begin(l: &Leadership) -> Self {
-        say(&Line::begin(l));
-        Self(Line::end(l))
-    }
-
-    fn new(token: u64, identity: &str) -> Self {
-        let identity = identity.to_owned();
-        say(&Line::Begin {
-            token,
-            identity: identity.clone(),
-        });
-        Self(Line::End { token, identity })
-    }
-}
-
-impl Drop for ChildTerm {
-    fn drop(&mut self) {
-        say(&self.0);
-    }
-}
-
-fn say(line: &Line) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::grpc::{CountedProxy, ProxyStats};
 use crate::ours::{MakeLock, Ours};
-use crate::proxy::{Proxy, ProxyStats};
 use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 
 pub const PEER: &str = "etcd v3election API (etcd-client 0.21)";
@@ -51,7 +51,7 @@ impl EtcdEnv {
 #[derive(Debug)]
 struct Proxied {
     inner: Box<dyn LeaseLock>,
-    _proxy: Proxy,
+    _proxy: CountedProxy,
 }
 
 #[async_trait]
@@ -94,7 +94,9 @@ pub fn lock_maker(
     Arc::new(move |name: String| {
         let stats = stats.clone();
         async move {
-            let proxy = Proxy::start(target).await.map_err(|e| e.to_string())?;
+            let proxy = CountedProxy::start(target)
+                .await
+                .map_err(|e| e.to_string())?;
             if let Some(s) = &stats {
                 s.lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -138,7 +140,9 @@ impl Library for OursElection {
     ) -> BoxFuture<'static, Result<Replica, String>> {
         let (target, t, stats) = (self.target, self.timings, self.stats.clone());
         async move {
-            let proxy = Proxy::start(target).await.map_err(|e| e.to_string())?;
+            let proxy = CountedProxy::start(target)
+                .await
+                .map_err(|e| e.to_string())?;
             if let Some(s) = &stats {
                 s.lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -205,7 +209,9 @@ impl Library for EtcdClientElection {
     ) -> BoxFuture<'static, Result<Replica, String>> {
         let (target, t, stats) = (self.target, self.timings, self.stats.clone());
         async move {
-            let proxy = Proxy::start(target).await.map_err(|e| e.to_string())?;
+            let proxy = CountedProxy::start(target)
+                .await
+                .map_err(|e| e.to_string())?;
             if let Some(s) = &stats {
                 s.lock()
                     .unwrap_or_else(|e| e.into_inner())

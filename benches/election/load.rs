@@ -64,7 +64,7 @@ impl Ctx {
 type Counter = Box<dyn Fn(&Ctx) -> Vec<Count> + Send + Sync>;
 
 /// Where a set of etcd replicas registers its proxies' counters.
-type ProxyList = std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<crate::proxy::ProxyStats>>>>;
+type ProxyList = std::sync::Arc<std::sync::Mutex<Vec<std::sync::Arc<crate::grpc::ProxyStats>>>>;
 
 /// One library's election under measurement.
 struct Entry {
@@ -326,8 +326,8 @@ async fn etcd_entries(
     use std::sync::{Arc, Mutex};
 
     use crate::etcd;
+    use crate::grpc::ProxyStats;
     use crate::ours::Ours;
-    use crate::proxy::ProxyStats;
 
     let target = e.target;
     type MakeLibrary = Box<dyn Fn(ProxyList) -> Box<dyn Library>>;

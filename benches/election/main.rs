@@ -17,11 +17,11 @@
 
 mod contention;
 mod etcd;
+mod grpc;
 mod k8s;
 mod load;
 mod ours;
 mod procstat;
-mod proxy;
 mod scale;
 mod sharded;
 
@@ -166,21 +166,33 @@ impl Plan {
 }
 
 fn main() {
+    // This program re-run as a child process: the scale section's measured process,
+    // or one replica of the contention section.
+    if let Some(role) = leaderelection_testkit::child::role() {
+        let (what, code, result) = match role.name() {
+            scale::ROLE => (
+                "scale child",
+                1,
+                role.spec()
+                    .map_err(|e| e.to_string())
+                    .and_then(scale::child),
+            ),
+            contention::ROLE => (
+                "contention replica",
+                2,
+                role.spec()
+                    .map_err(|e| e.to_string())
+                    .and_then(contention::child),
+            ),
+            other => ("child", 2, Err(format!("unknown role {other:?}"))),
+        };
+        if let Err(e) = result {
+            eprintln!("{what}: {e}");
+            std::process::exit(code);
+        }
+        return;
+    }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("--scale-child") {
-        if let Err(e) = scale::child(&args[1..]) {
-            eprintln!("scale child: {e}");
-            std::process::exit(1);
-        }
-        return;
-    }
-    if args.first().map(String::as_str) == Some(contention::CHILD_FLAG) {
-        if let Err(e) = contention::child(&args[1..]) {
-            eprintln!("contention replica: {e}");
-            std::process::exit(2);
-        }
-        return;
-    }
     if !args.iter().any(|a| a == "--bench") {
         println!(
             "the election benchmark runs only under `cargo bench -p leaderelection-bench --bench election`"

@@ -1,7 +1,8 @@
 //! CPU and memory of one process holding K elections at the default timings, measured
 //! in a child process of its own so that nothing else counts.
 
-use std::process::Command;
+use std::io::Read as _;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +12,7 @@ use leaderelection::{
     Config, LeaderElectionRecord, LeaseLock, LockError, MemoryStore, Version, Versioned,
     WatchStream,
 };
+use leaderelection_testkit::child::{self, Command};
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
@@ -36,6 +38,18 @@ pub struct ScaleResult {
     pub window_secs: f64,
 }
 
+/// The child-process role that makes this program the measured process.
+pub const ROLE: &str = "scale";
+
+/// What the measured process holds, and for how long.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ScaleSpec {
+    backend: String,
+    k: usize,
+    warmup: Duration,
+    window: Duration,
+}
+
 /// Runs the child for `backend` with `k` elections and reads its result.
 pub fn measure(
     backend: &str,
@@ -43,49 +57,56 @@ pub fn measure(
     warmup: Duration,
     window: Duration,
 ) -> Result<ScaleResult, String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let out = Command::new(exe)
-        .args([
-            "--scale-child",
-            backend,
-            &k.to_string(),
-            &warmup.as_secs_f64().to_string(),
-            &window.as_secs_f64().to_string(),
-        ])
-        .output()
+    let spec = ScaleSpec {
+        backend: backend.to_owned(),
+        k,
+        warmup,
+        window,
+    };
+    let mut child = Command::role(ROLE, &spec)
+        .map_err(|e| e.to_string())?
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| format!("cannot start the scale child: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout
-        .lines()
+    // Read while it runs, so that a full pipe never blocks it.
+    let stderr = child.take_stderr().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = e.read_to_string(&mut text);
+            text
+        })
+    });
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let stderr = stderr.and_then(|t| t.join().ok()).unwrap_or_default();
+    let outputs = child.drain();
+    let line = outputs
+        .iter()
         .rev()
+        .filter_map(|o| o.text())
         .find(|l| l.starts_with('{'))
         .ok_or_else(|| {
             format!(
-                "the scale child printed no result (status {}): {}",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
+                "the scale child printed no result (status {status}): {}",
+                stderr.trim()
             )
         })?;
     serde_json::from_str(line).map_err(|e| format!("bad scale result {line:?}: {e}"))
 }
 
 /// The child's side: hold `k` elections, wait until all lead, warm up, measure.
-pub fn child(args: &[String]) -> Result<(), String> {
-    let [backend, k, warmup, window] = args else {
-        return Err("usage: --scale-child BACKEND K WARMUP_SECS WINDOW_SECS".into());
-    };
-    let k: usize = k.parse().map_err(|e| format!("bad K: {e}"))?;
-    let warmup = Duration::from_secs_f64(warmup.parse().map_err(|e| format!("bad warmup: {e}"))?);
-    let window = Duration::from_secs_f64(window.parse().map_err(|e| format!("bad window: {e}"))?);
+pub fn child(spec: ScaleSpec) -> Result<(), String> {
+    let ScaleSpec {
+        backend,
+        k,
+        warmup,
+        window,
+    } = spec;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let result = rt.block_on(hold(backend, k, warmup, window))?;
-    println!(
-        "{}",
-        serde_json::to_string(&result).map_err(|e| e.to_string())?
-    );
+    let result = rt.block_on(hold(&backend, k, warmup, window))?;
+    child::say(serde_json::to_string(&result).map_err(|e| e.to_string())?);
     Ok(())
 }
 

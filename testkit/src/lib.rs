@@ -16,6 +16,9 @@
 //!   any lock, and writes applied whose reply is lost or late;
 //! - [`fenced`]: the downstream store a leader's work writes to, refusing stale
 //!   fencing tokens;
+//! - [`child`]: terms run in another process (this test binary run again, under
+//!   faketime or as another user), reported as the checker's lines;
+//! - [`proxy`]: a TCP fault proxy in front of any server: cut, delay, drop, count;
 //! - [`replica`]: the harness every election test runs on: replicas of any elector in
 //!   tasks, their work judged by the checker, crashed, stopped, paused and cut off.
 //!
@@ -31,8 +34,10 @@
 #[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
 pub mod apiserver;
 pub mod checker;
+pub mod child;
 pub mod contract;
 pub mod etcd;
 pub mod faults;
 pub mod fenced;
+pub mod proxy;
 pub mod replica;

@@ -120,7 +120,7 @@ impl Timing {
 }
 
 /// What a test can do to a replica's connection: a [`FaultyLock`]'s [`Faults`], a
-/// TCP proxy, a packet filter.
+/// TCP [`Proxy`](crate::proxy::Proxy), a packet filter.
 pub trait Cut: Send + Sync + fmt::Debug {
     /// Cuts the connection off (`true`) or restores it (`false`).
     fn cut(&self, down: bool);
@@ -143,6 +143,15 @@ impl Cut for Faults {
     }
     fn delay(&self, by: Duration) {
         self.set_latency(by);
+    }
+}
+
+impl Cut for crate::proxy::Proxy {
+    fn cut(&self, down: bool) {
+        crate::proxy::Proxy::cut(self, down);
+    }
+    fn delay(&self, by: Duration) {
+        crate::proxy::Proxy::delay(self, by);
     }
 }
 

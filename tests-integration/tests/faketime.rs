@@ -1,5 +1,5 @@
 //! Real clocks changed with libfaketime: replicas run as child processes of this test
-//! binary (the `child_replica` test, run with `--ignored --exact`) under
+//! binary (the `child_replica` test, in a role of the test kit's child-process helper) under
 //! `LD_PRELOAD=libfaketime`, over one file lock. Each child's work reports its term's
 //! events on stdout; this process stamps every line on arrival with its own clock, so
 //! all terms share one time base while the children's clocks (wall and monotonic) are
@@ -12,17 +12,15 @@
 //! rate 0.4 acts for 2.5 s, past the 2 s a true-rate standby waits.
 #![cfg(feature = "file")]
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use leaderelection::{Config, FileLock, LeaderElector};
-use leaderelection_testkit::checker::{Checker, Line, Report};
+use leaderelection_testkit::checker::{Checker, Report};
+use leaderelection_testkit::child::{self, Child, Command};
 use leaderelection_testkit::faults::FaultyLock;
+use serde::{Deserialize, Serialize};
 use tokio::time::{sleep, Instant};
-use tokio_util::sync::CancellationToken;
 
 const LIBFAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
 const LEASE: Duration = Duration::from_secs(2);
@@ -38,54 +36,60 @@ fn libfaketime() -> &'static str {
     LIBFAKETIME
 }
 
+/// The role of the child replicas.
+const ROLE: &str = "faketime-replica";
+
+/// What a child replica runs.
+#[derive(Serialize, Deserialize)]
+struct Spec {
+    /// The file lock's record.
+    path: PathBuf,
+    id: String,
+    /// Only sleep one second on tokio's clock, and print `SLEPT`.
+    sleep: bool,
+}
+
 /// One replica in this process, as a child started by a test: an elector over the
-/// file `LE_FT_PATH` whose work writes every tick until its `valid_until`. It prints
-/// the checker's lines and `WALL <unix seconds>` with each write; `CUT` on stdin cuts
-/// it off from the file, end of stdin shuts it down. With `LE_FT_MODE=sleep` it only
-/// prints `SLEPT` after a one-second tokio sleep.
+/// spec's file whose work writes every tick until its `valid_until`. It prints the
+/// checker's lines and `WALL <unix seconds>` with each write; `CUT` on stdin cuts it
+/// off from the file, end of stdin shuts it down. With `sleep` it only prints `SLEPT`
+/// after a one-second tokio sleep.
 #[test]
-#[ignore = "child process of the faketime tests; they run it with --ignored --exact"]
+#[ignore = "child process of the faketime tests, which run it themselves"]
 fn child_replica() {
-    let Ok(path) = std::env::var("LE_FT_PATH") else {
+    let Some(role) = child::role().filter(|r| r.name() == ROLE) else {
         return;
     };
-    let id = std::env::var("LE_FT_ID").unwrap_or_else(|_| "child".into());
+    let spec: Spec = role.spec().expect("a replica spec");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
-    if std::env::var("LE_FT_MODE").is_ok_and(|m| m == "sleep") {
+    if spec.sleep {
         rt.block_on(async { sleep(Duration::from_secs(1)).await });
-        say("SLEPT");
+        child::say("SLEPT");
         return;
     }
     rt.block_on(async move {
-        let lock = FaultyLock::new(FileLock::new(path).poll_interval(TICK));
+        let lock = FaultyLock::new(FileLock::new(spec.path).poll_interval(TICK));
         let faults = lock.faults();
         let config = Config::new("faketime")
-            .identity(id)
+            .identity(spec.id)
             .lease_duration(LEASE)
             .renew_deadline(RENEW)
             .retry_period(RETRY);
         let elector = LeaderElector::new(lock, config).expect("child: config");
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        std::thread::spawn(move || {
-            for line in std::io::stdin().lines() {
-                match line {
-                    Ok(l) if l == "CUT" => faults.set_unavailable(true),
-                    Ok(_) => {}
-                    Err(_) => break,
-                }
+        let shutdown = child::commands(move |line| {
+            if line == "CUT" {
+                faults.set_unavailable(true);
             }
-            stop.cancel();
         });
         let stopping = shutdown.clone();
         elector
             .run(shutdown, move |l| {
                 let stopping = stopping.clone();
                 async move {
-                    say(&Line::begin(&l).to_string());
+                    let term = child::Term::begin(&l);
                     // Acts until valid_until, as its own clock tells.
                     loop {
                         let now = Instant::now();
@@ -94,9 +98,9 @@ fn child_replica() {
                             break;
                         }
                         if now < valid_until {
-                            say(&Line::act(&l).to_string());
+                            term.act();
                             let wall = jiff::Timestamp::now().as_second();
-                            say(&format!("WALL {wall}"));
+                            child::say(format!("WALL {wall}"));
                         }
                         sleep(
                             TICK.min(valid_until.saturating_duration_since(now))
@@ -104,103 +108,37 @@ fn child_replica() {
                         )
                         .await;
                     }
-                    say(&Line::end(&l).to_string());
                 }
             })
             .await;
     });
 }
 
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-/// A child replica, its lines going to the checker as they arrive.
-struct Replica {
-    child: Child,
-    id: String,
-    walls: Arc<Mutex<Vec<i64>>>,
-    leads: Arc<Mutex<bool>>,
-    slept: Arc<Mutex<Option<Instant>>>,
-}
-
-impl Replica {
-    fn start(id: &str, path: &Path, env: &[(&str, String)], checker: &Checker) -> Self {
-        let exe = std::env::current_exe().expect("the test binary");
-        let mut cmd = Command::new(exe);
-        cmd.args([
-            "--exact",
-            "child_replica",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env("LE_FT_PATH", path)
-        .env("LE_FT_ID", id)
+/// A child replica under libfaketime, its lines going to the checker as they arrive.
+fn start(id: &str, path: &Path, sleep: bool, env: &[(&str, String)], checker: &Checker) -> Child {
+    let spec = Spec {
+        path: path.to_owned(),
+        id: id.to_owned(),
+        sleep,
+    };
+    let mut cmd = Command::role(ROLE, &spec)
+        .expect("a replica spec")
+        .libtest("child_replica")
         .env("LD_PRELOAD", libfaketime())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("start a child replica");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let walls: Arc<Mutex<Vec<i64>>> = Arc::default();
-        let leads: Arc<Mutex<bool>> = Arc::default();
-        let slept: Arc<Mutex<Option<Instant>>> = Arc::default();
-        let (w, l, s, c) = (walls.clone(), leads.clone(), slept.clone(), checker.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                // The harness may write `test child_replica ... ` before the first line.
-                let line = line.rsplit("... ").next().unwrap_or_default();
-                if let Some(wall) = line.strip_prefix("WALL ") {
-                    w.lock().unwrap().extend(wall.parse::<i64>().ok());
-                } else if line == "SLEPT" {
-                    *s.lock().unwrap() = Some(Instant::now());
-                } else if let Ok(event) = line.parse::<Line>() {
-                    c.receive(&event);
-                    match event {
-                        Line::Begin { .. } => *l.lock().unwrap() = true,
-                        Line::End { .. } => *l.lock().unwrap() = false,
-                        Line::Act { .. } => {}
-                    }
-                }
-            }
-        });
-        Self {
-            child,
-            id: id.to_owned(),
-            walls,
-            leads,
-            slept,
-        }
+        .checker(checker);
+    for (k, v) in env {
+        cmd = cmd.env(k, v);
     }
-
-    fn leads(&self) -> bool {
-        *self.leads.lock().unwrap()
-    }
-
-    fn cut(&mut self) {
-        let stdin = self.child.stdin.as_mut().expect("piped stdin");
-        writeln!(stdin, "CUT").expect("tell the child");
-    }
-
-    fn kill(&mut self, checker: &Checker) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        checker.killed(&self.id);
-    }
+    cmd.spawn().expect("start a child replica")
 }
 
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// The `WALL` seconds a replica printed so far.
+fn walls(child: &Child) -> Vec<i64> {
+    child
+        .drain()
+        .iter()
+        .filter_map(|o| o.text()?.strip_prefix("WALL ")?.parse().ok())
+        .collect()
 }
 
 async fn wait_for(what: &str, within: Duration, cond: impl Fn() -> bool) {
@@ -221,17 +159,17 @@ async fn cut_leader_off(a_env: &[(&str, String)], b_env: &[(&str, String)]) -> R
     let dir = tempfile::tempdir().expect("a temporary directory");
     let path = record_file(&dir);
     let checker = Checker::new();
-    let mut a = Replica::start("a", &path, a_env, &checker);
+    let mut a = start("a", &path, false, a_env, &checker);
     wait_for("a leading", Duration::from_secs(10), || a.leads()).await;
-    let mut b = Replica::start("b", &path, b_env, &checker);
+    let mut b = start("b", &path, false, b_env, &checker);
     sleep(LEASE).await;
     checker.fault("cut a off the file");
-    a.cut();
+    a.send("CUT").expect("tell the child");
     wait_for("b taking over", Duration::from_secs(15), || b.leads()).await;
     sleep(LEASE * 2).await;
     checker.close();
-    a.kill(&checker);
-    b.kill(&checker);
+    a.kill().expect("kill a");
+    b.kill().expect("kill b");
     checker.report()
 }
 
@@ -243,17 +181,15 @@ fn rate(r: &str) -> Vec<(&'static str, String)> {
 async fn tokio_timers_follow_a_faked_monotonic_clock() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let checker = Checker::new();
-    let mut env = rate("0.5");
-    env.push(("LE_FT_MODE", "sleep".into()));
     let started = Instant::now();
-    let child = Replica::start("sleeper", &record_file(&dir), &env, &checker);
-    wait_for(
-        "the child's one-second sleep",
-        Duration::from_secs(20),
-        || child.slept.lock().unwrap().is_some(),
-    )
-    .await;
-    let took = child.slept.lock().unwrap().expect("slept") - started;
+    let child = start("sleeper", &record_file(&dir), true, &rate("0.5"), &checker);
+    let (slept, _) = child
+        .expect("SLEPT", Duration::from_secs(20), |o| {
+            o.text() == Some("SLEPT")
+        })
+        .await
+        .expect("the child's one-second sleep");
+    let took = slept.at - started;
     // One second on a clock at half speed is two real ones (plus the child's start).
     assert!(
         took >= Duration::from_millis(1900),
@@ -275,9 +211,9 @@ async fn wall_clock_jumps_an_hour_while_leading() {
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
     ];
     let checker = Checker::new();
-    let a = Replica::start("a", &path, &env, &checker);
+    let a = start("a", &path, false, &env, &checker);
     wait_for("a leading", Duration::from_secs(10), || a.leads()).await;
-    let b = Replica::start("b", &path, &[], &checker);
+    let b = start("b", &path, false, &[], &checker);
     sleep(LEASE).await;
     for jump in ["+1h", "+0", "-1h", "+0"] {
         checker.fault(format!("a's wall clock at {jump}"));
@@ -285,7 +221,7 @@ async fn wall_clock_jumps_an_hour_while_leading() {
         sleep(LEASE * 2).await;
     }
     checker.close();
-    let walls = a.walls.lock().unwrap().clone();
+    let walls = walls(&a);
     drop((a, b));
     let report = checker.report();
     report.assert_safe();

@@ -2,14 +2,14 @@
 //! events and by polling), and elections between real processes on one host.
 //!
 //! The process tests re-run this test binary as candidates: the ignored
-//! `child_candidate`, run with `--ignored` and `LEADERELECTION_FILE_LOCK_CHILD` set,
-//! runs an elector on that file until its stdin closes. It is not a test of its own,
-//! so a plain run counts it as ignored, not passed.
+//! `child_candidate`, run in a role of the test kit's child-process helper, runs an
+//! elector on a file until its stdin closes. It is not a test of its own, so a plain
+//! run counts it as ignored, not passed.
 #![cfg(feature = "file")]
 
-use std::io::{BufRead, BufReader, Write};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -18,13 +18,11 @@ use futures::StreamExt;
 use leaderelection::{
     Config, FileLock, LeaderElectionRecord, LeaderElector, LeaseLock, LockError, LockEvent, Version,
 };
-use leaderelection_testkit::checker::Checker;
+use leaderelection_testkit::checker::{self, Checker};
+use leaderelection_testkit::child::{self, Child, Command, OutputKind};
 use leaderelection_testkit::contract::{self, Backend};
 use leaderelection_testkit::replica::{Link, Replica, Work};
-use tokio_util::sync::CancellationToken;
-
-const CHILD_PATH_VAR: &str = "LEADERELECTION_FILE_LOCK_CHILD";
-const CHILD_ID_VAR: &str = "LEADERELECTION_FILE_LOCK_CHILD_ID";
+use serde::{Deserialize, Serialize};
 
 // Generous for a loaded machine: a renewal is a flock, a write, two fsyncs and a rename.
 const LEASE: Duration = Duration::from_secs(4);
@@ -445,14 +443,18 @@ async fn concurrent_writers_through_separate_handles_never_lose_an_update() {
 
 // ---- durability ---------------------------------------------------------------------
 
-const SYNC_CHILD_VAR: &str = "LEADERELECTION_FILE_LOCK_SYNC_CHILD";
+/// The role of the writer process of the durability test; its spec is the lock file.
+const SYNC_ROLE: &str = "file-lock-sync-writer";
 
 /// Takes the lock, releases it and takes it again, for the test below to count the
 /// syncs under strace.
 #[test]
 #[ignore = "the writer process of writes_that_take_the_lock_are_synced_and_a_release_is_not"]
 fn child_sync_writer() {
-    let path = std::env::var(SYNC_CHILD_VAR).expect("the lock file (the parent test sets it)");
+    let role = child::role()
+        .filter(|r| r.name() == SYNC_ROLE)
+        .expect("a writer role (the parent test sets it)");
+    let path: PathBuf = role.spec().expect("the lock file");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -473,23 +475,28 @@ fn writes_that_take_the_lock_are_synced_and_a_release_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lock.json");
     let trace = dir.path().join("trace");
-    let status = Command::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-e",
-            "trace=fsync,fdatasync,sync_file_range,syncfs",
-            "-o",
-        ])
-        .arg(&trace)
-        .arg(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "child_sync_writer"])
-        .stdout(Stdio::null())
-        .env(SYNC_CHILD_VAR, &path)
-        .status()
+    let strace = [
+        "strace",
+        "-f",
+        "-qq",
+        "-e",
+        "trace=fsync,fdatasync,sync_file_range,syncfs",
+        "-o",
+    ];
+    let prefix = strace
+        .map(OsString::from)
+        .into_iter()
+        .chain([trace.clone().into()]);
+    let status = Command::role(SYNC_ROLE, &path)
+        .unwrap()
+        .prefix(prefix)
+        .libtest("child_sync_writer")
+        .spawn()
         .expect(
             "strace must be on PATH for this test (Debian's strace; scripts/test.sh installs it)",
-        );
+        )
+        .wait()
+        .unwrap();
     assert!(status.success(), "the writer process failed: {status}");
     let trace = std::fs::read_to_string(&trace).unwrap();
     let syncs = trace
@@ -505,103 +512,72 @@ fn writes_that_take_the_lock_are_synced_and_a_release_is_not() {
 
 // ---- elections between processes ---------------------------------------------------
 
-/// A candidate process, re-executed by the tests below.
+/// The role of the candidate processes.
+const CANDIDATE_ROLE: &str = "file-lock-candidate";
+
+/// What a candidate process runs.
+#[derive(Serialize, Deserialize)]
+struct Candidate {
+    path: PathBuf,
+    id: String,
+}
+
+/// A candidate process, re-executed by the tests below: reports `BEGIN` when it leads
+/// and `END` when its work stopped.
 #[test]
 #[ignore = "a candidate process of the election tests, which run it themselves"]
 fn child_candidate() {
-    let path = std::env::var(CHILD_PATH_VAR)
-        .expect("LEADERELECTION_FILE_LOCK_CHILD: the lock file (the election tests set it)");
-    let id = std::env::var(CHILD_ID_VAR).unwrap_or_else(|_| "candidate".into());
+    let role = child::role()
+        .filter(|r| r.name() == CANDIDATE_ROLE)
+        .expect("a candidate role (the election tests set it)");
+    let spec: Candidate = role.spec().expect("a candidate spec");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async move {
         let config = Config::new("file-lock-test")
-            .identity(id.clone())
+            .identity(spec.id)
             .lease_duration(LEASE)
             .renew_deadline(RENEW)
             .retry_period(RETRY);
-        let elector = LeaderElector::new(FileLock::new(path), config).unwrap();
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
+        let elector = LeaderElector::new(FileLock::new(spec.path), config).unwrap();
         // The parent closes our stdin to ask for a graceful shutdown.
-        std::thread::spawn(move || {
-            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
-            stop.cancel();
-        });
+        let shutdown = child::shutdown();
         elector
-            .run(shutdown, move |leadership| {
-                let id = id.clone();
-                async move {
-                    say(&format!("LEADING {id} {}", leadership.fencing_token()));
-                    leadership.lost().await;
-                    say(&format!("STOPPED {id}"));
-                }
+            .run(shutdown, |leadership| async move {
+                let _term = child::Term::begin(&leadership);
+                leadership.lost().await;
             })
             .await;
     });
 }
 
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
-struct Candidate {
-    child: Child,
-    stdin: Option<ChildStdin>,
-}
-
-impl Drop for Candidate {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// One line a candidate printed: who, what, the token, and when it arrived.
+/// One term event a candidate printed: who, and what.
 #[derive(Debug)]
 struct Line {
     from: usize,
-    words: Vec<String>,
+    line: checker::Line,
 }
 
-fn spawn_candidates(path: &Path, n: usize) -> (Vec<Candidate>, mpsc::Receiver<Line>) {
-    let exe = std::env::current_exe().unwrap();
+fn spawn_candidates(path: &Path, n: usize) -> (Vec<Child>, mpsc::Receiver<Line>) {
     let (tx, rx) = mpsc::channel();
     let mut candidates = Vec::new();
     for i in 0..n {
-        let mut child = Command::new(&exe)
-            .args([
-                "--exact",
-                "child_candidate",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_PATH_VAR, path)
-            .env(CHILD_ID_VAR, format!("c{i}"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
+        let spec = Candidate {
+            path: path.to_owned(),
+            id: format!("c{i}"),
+        };
+        let tx = tx.clone();
+        let child = Command::role(CANDIDATE_ROLE, &spec)
+            .unwrap()
+            .libtest("child_candidate")
             .stderr(Stdio::null())
+            .on_output(move |o| {
+                if let OutputKind::Line(line) = o.kind {
+                    let _ = tx.send(Line { from: i, line });
+                }
+            })
             .spawn()
             .expect("re-run the test binary as a candidate");
-        let stdout = child.stdout.take().unwrap();
-        let stdin = child.stdin.take();
-        let tx = tx.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // The harness may print "test child_candidate ... " before our words.
-                let words: Vec<String> = line
-                    .split_whitespace()
-                    .skip_while(|w| !matches!(*w, "LEADING" | "STOPPED"))
-                    .map(str::to_owned)
-                    .collect();
-                if !words.is_empty() && tx.send(Line { from: i, words }).is_err() {
-                    return;
-                }
-            }
-        });
-        candidates.push(Candidate { child, stdin });
+        candidates.push(child);
     }
     (candidates, rx)
 }
@@ -613,8 +589,8 @@ fn next_line(rx: &mpsc::Receiver<Line>, within: Duration) -> Line {
 
 fn expect_leading(rx: &mpsc::Receiver<Line>, within: Duration) -> (usize, u64) {
     let line = next_line(rx, within);
-    assert_eq!(line.words[0], "LEADING", "{line:?}");
-    (line.from, line.words[2].parse().unwrap())
+    assert!(matches!(line.line, checker::Line::Begin { .. }), "{line:?}");
+    (line.from, line.line.token())
 }
 
 #[test]
@@ -632,8 +608,7 @@ fn processes_elect_one_leader_fail_over_on_crash_and_hand_over_on_release() {
     // A crash: SIGKILL, no release. Another candidate takes over once the lease ran
     // out on its clock, not before.
     let killed_at = Instant::now();
-    candidates[first].child.kill().unwrap();
-    let _ = candidates[first].child.wait();
+    candidates[first].kill().unwrap();
     let (second, t2) = expect_leading(&rx, Duration::from_secs(60));
     let gap = killed_at.elapsed();
     assert_ne!(second, first);
@@ -646,11 +621,11 @@ fn processes_elect_one_leader_fail_over_on_crash_and_hand_over_on_release() {
     // A graceful stop releases the lease: the last candidate takes over long before
     // the lease would have expired.
     let asked_at = Instant::now();
-    drop(candidates[second].stdin.take());
+    candidates[second].close_stdin();
     let stopped = next_line(&rx, Duration::from_secs(60));
-    assert_eq!(
-        (stopped.words[0].as_str(), stopped.from),
-        ("STOPPED", second)
+    assert!(
+        matches!(stopped.line, checker::Line::End { .. }) && stopped.from == second,
+        "{stopped:?}"
     );
     let (third, t3) = expect_leading(&rx, Duration::from_secs(60));
     let handover = asked_at.elapsed();
@@ -660,10 +635,10 @@ fn processes_elect_one_leader_fail_over_on_crash_and_hand_over_on_release() {
         handover < LEASE,
         "a released lease should be taken at once, took {handover:?}"
     );
-    assert!(candidates[second].child.wait().unwrap().success());
+    assert!(candidates[second].wait().unwrap().success());
 
-    drop(candidates[third].stdin.take());
-    assert!(candidates[third].child.wait().unwrap().success());
+    candidates[third].close_stdin();
+    assert!(candidates[third].wait().unwrap().success());
     // Released on the way out: nobody holds the lease.
     let record = std::fs::read_to_string(&path).unwrap();
     assert!(record.contains(r#""holderIdentity":"""#), "{record}");

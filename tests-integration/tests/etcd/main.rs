@@ -4,7 +4,7 @@
 //!
 //! One module per concern beside this file. Leader processes that are killed or frozen
 //! are this test binary itself, re-run as the ignored `processes::child_candidate` test
-//! with `LE_CHILD_*` variables set; they report on stdout.
+//! in a role of the test kit's child-process helper; they report on stdout.
 #![cfg(feature = "etcd")]
 
 use std::collections::VecDeque;

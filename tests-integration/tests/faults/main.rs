@@ -29,7 +29,6 @@ use rand::SeedableRng;
 
 // A folder test: the crate root is tests/faults/main.rs, its modules beside it.
 mod bad_input;
-mod proxy;
 #[cfg(all(feature = "etcd", feature = "kube"))]
 mod real;
 mod scenarios;

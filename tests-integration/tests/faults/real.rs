@@ -3,11 +3,8 @@
 //! child processes that get SIGSTOP and SIGKILL, and the seed's control plane in
 //! miniature. Real time: short, generous timings.
 
-use std::collections::HashSet;
-use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -15,15 +12,17 @@ use leaderelection::lock::etcd::{EtcdLock, EtcdOptions};
 use leaderelection::lock::kube::KubeLeaseLock;
 use leaderelection::{LeaderElector, LeaseLock};
 use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions, Fault};
-use leaderelection_testkit::checker::{Checker, Line, Report};
-use leaderelection_testkit::etcd::{signal_pid, EtcdCluster};
+use leaderelection_testkit::checker::{Checker, Report};
+use leaderelection_testkit::child::{self, Child, Command};
+use leaderelection_testkit::etcd::EtcdCluster;
+use leaderelection_testkit::proxy::Proxy;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
 use tokio::time::{sleep, Instant};
-use tokio_util::sync::CancellationToken;
 
 use crate::support::{check, Backend, Election, Link, Replica, Timing, Work};
-use crate::{generic, proxy, Group, Reporter};
+use crate::{generic, Group, Reporter};
 
 /// Timing on real backends: lease 3s, renew deadline 2s, retry 0.5s; bounds allow 3s
 /// more, for a loaded machine.
@@ -86,12 +85,13 @@ impl Backend for Etcd {
         self.timing
     }
     async fn connect(&self, election: &str) -> (Box<dyn LeaseLock>, Link) {
-        let (addrs, handle) = proxy::start(&self.members).await.expect("start a proxy");
-        let endpoints: Vec<String> = addrs.iter().map(|a| format!("http://{a}")).collect();
-        let lock = EtcdLock::connect(&endpoints, etcd_options(), election)
+        let proxy = Proxy::start_many(&self.members)
+            .await
+            .expect("start a proxy");
+        let lock = EtcdLock::connect(&proxy.endpoints(), etcd_options(), election)
             .await
             .expect("connect to etcd");
-        (Box::new(lock), Link::other(handle))
+        (Box::new(lock), Link::other(proxy))
     }
 }
 
@@ -229,42 +229,50 @@ async fn member_paused(b: &Etcd, cluster: &mut EtcdCluster) -> Report {
 
 // ---- leaders as child processes ---------------------------------------------------
 
-const CHILD_ENV: &str = "LEADERELECTION_FAULTS_CHILD";
+/// The role of a leader process started by [`leader_process_signals`].
+const LEADER_ROLE: &str = "faults-leader";
 
-/// In a child process started by [`leader_process_signals`]: runs one replica on etcd
+/// What a leader process runs: one replica on etcd.
+#[derive(Serialize, Deserialize)]
+struct LeaderSpec {
+    id: String,
+    election: String,
+    endpoints: Vec<String>,
+}
+
+/// In a leader process started by [`leader_process_signals`]: runs one replica on etcd
 /// whose work writes every tick while valid, and reports its term's events as the
-/// checker's [`Line`]s on stdout until its stdin closes. `None` in the test process.
+/// checker's lines on stdout until its stdin closes. `None` in the test process.
 pub fn child_main() -> Option<ExitCode> {
-    let spec = std::env::var(CHILD_ENV).ok()?;
-    let mut parts = spec.split(';');
-    let (id, election, endpoints) = (parts.next()?, parts.next()?, parts.next()?);
-    let endpoints: Vec<String> = endpoints.split(',').map(str::to_owned).collect();
+    let role = child::role().filter(|r| r.name() == LEADER_ROLE)?;
+    let spec: LeaderSpec = match role.spec() {
+        Ok(spec) => spec,
+        Err(e) => {
+            eprintln!("leader process: {e}");
+            return Some(ExitCode::FAILURE);
+        }
+    };
     let t = real_timing();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     rt.block_on(async {
-        let lock = EtcdLock::connect(&endpoints, etcd_options(), election)
+        let lock = EtcdLock::connect(&spec.endpoints, etcd_options(), spec.election.as_str())
             .await
             .expect("child: connect to etcd");
-        let elector = LeaderElector::new(lock, t.config(election, id)).expect("child: config");
+        let elector =
+            LeaderElector::new(lock, t.config(&spec.election, &spec.id)).expect("child: config");
         // The parent ends us by closing stdin (or by SIGKILL).
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
-            stop.cancel();
-        });
+        let shutdown = child::shutdown();
         let tick = t.retry / 4;
         elector
             .run(shutdown, move |l| async move {
                 // Dropped (the elector aborts work that outlived its lease, as after a
                 // SIGSTOP) or ending, the term reports its end.
-                let _end = ChildTerm::begin(&l);
+                let term = child::Term::begin(&l);
                 while l.is_valid() {
-                    say(&Line::act(&l));
+                    term.act();
                     tokio::select! {
                         _ = l.lost() => break,
                         _ = sleep(tick) => {}
@@ -276,102 +284,19 @@ pub fn child_main() -> Option<ExitCode> {
     Some(ExitCode::SUCCESS)
 }
 
-/// One term in a child process: `BEGIN` when made, `END` when dropped.
-struct ChildTerm(Line);
-
-impl ChildTerm {
-    fn begin(l: &leaderelection::Leadership) -> Self {
-        say(&Line::begin(l));
-        Self(Line::end(l))
-    }
-}
-
-impl Drop for ChildTerm {
-    fn drop(&mut self) {
-        say(&self.0);
-    }
-}
-
-fn say(line: &Line) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
-}
-
 /// A replica in a child process; its lines go to the checker as they arrive.
-struct ChildReplica {
-    id: String,
-    child: Child,
-    checker: Checker,
-    /// Tokens of the terms it reported begun and not ended.
-    open: Arc<Mutex<HashSet<u64>>>,
-}
-
-impl ChildReplica {
-    fn start(id: &str, election: &str, endpoints: &[String], checker: &Checker) -> Self {
-        let exe = std::env::current_exe().expect("the test binary");
-        let mut child = Command::new(exe)
-            .env(
-                CHILD_ENV,
-                format!("{id};{election};{}", endpoints.join(",")),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            // With RUST_LOG set, the child logs to the test's stderr (see main).
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a leader process");
-        let open: Arc<Mutex<HashSet<u64>>> = Arc::default();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (o, c) = (open.clone(), checker.clone());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let Ok(line) = line.parse::<Line>() else {
-                    continue;
-                };
-                c.receive(&line);
-                match line {
-                    Line::Begin { token, .. } => o.lock().unwrap().insert(token),
-                    Line::End { token, .. } => o.lock().unwrap().remove(&token),
-                    Line::Act { .. } => true,
-                };
-            }
-        });
-        Self {
-            id: id.to_owned(),
-            child,
-            checker: checker.clone(),
-            open,
-        }
-    }
-
-    fn leads(&self) -> bool {
-        !self.open.lock().unwrap().is_empty()
-    }
-
-    fn signal(&self, sig: i32) {
-        if sig == libc::SIGSTOP {
-            self.checker.stalled(&self.id);
-        }
-        signal_pid(self.child.id(), sig).expect("signal a leader process");
-    }
-
-    /// SIGKILL: its open term ends now, as its work dies with it.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.checker.killed(&self.id);
-        self.open.lock().unwrap().clear();
-    }
-}
-
-impl Drop for ChildReplica {
-    fn drop(&mut self) {
-        let _ = signal_pid(self.child.id(), libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_leader(id: &str, election: &str, endpoints: &[String], checker: &Checker) -> Child {
+    let spec = LeaderSpec {
+        id: id.to_owned(),
+        election: election.to_owned(),
+        endpoints: endpoints.to_vec(),
+    };
+    // With RUST_LOG set, the child logs to the test's stderr (see main).
+    Command::role(LEADER_ROLE, &spec)
+        .expect("a leader spec")
+        .checker(checker)
+        .spawn()
+        .expect("start a leader process")
 }
 
 async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
@@ -392,21 +317,21 @@ async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
     let mut e = Election::new(b, name);
     let t = e.timing;
     let bound = t.lease + t.jittered_retry() + t.slack;
-    let mut c1 = ChildReplica::start("p1", name, endpoints, &e.checker);
+    let mut c1 = start_leader("p1", name, endpoints, &e.checker);
     wait_for("p1 leading", bound * 2, || c1.leads()).await;
-    let mut c2 = ChildReplica::start("p2", name, endpoints, &e.checker);
+    let mut c2 = start_leader("p2", name, endpoints, &e.checker);
     e.join(None).await;
     sleep(t.lease).await;
 
     e.checker.fault("SIGSTOP the leader process p1");
-    c1.signal(libc::SIGSTOP);
+    c1.stop().expect("stop a leader process");
     sleep(t.lease * 2 + t.slack).await;
     assert!(
         c2.leads() || e.leader().is_some(),
         "nobody took over from a frozen leader"
     );
     e.checker.fault("SIGCONT p1");
-    c1.signal(libc::SIGCONT);
+    c1.resume().expect("resume a leader process");
     // Thawed, it must learn at its next renewal that it lost; any write it made
     // meanwhile carries its old token, which the fenced store refuses.
     wait_for("p1 noticing its loss", bound, || !c1.leads()).await;
@@ -420,10 +345,13 @@ async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
         r.join().await;
         wait_for("a process leading", bound * 2, || c1.leads() || c2.leads()).await;
     }
-    let victim = if c1.leads() { &mut c1 } else { &mut c2 };
-    e.checker
-        .fault(format!("SIGKILL the leader process {}", victim.id));
-    victim.kill();
+    let (victim, id) = if c1.leads() {
+        (&mut c1, "p1")
+    } else {
+        (&mut c2, "p2")
+    };
+    e.checker.fault(format!("SIGKILL the leader process {id}"));
+    victim.kill().expect("kill a leader process");
     if e.replicas.is_empty() {
         e.join(None).await;
     }
@@ -434,7 +362,7 @@ async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
     sleep(t.lease).await;
     e.checker.close();
     for c in [&mut c1, &mut c2] {
-        c.kill();
+        c.kill().expect("kill a leader process");
     }
     let report = e.finish().await;
     check(&report, bound * 2);
@@ -460,12 +388,12 @@ impl Backend for Kube {
         self.timing
     }
     async fn connect(&self, election: &str) -> (Box<dyn LeaseLock>, Link) {
-        let (addrs, handle) = proxy::start(&[self.server]).await.expect("start a proxy");
+        let proxy = Proxy::start(self.server).await.expect("start a proxy");
         let mut config = self.config.clone();
-        config.cluster_url = format!("http://{}", addrs[0]).parse().expect("a URL");
+        config.cluster_url = proxy.endpoint().parse().expect("a URL");
         let client = kube::Client::try_from(config).expect("a kube client");
         let lock = KubeLeaseLock::new(client, NS, election);
-        (Box::new(lock), Link::other(handle))
+        (Box::new(lock), Link::other(proxy))
     }
 }
 

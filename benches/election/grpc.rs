@@ -1,5 +1,5 @@
-//! A TCP proxy in front of etcd that counts the gRPC requests one replica sends and
-//! notes when its last response arrived, by reading the HTTP/2 frames as they pass.
+//! Counting one replica's gRPC requests to etcd, and noting when its last response
+//! arrived, by reading the HTTP/2 frames as they pass through the test kit's proxy.
 //!
 //! etcd's own metrics count requests per server, not per client; a proxy per replica
 //! tells the leader's load from each standby's.
@@ -8,11 +8,9 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
+use leaderelection_testkit::proxy::{Direction, Observer, Proxy};
 use tokio::time::Instant;
 
 use leaderelection_bench_driver::scenario::LastRenewal;
@@ -27,112 +25,49 @@ pub struct ProxyStats {
     pub last_response: LastRenewal,
 }
 
-/// A proxy listening on a loopback port, forwarding to one etcd member.
-pub struct Proxy {
-    addr: SocketAddr,
+/// A proxy on a loopback port in front of one etcd member, counting what passes.
+#[derive(Debug)]
+pub struct CountedProxy {
+    proxy: Proxy,
     pub stats: Arc<ProxyStats>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accept: JoinHandle<()>,
 }
 
-impl Proxy {
+impl CountedProxy {
     pub async fn start(target: SocketAddr) -> io::Result<Self> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
         let stats = Arc::new(ProxyStats::default());
-        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accept = tokio::spawn({
-            let (stats, conns) = (stats.clone(), conns.clone());
-            async move {
-                while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = TcpStream::connect(target).await else {
-                        continue;
-                    };
-                    let _ = client.set_nodelay(true);
-                    let _ = server.set_nodelay(true);
-                    let task = tokio::spawn(pump_both(client, server, stats.clone()));
-                    conns.lock().unwrap_or_else(|e| e.into_inner()).push(task);
+        let counted = stats.clone();
+        let proxy = Proxy::builder()
+            .observe(move |direction| -> Observer {
+                let stats = counted.clone();
+                match direction {
+                    Direction::ToServer => {
+                        let mut frames = Frames::new(true);
+                        Box::new(move |bytes: &[u8]| {
+                            let messages = frames.feed(bytes).messages;
+                            stats.requests.fetch_add(messages, Ordering::Relaxed);
+                        })
+                    }
+                    Direction::ToClient => {
+                        let mut frames = Frames::new(false);
+                        Box::new(move |bytes: &[u8]| {
+                            if frames.feed(bytes).messages > 0 {
+                                *stats
+                                    .last_response
+                                    .lock()
+                                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+                            }
+                        })
+                    }
                 }
-            }
-        });
-        Ok(Self {
-            addr,
-            stats,
-            conns,
-            accept,
-        })
+            })
+            .start(target)
+            .await?;
+        Ok(Self { proxy, stats })
     }
 
     pub fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
+        self.proxy.endpoint()
     }
-}
-
-impl std::fmt::Debug for Proxy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Proxy")
-            .field("addr", &self.addr)
-            .finish_non_exhaustive()
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        self.accept.abort();
-        for c in self
-            .conns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .drain(..)
-        {
-            c.abort();
-        }
-    }
-}
-
-async fn pump_both(client: TcpStream, server: TcpStream, stats: Arc<ProxyStats>) {
-    let (mut cr, mut cw) = client.into_split();
-    let (mut sr, mut sw) = server.into_split();
-    let up = {
-        let stats = stats.clone();
-        async move {
-            let mut frames = Frames::new(true);
-            let mut buf = vec![0u8; 16 * 1024];
-            loop {
-                let n = match cr.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let messages = frames.feed(&buf[..n]).messages;
-                stats.requests.fetch_add(messages, Ordering::Relaxed);
-                if sw.write_all(&buf[..n]).await.is_err() {
-                    break;
-                }
-            }
-            let _ = sw.shutdown().await;
-        }
-    };
-    let down = async move {
-        let mut frames = Frames::new(false);
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            let n = match sr.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            if frames.feed(&buf[..n]).messages > 0 {
-                *stats
-                    .last_response
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            }
-            if cw.write_all(&buf[..n]).await.is_err() {
-                break;
-            }
-        }
-        let _ = cw.shutdown().await;
-    };
-    tokio::join!(up, down);
 }
 
 const PREFACE_LEN: usize = 24;
