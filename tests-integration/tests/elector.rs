@@ -1,5 +1,9 @@
 //! The election loop's behaviour on the in-memory lock, under tokio's paused clock:
 //! every timing here is virtual, so the assertions are exact and never flaky.
+//!
+//! Every candidate is a [`Replica`] of the test kit: its work's terms are recorded
+//! by a [`Checker`], which judges every run (no overlap, growing fencing tokens, no
+//! stale token accepted).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +14,9 @@ use leaderelection::{
     Config, ConfigError, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
     LockEvent, MemoryLock, MemoryStore, Version, Versioned,
 };
+use leaderelection_testkit::checker::{Checker, Interval};
 use leaderelection_testkit::faults::{Faults, FaultyLock};
+use leaderelection_testkit::replica::{Link, Replica, Work};
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
@@ -22,118 +28,33 @@ fn config(id: &str) -> Config {
     Config::new(NAME).identity(id)
 }
 
-/// One leadership term as the work saw it.
-#[derive(Clone, Debug)]
-struct Term {
-    identity: String,
-    fencing: u64,
-    start: Instant,
-    end: Option<Instant>,
+/// A replica on `store`'s lock whose work acts while its term is valid and stops as
+/// soon as it is lost.
+fn start(store: &MemoryStore, config: Config, checker: &Checker) -> Replica {
+    Replica::memory(store, config, checker, Work::polite())
 }
 
-type Terms = Arc<Mutex<Vec<Term>>>;
-
-/// A replica: an elector running in a task, with switches to cut it off or crash it.
-struct Candidate {
-    elector: LeaderElector,
-    shutdown: CancellationToken,
-    crashed: CancellationToken,
-    control: Faults,
-    task: JoinHandle<()>,
+/// Like [`start`], with the lock's watch hidden (client-go's polling).
+fn start_polling(store: &MemoryStore, config: Config, checker: &Checker) -> Replica {
+    let lock = FaultyLock::new(store.lock(NAME));
+    let link = Link::faults(lock.faults());
+    Replica::new(Polling(lock), link, config, checker, Work::polite())
 }
 
-impl Candidate {
-    fn start(lock: MemoryLock, config: Config, terms: &Terms) -> Self {
-        Self::start_with_work_delay(lock, config, terms, Duration::ZERO)
-    }
+/// The switches of a replica's [`FaultyLock`].
+fn faults(replica: &Replica) -> &Faults {
+    replica
+        .link
+        .as_faults()
+        .expect("a replica behind a FaultyLock")
+}
 
-    /// `work_delay`: how long the work takes to stop after leadership ends.
-    fn start_with_work_delay(
-        lock: MemoryLock,
-        config: Config,
-        terms: &Terms,
-        work_delay: Duration,
-    ) -> Self {
-        let lock = FaultyLock::new(lock);
-        let control = lock.faults();
-        Self::launch(Box::new(lock), control, config, terms, work_delay)
-    }
-
-    /// A replica on `lock` with its watch hidden (client-go's polling).
-    fn start_polling(lock: MemoryLock, config: Config, terms: &Terms) -> Self {
-        let lock = FaultyLock::new(lock);
-        let control = lock.faults();
-        Self::launch(
-            Box::new(Polling(lock)),
-            control,
-            config,
-            terms,
-            Duration::ZERO,
-        )
-    }
-
-    fn launch(
-        lock: Box<dyn LeaseLock>,
-        control: Faults,
-        config: Config,
-        terms: &Terms,
-        work_delay: Duration,
-    ) -> Self {
-        let elector = LeaderElector::new(lock, config).unwrap();
-        let shutdown = CancellationToken::new();
-        let crashed = CancellationToken::new();
-        let task = tokio::spawn({
-            let (elector, shutdown, crashed, terms) = (
-                elector.clone(),
-                shutdown.clone(),
-                crashed.clone(),
-                terms.clone(),
-            );
-            async move {
-                elector
-                    .run(shutdown, move |leadership| {
-                        let (terms, crashed) = (terms.clone(), crashed.clone());
-                        async move {
-                            let index = {
-                                let mut t = terms.lock().unwrap();
-                                t.push(Term {
-                                    identity: leadership.identity().to_owned(),
-                                    fencing: leadership.fencing_token(),
-                                    start: Instant::now(),
-                                    end: None,
-                                });
-                                t.len() - 1
-                            };
-                            tokio::select! {
-                                _ = leadership.lost() => sleep(work_delay).await,
-                                // A crashed process's work dies with it.
-                                _ = crashed.cancelled() => {}
-                            }
-                            terms.lock().unwrap()[index].end = Some(Instant::now());
-                        }
-                    })
-                    .await
-            }
-        });
-        Self {
-            elector,
-            shutdown,
-            crashed,
-            control,
-            task,
-        }
-    }
-
-    /// Dies without releasing: the process is gone, its lease runs out on its own.
-    fn crash(&self) {
-        self.crashed.cancel();
-        self.task.abort();
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap();
-    }
+/// The first term `identity` led, as the checker recorded it.
+fn term_of(checker: &Checker, identity: &str) -> Option<Interval> {
+    checker
+        .intervals()
+        .into_iter()
+        .find(|t| t.identity == identity)
 }
 
 /// Every write to the record, with the virtual instant it happened.
@@ -183,68 +104,56 @@ impl Writes {
     }
 }
 
-fn leaders(cands: &[&Candidate]) -> usize {
-    cands.iter().filter(|c| c.elector.is_leader()).count()
-}
-
-/// Fails when two terms overlap or a later term's fencing token is not greater.
-fn assert_no_overlap(terms: &Terms) {
-    let mut terms = terms.lock().unwrap().clone();
-    terms.sort_by_key(|t| t.start);
-    for pair in terms.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        let a_end = a.end.unwrap_or_else(|| panic!("{a:?} overlaps {b:?}"));
-        assert!(a_end <= b.start, "overlapping leadership: {a:?} and {b:?}");
-        assert!(
-            b.fencing > a.fencing,
-            "fencing token did not grow: {a:?} then {b:?}"
-        );
-    }
+fn leaders<'a>(replicas: impl IntoIterator<Item = &'a Replica>) -> usize {
+    replicas.into_iter().filter(|r| r.is_leader()).count()
 }
 
 #[tokio::test(start_paused = true)]
 async fn lone_candidate_leads_at_once() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let t0 = Instant::now();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(1)).await;
-    assert!(a.elector.is_leader());
-    assert_eq!(a.elector.leader().as_deref(), Some("a"));
-    assert_eq!(terms.lock().unwrap()[0].start, t0);
+    assert!(a.is_leader());
+    assert_eq!(a.leader().as_deref(), Some("a"));
+    assert_eq!(a.terms()[0].start, t0);
     a.stop().await;
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn of_two_candidates_exactly_one_leads_and_keeps_leading() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
+    let b = start(&store, config("b"), &checker);
     for _ in 0..120 {
         sleep(Duration::from_secs(1)).await;
-        assert_eq!(leaders(&[&a, &b]), 1);
+        assert_eq!(leaders([&a, &b]), 1);
     }
-    assert_eq!(terms.lock().unwrap().len(), 1, "leadership changed hands");
-    let leader = terms.lock().unwrap()[0].identity.clone();
+    let terms = checker.intervals();
+    assert_eq!(terms.len(), 1, "leadership changed hands");
+    let leader = terms[0].identity.clone();
     let standby = if leader == "a" { &b } else { &a };
-    assert_eq!(standby.elector.leader(), Some(leader));
+    assert_eq!(standby.leader(), Some(leader));
     a.stop().await;
     b.stop().await;
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn crashed_leader_is_replaced_at_lease_expiry_not_before() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(7)).await;
     a.crash();
     sleep(Duration::from_secs(30)).await;
-    assert!(b.elector.is_leader());
+    assert!(b.is_leader());
 
     let last_renewal = writes.last_by("a");
     let takeover = writes.first_by("b");
@@ -257,22 +166,22 @@ async fn crashed_leader_is_replaced_at_lease_expiry_not_before() {
         gap <= Duration::from_millis(15_050),
         "took over {gap:?} after the last renewal"
     );
-    assert_no_overlap(&terms);
+    checker.report().assert_safe();
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn released_lease_is_taken_within_10ms() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(5)).await;
     a.stop().await;
     sleep(Duration::from_secs(1)).await;
-    assert!(b.elector.is_leader());
+    assert!(b.is_leader());
 
     let all = writes.all();
     let release = all
@@ -285,50 +194,45 @@ async fn released_lease_is_taken_within_10ms() {
         gap <= Duration::from_millis(10),
         "released lease taken after {gap:?}"
     );
-    assert_no_overlap(&terms);
+    checker.report().assert_safe();
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn release_waits_for_the_work_to_stop() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start_with_work_delay(
-        store.lock(NAME),
-        config("a"),
-        &terms,
-        Duration::from_secs(3),
-    );
+    let slow = Work::polite().stopping_in(Duration::from_secs(3));
+    let a = Replica::memory(&store, config("a"), &checker, slow);
     sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(1)).await;
     let stop_at = Instant::now();
     a.stop().await;
-    let a_end = terms.lock().unwrap()[0].end.unwrap();
+    let a_end = term_of(&checker, "a").unwrap().end.unwrap();
     assert_eq!(a_end - stop_at, Duration::from_secs(3));
     // Still renewing while the work winds down: no takeover before the work ended.
     assert!(writes.first_by("b") >= a_end);
     sleep(Duration::from_millis(100)).await;
-    assert!(b.elector.is_leader());
-    assert_no_overlap(&terms);
+    assert!(b.is_leader());
+    checker.report().assert_safe();
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
-    let mut events = a.elector.events();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(5)).await;
-    a.control.set_unavailable(true);
+    a.link.cut(true);
     sleep(Duration::from_secs(30)).await;
 
-    let a_term = terms.lock().unwrap()[0].clone();
+    let a_term = term_of(&checker, "a").unwrap();
     let last_renewal = writes.last_by("a");
     let a_end = a_term.end.expect("the token never fired");
     // The token fires at the renew deadline, 5s before the lease could expire.
@@ -338,26 +242,26 @@ async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
         a_end - last_renewal
     );
     assert!(a_end < last_renewal + Duration::from_secs(15));
-    assert!(!a.elector.is_leader());
-    assert!(b.elector.is_leader());
-    assert_no_overlap(&terms);
+    assert!(!a.is_leader());
+    assert!(b.is_leader());
+    checker.report().assert_safe();
 
     assert_eq!(
-        events.recv().await,
+        a.next_event().await,
         Some(ElectionEvent::NewLeader(Some("a".into())))
     );
     assert!(matches!(
-        events.recv().await,
+        a.next_event().await,
         Some(ElectionEvent::StartedLeading { .. })
     ));
-    assert_eq!(events.recv().await, Some(ElectionEvent::StoppedLeading));
+    assert_eq!(a.next_event().await, Some(ElectionEvent::StoppedLeading));
 
     // Back in touch, it campaigns again as a standby and follows the new leader.
-    a.control.set_unavailable(false);
+    a.link.cut(false);
     sleep(Duration::from_secs(10)).await;
-    assert_eq!(a.elector.leader().as_deref(), Some("b"));
+    assert_eq!(a.leader().as_deref(), Some("b"));
     assert_eq!(
-        events.recv().await,
+        a.next_event().await,
         Some(ElectionEvent::NewLeader(Some("b".into())))
     );
     a.stop().await;
@@ -367,39 +271,40 @@ async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
 #[tokio::test(start_paused = true)]
 async fn without_recampaign_run_returns_after_the_first_loss() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a").recampaign(false), &terms);
+    let checker = Checker::new();
+    let mut a = start(&store, config("a").recampaign(false), &checker);
     sleep(Duration::from_secs(1)).await;
-    a.control.set_unavailable(true);
-    tokio::time::timeout(Duration::from_secs(30), a.task)
+    a.link.cut(true);
+    tokio::time::timeout(Duration::from_secs(30), a.join())
         .await
-        .expect("run did not return after losing leadership")
-        .unwrap();
+        .expect("run did not return after losing leadership");
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn slow_backend_past_the_renew_deadline_costs_leadership() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(1)).await;
-    a.control.set_latency(Duration::from_secs(60));
+    a.link.delay(Duration::from_secs(60));
     sleep(Duration::from_secs(12)).await;
-    assert!(!a.elector.is_leader());
-    assert!(terms.lock().unwrap()[0].end.is_some());
-    a.control.set_latency(Duration::ZERO);
+    assert!(!a.is_leader());
+    assert!(a.terms()[0].end.is_some());
+    a.link.delay(Duration::ZERO);
     a.stop().await;
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn transitions_count_holder_changes_only() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let read = || LeaderElectionRecord::from_json(&store.get_raw(NAME).unwrap()).unwrap();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(60)).await;
     assert_eq!(read().leader_transitions, 0, "renewals must not count");
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(1)).await;
     a.stop().await; // release: holder "" keeps the count
     assert_eq!(
@@ -411,25 +316,25 @@ async fn transitions_count_holder_changes_only() {
     assert_eq!(read().holder_identity, "b");
     assert_eq!(read().leader_transitions, 1);
     b.crash();
-    let c = Candidate::start(store.lock(NAME), config("c"), &terms);
+    let c = start(&store, config("c"), &checker);
     sleep(Duration::from_secs(30)).await;
     assert_eq!(read().holder_identity, "c");
     assert_eq!(read().leader_transitions, 2);
-    assert_no_overlap(&terms);
+    checker.report().assert_safe();
     c.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn standby_honours_the_holders_lease_duration_not_its_own() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
     let long = config("a")
         .lease_duration(Duration::from_secs(60))
         .renew_deadline(Duration::from_secs(40));
-    let a = Candidate::start(store.lock(NAME), long, &terms);
+    let a = start(&store, long, &checker);
     sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(3)).await;
     a.crash();
     sleep(Duration::from_secs(90)).await;
@@ -438,37 +343,38 @@ async fn standby_honours_the_holders_lease_duration_not_its_own() {
         gap >= Duration::from_secs(60),
         "took over after {gap:?} despite a 60s lease"
     );
+    checker.report().assert_safe();
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_candidate_that_wins_at_once_opens_only_the_leaders_watch() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(61)).await;
     // The read, the create, the leader's watch on its own record, then one
     // compare-and-swap every 2s (at 2s, 4s, .. 60s). No standby's watch.
-    assert_eq!(a.control.requests(), 2 + 1 + 30);
+    assert_eq!(faults(&a).requests(), 2 + 1 + 30);
     a.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn standby_that_watches_makes_almost_no_requests() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(600)).await;
     // In ten minutes: a read, the watch, and a read after opening it.
+    let standby_requests = faults(&b).requests();
     assert!(
-        b.control.requests() <= 3,
-        "standby made {} requests",
-        b.control.requests()
+        standby_requests <= 3,
+        "standby made {standby_requests} requests"
     );
     // The leader: one compare-and-swap per retry period, no read before it.
-    let leader_requests = a.control.requests();
+    let leader_requests = faults(&a).requests();
     assert!(
         (295..=305).contains(&leader_requests),
         "leader made {leader_requests} requests"
@@ -500,21 +406,14 @@ impl LeaseLock for Polling {
 #[tokio::test(start_paused = true)]
 async fn polling_standby_retries_every_jittered_retry_period() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(10)).await;
-    let b_lock = FaultyLock::new(store.lock(NAME));
-    let b_control = b_lock.faults();
-    let b = LeaderElector::new(Polling(b_lock), config("b")).unwrap();
-    let stop_b = CancellationToken::new();
-    let b_task = tokio::spawn({
-        let (b, stop_b) = (b.clone(), stop_b.clone());
-        async move { b.run(stop_b, |l| async move { l.lost().await }).await }
-    });
+    let b = start_polling(&store, config("b"), &checker);
     sleep(Duration::from_secs(60)).await;
     // Between 2s and 4.4s apart: 14 to 30 reads a minute.
-    let reads = b_control.requests();
+    let reads = faults(&b).requests();
     assert!((13..=31).contains(&reads), "{reads} polls in a minute");
     a.crash();
     sleep(Duration::from_secs(30)).await;
@@ -525,32 +424,32 @@ async fn polling_standby_retries_every_jittered_retry_period() {
         gap >= Duration::from_secs(15) && gap <= Duration::from_millis(19_400),
         "{gap:?}"
     );
-    stop_b.cancel();
-    b_task.await.unwrap();
+    checker.report().assert_safe();
+    b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn invalid_record_is_overwritten_after_a_lease_of_no_change() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     store.put_raw(NAME, "{\"holderIdentity\": 42");
     let t0 = Instant::now();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(14)).await;
     assert!(
-        !a.elector.is_leader(),
+        !a.is_leader(),
         "took an unreadable lock before a lease passed"
     );
     sleep(Duration::from_secs(2)).await;
-    assert!(a.elector.is_leader());
-    assert!(terms.lock().unwrap()[0].start - t0 >= Duration::from_secs(15));
+    assert!(a.is_leader());
+    assert!(a.terms()[0].start - t0 >= Duration::from_secs(15));
     a.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn hostile_lease_durations_are_bounded() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     // A holder that claims an i32::MAX-second lease and never renews.
     let hostile = LeaderElectionRecord {
         holder_identity: "ghost".into(),
@@ -558,9 +457,9 @@ async fn hostile_lease_durations_are_bounded() {
         ..Default::default()
     };
     store.put_raw(NAME, hostile.to_json());
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(leaderelection::MAX_HONOURED_LEASE + Duration::from_secs(1)).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
     a.stop().await;
 
     // A negative duration is not a free pass: the standby waits its own lease.
@@ -573,19 +472,20 @@ async fn hostile_lease_durations_are_bounded() {
         }
         .to_json(),
     );
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let checker = Checker::new();
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(14)).await;
-    assert!(!b.elector.is_leader());
+    assert!(!b.is_leader());
     sleep(Duration::from_secs(2)).await;
-    assert!(b.elector.is_leader());
+    assert!(b.is_leader());
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn health_check_fails_only_for_a_stuck_leader() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(30)).await;
     assert!(a.elector.check_health(Duration::from_secs(20)).is_ok());
     let b = LeaderElector::new(store.lock(NAME), config("b")).unwrap();
@@ -627,59 +527,58 @@ async fn health_check_fails_for_a_leader_whose_loop_is_stuck() {
 #[tokio::test(start_paused = true)]
 async fn dropping_run_fires_the_works_lost() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let checker = Checker::new();
+    let mut a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(1)).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
     // Only the run future goes; the work, a task of its own, stays until lost() fires.
-    a.task.abort();
-    let _ = a.task.await;
+    a.abort_elector();
+    a.join().await;
     sleep(Duration::from_millis(1)).await;
     assert!(
-        terms.lock().unwrap()[0].end.is_some(),
+        a.terms()[0].end.is_some(),
         "the work's lost() fires when run's future is dropped"
     );
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_last_leader_seen_is_kept_after_stepping_down() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a").recampaign(false), &terms);
-    let mut events = a.elector.events();
+    let checker = Checker::new();
+    let mut a = start(&store, config("a").recampaign(false), &checker);
     let status = a.elector.subscribe();
     sleep(Duration::from_secs(1)).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
 
     // Lost: renewals fail past the renew deadline; without recampaign, run returns.
-    a.control.set_unavailable(true);
-    tokio::time::timeout(Duration::from_secs(30), a.task)
+    a.link.cut(true);
+    tokio::time::timeout(Duration::from_secs(30), a.join())
         .await
-        .expect("run returns after the loss without recampaign")
-        .unwrap();
-    assert!(!a.elector.is_leader());
+        .expect("run returns after the loss without recampaign");
+    assert!(!a.is_leader());
     assert_eq!(
-        a.elector.leader().as_deref(),
+        a.leader().as_deref(),
         Some("a"),
         "the last leader seen is kept"
     );
     assert_eq!(status.borrow().leader.as_deref(), Some("a"));
     assert_eq!(
-        events.recv().await,
+        a.next_event().await,
         Some(ElectionEvent::NewLeader(Some("a".into())))
     );
     assert!(matches!(
-        events.recv().await,
+        a.next_event().await,
         Some(ElectionEvent::StartedLeading { .. })
     ));
-    assert_eq!(events.recv().await, Some(ElectionEvent::StoppedLeading));
-    assert!(events.try_recv().is_err(), "no other change reported");
+    assert_eq!(a.next_event().await, Some(ElectionEvent::StoppedLeading));
+    assert!(a.drain_events().is_empty(), "no other change reported");
 
     // Shut down: the lease is released, the last leader seen still reported.
-    a.control.set_unavailable(false);
-    let b = Candidate::start(store.lock(NAME), config("a"), &terms);
+    a.link.cut(false);
+    let b = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(1)).await;
-    assert!(b.elector.is_leader());
+    assert!(b.is_leader());
     let elector = b.elector.clone();
     b.stop().await;
     assert!(!elector.is_leader());
@@ -692,6 +591,7 @@ async fn the_last_leader_seen_is_kept_after_stepping_down() {
         .unwrap()
         .record
         .is_released());
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
@@ -699,16 +599,12 @@ async fn hundred_candidates_with_random_crashes_never_overlap() {
     for seed in 0..3u64 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let store = MemoryStore::new();
-        let terms = Terms::default();
-        let mut alive: Vec<Candidate> = Vec::new();
+        let checker = Checker::new();
+        let mut alive: Vec<Replica> = Vec::new();
         let mut next_id = 0;
-        let mut spawn = |alive: &mut Vec<Candidate>| {
+        let mut spawn = |alive: &mut Vec<Replica>| {
             next_id += 1;
-            alive.push(Candidate::start(
-                store.lock(NAME),
-                config(&format!("c{next_id}")),
-                &terms,
-            ));
+            alive.push(start(&store, config(&format!("c{next_id}")), &checker));
         };
         for _ in 0..100 {
             spawn(&mut alive);
@@ -717,7 +613,7 @@ async fn hundred_candidates_with_random_crashes_never_overlap() {
         while Instant::now() < end {
             sleep(Duration::from_millis(rng.random_range(100..60_000))).await;
             // Half the faults hit the leader, or failover would rarely happen.
-            let i = match alive.iter().position(|c| c.elector.is_leader()) {
+            let i = match alive.iter().position(|c| c.is_leader()) {
                 Some(l) if rng.random_bool(0.5) => l,
                 _ => rng.random_range(0..alive.len()),
             };
@@ -727,26 +623,27 @@ async fn hundred_candidates_with_random_crashes_never_overlap() {
                 1 => victim.crash(),
                 _ => {
                     // Cut off from the store for a while, then back.
-                    victim.control.set_unavailable(true);
+                    victim.link.cut(true);
                     sleep(Duration::from_millis(rng.random_range(1_000..30_000))).await;
-                    victim.control.set_unavailable(false);
+                    victim.link.cut(false);
                     alive.push(victim);
                 }
             }
             while alive.len() < 100 {
                 spawn(&mut alive);
             }
-            assert!(leaders(&alive.iter().collect::<Vec<_>>()) <= 1);
+            assert!(leaders(&alive) <= 1);
         }
-        let n = terms.lock().unwrap().len();
+        let n = checker.intervals().len();
         assert!(
             n > 5,
             "seed {seed}: only {n} terms, the scenario did not exercise failover"
         );
+        checker.close();
         for c in alive {
             c.stop().await;
         }
-        assert_no_overlap(&terms);
+        checker.report().assert_safe();
     }
 }
 
@@ -843,10 +740,6 @@ async fn tamper(store: &MemoryStore, how: Tamper) {
     }
 }
 
-fn term_of<'a>(terms: &'a [Term], identity: &str) -> Option<&'a Term> {
-    terms.iter().find(|t| t.identity == identity)
-}
-
 /// Leader `a`, standby `b`; at a random moment of a's term the record is tampered
 /// with. `b` must not lead before a's lease, timed from a's last write as b saw it
 /// (or the tampering itself when it left a new holder or garbage), has run out, and
@@ -854,30 +747,28 @@ fn term_of<'a>(terms: &'a [Term], identity: &str) -> Option<&'a Term> {
 async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
     let start = |cfg: Config| {
-        let lock = store.lock(NAME);
         if polling {
-            Candidate::start_polling(lock, cfg, &terms)
+            start_polling(&store, cfg, &checker)
         } else {
-            Candidate::start(lock, cfg, &terms)
+            start(&store, cfg, &checker)
         }
     };
     // `a` does not campaign again, so that b's takeover is what is measured.
-    let a = start(config("a").recampaign(false));
+    let mut a = start(config("a").recampaign(false));
     sleep(Duration::from_millis(10)).await;
     let b = start(config("b"));
     sleep(Duration::from_millis(rng.random_range(0..20_000))).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
     let last_a = writes.last_by("a");
     let tampered_at = Instant::now();
     tamper(&store, how).await;
     sleep(Duration::from_secs(40)).await;
 
-    let terms_now = terms.lock().unwrap().clone();
     let ctx = format!("{how:?}, seed {seed}, polling {polling}");
-    let a_term = term_of(&terms_now, "a").unwrap();
+    let a_term = term_of(&checker, "a").unwrap();
     let a_end = a_term.end.unwrap_or_else(|| panic!("{ctx}: a still leads"));
     // With a watch, a stops as the change arrives; polling, at its next renewal.
     let promptly = if polling {
@@ -890,7 +781,7 @@ async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
         "{ctx}: a stopped {:?} after the tampering",
         a_end - tampered_at
     );
-    let b_term = term_of(&terms_now, "b").unwrap_or_else(|| panic!("{ctx}: b never led"));
+    let b_term = term_of(&checker, "b").unwrap_or_else(|| panic!("{ctx}: b never led"));
     // A polling standby may have last seen a's record change up to one poll (2s
     // jittered by client-go's factor 1.2: under 4.4s) before a's last write.
     let missed = if polling {
@@ -913,9 +804,9 @@ async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
         "{ctx}: b took {:?} after the lease ran out",
         b_term.start - a_lease_out
     );
-    assert_no_overlap(&terms);
+    checker.report().assert_safe();
     b.stop().await;
-    a.task.await.unwrap();
+    a.join().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -960,19 +851,18 @@ async fn a_genuine_release_is_still_taken_at_once_at_any_moment() {
     for seed in 0..8 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let store = MemoryStore::new();
-        let terms = Terms::default();
-        let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+        let checker = Checker::new();
+        let a = start(&store, config("a"), &checker);
         sleep(Duration::from_millis(10)).await;
-        let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+        let b = start(&store, config("b"), &checker);
         sleep(Duration::from_millis(rng.random_range(0..20_000))).await;
         let released_at = Instant::now();
         a.stop().await;
         sleep(Duration::from_millis(10)).await;
-        let terms_now = terms.lock().unwrap().clone();
-        let b_term = term_of(&terms_now, "b")
+        let b_term = term_of(&checker, "b")
             .unwrap_or_else(|| panic!("seed {seed}: b did not take the released lease"));
         assert!(b_term.start - released_at <= Duration::from_millis(10));
-        assert_no_overlap(&terms);
+        checker.report().assert_safe();
         b.stop().await;
     }
 }
@@ -980,16 +870,16 @@ async fn a_genuine_release_is_still_taken_at_once_at_any_moment() {
 #[tokio::test(start_paused = true)]
 async fn a_standby_that_never_saw_a_holder_takes_a_blank_record_at_once() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let blank = LeaderElectionRecord {
         lease_duration_seconds: 15,
         leader_transitions: 4,
         ..Default::default()
     };
     store.lock(NAME).create(&blank).await.unwrap();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(1)).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
     a.stop().await;
 }
 
