@@ -15,12 +15,10 @@ use leaderelection::{
     LockEvent, MemoryLock, MemoryStore, Version, Versioned,
 };
 use leaderelection_testkit::checker::{Checker, Interval};
-use leaderelection_testkit::faults::{Faults, FaultyLock};
-use leaderelection_testkit::replica::{Link, Replica, Work};
+use leaderelection_testkit::faults::{Faults, FaultyLock, WriteFault};
+use leaderelection_testkit::replica::{wait_until, Link, Replica, Work};
 use rand::{Rng, SeedableRng};
-use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
-use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "scheduler";
 
@@ -499,29 +497,28 @@ async fn health_check_fails_only_for_a_stuck_leader() {
 #[tokio::test(start_paused = true)]
 async fn health_check_fails_for_a_leader_whose_loop_is_stuck() {
     let store = MemoryStore::new();
-    let a = LeaderElector::new(store.lock(NAME), config("a")).unwrap();
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     let tolerance = Duration::from_secs(1);
-    let mut run = Box::pin(a.run(CancellationToken::new(), |l| async move { l.lost().await }));
-    tokio::select! {
-        _ = &mut run => panic!("run returned while leading"),
-        _ = sleep(Duration::from_secs(30)) => {}
-    }
+    sleep(Duration::from_secs(30)).await;
     assert!(a.is_leader());
     assert!(
-        a.check_health(tolerance).is_ok(),
+        a.elector.check_health(tolerance).is_ok(),
         "a renewing leader is healthy"
     );
 
     // From here on the loop is not polled, as under a blocked runtime: nothing renews,
     // yet the replica still believes it leads.
+    a.stall(true);
     sleep(Duration::from_secs(15) + tolerance + Duration::from_millis(1)).await;
     assert!(a.is_leader());
     let err = a
+        .elector
         .check_health(tolerance)
         .expect_err("a leader stuck past lease + tolerance is unhealthy");
     assert_eq!(err.name, NAME);
     assert!(err.since > Duration::from_secs(16));
-    drop(run);
+    a.crash();
 }
 
 #[tokio::test(start_paused = true)]
@@ -920,29 +917,19 @@ impl LeaseLock for NoOpWrites {
 async fn a_renewal_that_wrote_nothing_does_not_extend_the_lease() {
     use std::sync::atomic::Ordering;
     let store = MemoryStore::new();
+    let checker = Checker::new();
     let lock = NoOpWrites {
         inner: store.lock(NAME),
         on: Arc::default(),
         skipped: Arc::default(),
     };
     let (on, skipped) = (lock.on.clone(), lock.skipped.clone());
-    let elector = LeaderElector::new(lock, config("a").recampaign(false)).unwrap();
-    let held: Arc<Mutex<Option<leaderelection::Leadership>>> = Arc::default();
     let t0 = Instant::now();
-    let task = tokio::spawn({
-        let (elector, held) = (elector.clone(), held.clone());
-        async move {
-            elector
-                .run(CancellationToken::new(), move |leadership| {
-                    *held.lock().unwrap() = Some(leadership.clone());
-                    async move { leadership.lost().await }
-                })
-                .await
-        }
-    });
+    let config = config("a").recampaign(false);
+    let mut a = Replica::new(lock, Link::direct(), config, &checker, Work::polite());
     // Renewals at 2s and 4s are real; from 5s on every write is skipped.
     sleep(Duration::from_secs(5)).await;
-    let leadership = held.lock().unwrap().clone().expect("a leads");
+    let leadership = a.leadership().expect("a leads");
     let valid_until = leadership.valid_until();
     assert_eq!(valid_until, t0 + Duration::from_secs(4 + 10));
     on.store(true, Ordering::SeqCst);
@@ -963,7 +950,8 @@ async fn a_renewal_that_wrote_nothing_does_not_extend_the_lease() {
         lost_at, valid_until,
         "did not step down at the renew deadline"
     );
-    task.await.unwrap();
+    a.join().await;
+    checker.report().assert_safe();
 }
 
 /// Release is a compare-and-swap on the leader's own last version: a leader that did
@@ -972,9 +960,8 @@ async fn a_renewal_that_wrote_nothing_does_not_extend_the_lease() {
 #[tokio::test(start_paused = true)]
 async fn release_never_overwrites_a_record_someone_else_took() {
     let store = MemoryStore::new();
-    let a = LeaderElector::new(Polling(FaultyLock::new(store.lock(NAME))), config("a")).unwrap();
-    let shutdown = CancellationToken::new();
-    let run = hold(a.clone(), shutdown.clone());
+    let checker = Checker::new();
+    let a = start_polling(&store, config("a"), &checker);
     // Past one renewal, before the next.
     sleep(Duration::from_millis(2_500)).await;
     assert!(a.is_leader());
@@ -988,8 +975,7 @@ async fn release_never_overwrites_a_record_someone_else_took() {
     };
     other.update(&taken, &current.version).await.unwrap();
 
-    shutdown.cancel();
-    run.await.unwrap();
+    a.stop().await;
     let after = other.get().await.unwrap().expect("the record");
     assert_eq!(
         after.record.holder_identity, "b",
@@ -1040,24 +1026,23 @@ impl LeaseLock for WritesFail {
 async fn a_failing_backend_is_retried_every_retry_period_then_won() {
     use std::sync::atomic::Ordering::SeqCst;
     let store = MemoryStore::new();
+    let checker = Checker::new();
     let lock = WritesFail {
         inner: store.lock(NAME),
         failing: Arc::new(true.into()),
         writes: Arc::default(),
     };
     let (failing, writes) = (lock.failing.clone(), lock.writes.clone());
-    let a = LeaderElector::new(lock, config("a")).unwrap();
-    let shutdown = CancellationToken::new();
-    let run = hold(a.clone(), shutdown.clone());
+    let a = Replica::new(lock, Link::direct(), config("a"), &checker, Work::polite());
     sleep(Duration::from_secs(20)).await;
     // 2s to 4.4s apart: 5 to 11 attempts in 20s.
     let attempts = writes.load(SeqCst);
     assert!((4..=11).contains(&attempts), "{attempts} attempts in 20s");
+    assert!(a.terms().is_empty(), "a led while its writes failed");
     failing.store(false, SeqCst);
     sleep(Duration::from_secs(5)).await;
     assert!(a.is_leader(), "a did not lead once its writes went through");
-    shutdown.cancel();
-    run.await.unwrap();
+    a.stop().await;
 }
 
 /// A candidate that loses the race to create the record reads again at once instead
@@ -1065,34 +1050,26 @@ async fn a_failing_backend_is_retried_every_retry_period_then_won() {
 #[tokio::test(start_paused = true)]
 async fn the_loser_of_a_creation_race_learns_the_winner_at_once() {
     let store = MemoryStore::new();
-    let latency = |lock: MemoryLock| {
-        let lock = FaultyLock::new(lock);
-        lock.faults().set_latency(Duration::from_millis(1));
-        lock
-    };
-    let shutdown = CancellationToken::new();
-    let electors: Vec<LeaderElector> = ["a", "b"]
+    let checker = Checker::new();
+    let replicas: Vec<Replica> = ["a", "b"]
         .into_iter()
-        .map(|id| LeaderElector::new(latency(store.lock(NAME)), config(id)).unwrap())
-        .collect();
-    let runs: Vec<_> = electors
-        .iter()
-        .map(|e| {
-            let (e, shutdown) = (e.clone(), shutdown.clone());
-            tokio::spawn(async move { e.run(shutdown, |l| async move { l.lost().await }).await })
+        .map(|id| {
+            let replica = start(&store, config(id), &checker);
+            replica.link.delay(Duration::from_millis(1));
+            replica
         })
         .collect();
     sleep(Duration::from_millis(50)).await;
-    let leaders: Vec<_> = electors.iter().filter(|e| e.is_leader()).collect();
+    let leaders: Vec<_> = replicas.iter().filter(|r| r.is_leader()).collect();
     assert_eq!(leaders.len(), 1, "exactly one of the two leads");
-    let winner = leaders[0].config().identity.clone();
-    for e in &electors {
-        assert_eq!(e.leader().as_deref(), Some(winner.as_str()));
+    let winner = leaders[0].id.clone();
+    for r in &replicas {
+        assert_eq!(r.leader().as_deref(), Some(winner.as_str()));
     }
-    shutdown.cancel();
-    for run in runs {
-        run.await.unwrap();
+    for r in replicas {
+        r.stop().await;
     }
+    checker.report().assert_safe();
 }
 
 /// A lock that reads an unreadable record it cannot name a version for.
@@ -1125,16 +1102,12 @@ impl LeaseLock for Unversioned {
 /// it again every retry period, neither spinning nor going quiet.
 #[tokio::test(start_paused = true)]
 async fn an_unreadable_record_without_a_version_is_read_again_each_retry_period() {
+    let checker = Checker::new();
     let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let a = LeaderElector::new(
-        Unversioned {
-            reads: reads.clone(),
-        },
-        config("a"),
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let run = hold(a.clone(), shutdown.clone());
+    let lock = Unversioned {
+        reads: reads.clone(),
+    };
+    let a = Replica::new(lock, Link::direct(), config("a"), &checker, Work::polite());
     sleep(Duration::from_secs(20)).await;
     let n = reads.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
@@ -1142,8 +1115,8 @@ async fn an_unreadable_record_without_a_version_is_read_again_each_retry_period(
         "{n} reads in 20s with a 2s retry period"
     );
     assert!(!a.is_leader());
-    shutdown.cancel();
-    run.await.unwrap();
+    assert!(a.terms().is_empty(), "a led on a record it cannot read");
+    a.stop().await;
 }
 
 /// The record a new leader writes carries client-go's times, which Go tooling and
@@ -1151,9 +1124,8 @@ async fn an_unreadable_record_without_a_version_is_read_again_each_retry_period(
 #[tokio::test(start_paused = true)]
 async fn an_acquired_record_carries_acquire_and_renew_times() {
     let store = MemoryStore::new();
-    let a = LeaderElector::new(store.lock(NAME), config("a")).unwrap();
-    let shutdown = CancellationToken::new();
-    let run = hold(a.clone(), shutdown.clone());
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(10)).await;
     let lock = store.lock(NAME);
     let first = lock.get().await.unwrap().expect("a's record").record;
@@ -1166,8 +1138,7 @@ async fn an_acquired_record_carries_acquire_and_renew_times() {
     let later = lock.get().await.unwrap().expect("a's record").record;
     assert_eq!(later.acquire_time, first.acquire_time);
     assert!(later.renew_time.is_some(), "{later:?}");
-    shutdown.cancel();
-    run.await.unwrap();
+    a.stop().await;
 }
 
 /// `Leadership::is_valid`: true while the term runs, false once the renewals stopped
@@ -1176,37 +1147,28 @@ async fn an_acquired_record_carries_acquire_and_renew_times() {
 #[tokio::test(start_paused = true)]
 async fn is_valid_follows_the_renewals_and_the_loss() {
     let store = MemoryStore::new();
-    let lock = FaultyLock::new(store.lock(NAME));
-    let faults = lock.faults();
-    let a = LeaderElector::new(lock, config("a")).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (a, shutdown) = (a.clone(), shutdown.clone());
-        async move {
-            a.run(shutdown, move |l| {
-                let _ = tx.send(l.clone());
-                async move { l.lost().await }
-            })
-            .await
-        }
-    });
-    let first = rx.recv().await.expect("a term");
+    let checker = Checker::new();
+    let mut a = start(&store, config("a"), &checker);
+    a.wait_leading(Duration::from_secs(1)).await;
+    let first = a.leadership().expect("a term");
     assert!(first.is_valid(), "a fresh term is valid");
     sleep(Duration::from_secs(30)).await;
     assert!(first.is_valid(), "renewed terms stay valid");
     // Renewals fail from now on: valid until the last one's start + renew deadline.
-    faults.set_unavailable(true);
+    a.link.cut(true);
     let until = first.valid_until();
     sleep_until_before(until).await;
     assert!(first.is_valid(), "still valid just before valid_until");
     sleep(Duration::from_millis(2)).await;
     assert!(!first.is_valid(), "valid past valid_until");
-    faults.set_unavailable(false);
+    a.link.cut(false);
 
-    let second = rx.recv().await.expect("a leads again");
+    let token = first.fencing_token();
+    let leads_again = || a.leadership().is_some_and(|l| l.fencing_token() > token);
+    wait_until("a leads again", Duration::from_secs(60), leads_again).await;
+    let second = a.leadership().expect("a second term");
     assert!(second.is_valid());
-    shutdown.cancel();
+    a.begin_stop();
     second.lost().await;
     assert!(
         second.valid_until() > Instant::now(),
@@ -1217,7 +1179,8 @@ async fn is_valid_follows_the_renewals_and_the_loss() {
         second.token().is_cancelled(),
         "the term's token is the one lost() waits on"
     );
-    run.await.unwrap();
+    a.join().await;
+    checker.report().assert_safe();
 }
 
 async fn sleep_until_before(t: Instant) {
@@ -1230,19 +1193,13 @@ async fn sleep_until_before(t: Instant) {
 #[tokio::test(start_paused = true)]
 async fn a_release_keeps_the_transitions_and_sets_the_times() {
     let store = MemoryStore::new();
-    let slow = |id: &str| {
-        let lock = FaultyLock::new(store.lock(NAME));
-        lock.faults().set_latency(Duration::from_millis(5));
-        LeaderElector::new(lock, config(id)).unwrap()
-    };
+    let checker = Checker::new();
     for (id, transitions) in [("a", 0), ("b", 1)] {
-        let e = slow(id);
-        let shutdown = CancellationToken::new();
-        let run = hold(e.clone(), shutdown.clone());
+        let e = start(&store, config(id), &checker);
+        e.link.delay(Duration::from_millis(5));
         sleep(Duration::from_secs(3)).await;
         assert!(e.is_leader(), "{id} leads");
-        shutdown.cancel();
-        run.await.unwrap();
+        e.stop().await;
         let released = store
             .lock(NAME)
             .get()
@@ -1258,6 +1215,7 @@ async fn a_release_keeps_the_transitions_and_sets_the_times() {
             "{released:?}"
         );
     }
+    checker.report().assert_safe();
 }
 
 /// A write that took effect but whose reply was lost leaves the leader leading: the
@@ -1265,34 +1223,17 @@ async fn a_release_keeps_the_transitions_and_sets_the_times() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_reply_to_a_renewal_does_not_cost_the_leadership() {
     let store = MemoryStore::new();
-    let lock = FaultyLock::new(store.lock(NAME));
-    let faults = lock.faults();
-    let terms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let a = LeaderElector::new(lock, config("a")).unwrap();
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (a, shutdown, terms) = (a.clone(), shutdown.clone(), terms.clone());
-        async move {
-            a.run(shutdown, move |l| {
-                terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move { l.lost().await }
-            })
-            .await
-        }
-    });
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(1)).await;
-    faults.set_write_fault(Some(leaderelection_testkit::faults::WriteFault::LoseReply));
+    faults(&a).set_write_fault(Some(WriteFault::LoseReply));
     sleep(Duration::from_secs(2)).await;
-    faults.set_write_fault(None);
+    faults(&a).set_write_fault(None);
     sleep(Duration::from_secs(20)).await;
     assert!(a.is_leader());
-    assert_eq!(
-        terms.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "one term throughout"
-    );
-    shutdown.cancel();
-    run.await.unwrap();
+    assert_eq!(a.terms().len(), 1, "one term throughout");
+    assert_eq!(a.terms()[0].end, None, "its work never stopped");
+    a.stop().await;
 }
 
 /// A released record names nobody: a standby that reads one reports no leader, not a
@@ -1300,20 +1241,18 @@ async fn a_lost_reply_to_a_renewal_does_not_cost_the_leadership() {
 #[tokio::test(start_paused = true)]
 async fn a_released_record_is_reported_as_no_leader() {
     let store = MemoryStore::new();
+    let checker = Checker::new();
     let released = LeaderElectionRecord {
         lease_duration_seconds: 1,
         ..Default::default()
     };
     store.lock(NAME).create(&released).await.unwrap();
-    let b = LeaderElector::new(store.lock(NAME), config("b")).unwrap();
-    let mut events = b.events();
-    let shutdown = CancellationToken::new();
-    let run = hold(b.clone(), shutdown.clone());
+    let mut b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(1)).await;
     assert!(b.is_leader());
-    shutdown.cancel();
-    run.await.unwrap();
-    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    b.begin_stop();
+    b.join().await;
+    let seen = b.drain_events();
     assert!(!seen.is_empty(), "no election events");
     for event in seen {
         assert_ne!(
@@ -1328,13 +1267,4 @@ async fn a_released_record_is_reported_as_no_leader() {
 fn a_version_displays_as_the_backends_text() {
     assert_eq!(Version::new("42").to_string(), "42");
     assert_eq!(Version::from(7).as_str(), "7");
-}
-
-/// Runs `elector` until `shutdown`, its work holding each term until it is lost.
-fn hold(elector: LeaderElector, shutdown: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        elector
-            .run(shutdown, |l| async move { l.lost().await })
-            .await
-    })
 }
