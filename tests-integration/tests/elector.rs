@@ -102,6 +102,32 @@ impl Writes {
     }
 }
 
+/// Starts `a` and, once it leads, `b`: a leader and its standby.
+async fn leader_and_standby(store: &MemoryStore, checker: &Checker) -> (Replica, Replica) {
+    let a = start(store, config("a"), checker);
+    sleep(Duration::from_millis(10)).await;
+    assert!(a.is_leader(), "a leads");
+    (a, start(store, config("b"), checker))
+}
+
+/// Asserts that `replica`'s first events are those of one term: it saw itself lead,
+/// started leading, and stopped.
+async fn assert_led_then_stepped_down(replica: &Replica) {
+    let me = Some(replica.id.clone());
+    assert_eq!(
+        replica.next_event().await,
+        Some(ElectionEvent::NewLeader(me))
+    );
+    assert!(matches!(
+        replica.next_event().await,
+        Some(ElectionEvent::StartedLeading { .. })
+    ));
+    assert_eq!(
+        replica.next_event().await,
+        Some(ElectionEvent::StoppedLeading)
+    );
+}
+
 fn leaders<'a>(replicas: impl IntoIterator<Item = &'a Replica>) -> usize {
     replicas.into_iter().filter(|r| r.is_leader()).count()
 }
@@ -145,9 +171,7 @@ async fn crashed_leader_is_replaced_at_lease_expiry_not_before() {
     let store = MemoryStore::new();
     let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = start(&store, config("a"), &checker);
-    sleep(Duration::from_millis(10)).await;
-    let b = start(&store, config("b"), &checker);
+    let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(7)).await;
     a.crash();
     sleep(Duration::from_secs(30)).await;
@@ -173,9 +197,7 @@ async fn released_lease_is_taken_within_10ms() {
     let store = MemoryStore::new();
     let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = start(&store, config("a"), &checker);
-    sleep(Duration::from_millis(10)).await;
-    let b = start(&store, config("b"), &checker);
+    let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(5)).await;
     a.stop().await;
     sleep(Duration::from_secs(1)).await;
@@ -223,9 +245,7 @@ async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
     let store = MemoryStore::new();
     let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = start(&store, config("a"), &checker);
-    sleep(Duration::from_millis(10)).await;
-    let b = start(&store, config("b"), &checker);
+    let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(5)).await;
     a.link.cut(true);
     sleep(Duration::from_secs(30)).await;
@@ -244,15 +264,7 @@ async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
     assert!(b.is_leader());
     checker.report().assert_safe();
 
-    assert_eq!(
-        a.next_event().await,
-        Some(ElectionEvent::NewLeader(Some("a".into())))
-    );
-    assert!(matches!(
-        a.next_event().await,
-        Some(ElectionEvent::StartedLeading { .. })
-    ));
-    assert_eq!(a.next_event().await, Some(ElectionEvent::StoppedLeading));
+    assert_led_then_stepped_down(&a).await;
 
     // Back in touch, it campaigns again as a standby and follows the new leader.
     a.link.cut(false);
@@ -361,9 +373,7 @@ async fn a_candidate_that_wins_at_once_opens_only_the_leaders_watch() {
 async fn standby_that_watches_makes_almost_no_requests() {
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let a = start(&store, config("a"), &checker);
-    sleep(Duration::from_millis(10)).await;
-    let b = start(&store, config("b"), &checker);
+    let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(600)).await;
     // In ten minutes: a read, the watch, and a read after opening it.
     let standby_requests = faults(&b).requests();
@@ -560,15 +570,7 @@ async fn the_last_leader_seen_is_kept_after_stepping_down() {
         "the last leader seen is kept"
     );
     assert_eq!(status.borrow().leader.as_deref(), Some("a"));
-    assert_eq!(
-        a.next_event().await,
-        Some(ElectionEvent::NewLeader(Some("a".into())))
-    );
-    assert!(matches!(
-        a.next_event().await,
-        Some(ElectionEvent::StartedLeading { .. })
-    ));
-    assert_eq!(a.next_event().await, Some(ElectionEvent::StoppedLeading));
+    assert_led_then_stepped_down(&a).await;
     assert!(a.drain_events().is_empty(), "no other change reported");
 
     // Shut down: the lease is released, the last leader seen still reported.
@@ -849,9 +851,7 @@ async fn a_genuine_release_is_still_taken_at_once_at_any_moment() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let store = MemoryStore::new();
         let checker = Checker::new();
-        let a = start(&store, config("a"), &checker);
-        sleep(Duration::from_millis(10)).await;
-        let b = start(&store, config("b"), &checker);
+        let (a, b) = leader_and_standby(&store, &checker).await;
         sleep(Duration::from_millis(rng.random_range(0..20_000))).await;
         let released_at = Instant::now();
         a.stop().await;
