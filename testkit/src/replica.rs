@@ -478,6 +478,8 @@ pub struct Replica<E: Elector = LeaderElector> {
     events: Option<tokio::sync::Mutex<mpsc::UnboundedReceiver<ElectionEvent>>>,
     /// One checker per shard (one in all for an elector of one lock).
     checkers: Arc<[Checker]>,
+    /// The [`Leadership`] of its latest term.
+    latest: Arc<Mutex<Option<Leadership>>>,
     gate: Gate,
     shutdown: CancellationToken,
     killed: CancellationToken,
@@ -560,13 +562,15 @@ impl<E: Elector> Replica<E> {
         let shutdown = CancellationToken::new();
         let killed = CancellationToken::new();
         let led_at = watch::Sender::new(None);
+        let latest = Arc::new(Mutex::new(None));
         let term = {
             let (checkers, gate, killed) = (checkers.clone(), gate.clone(), killed.clone());
-            let (shutdown, led) = (shutdown.clone(), led_at.clone());
+            let (shutdown, led, latest) = (shutdown.clone(), led_at.clone(), latest.clone());
             move |shard: u32, leadership: Leadership| -> WorkFuture {
                 let now = Instant::now();
                 led.send_if_modified(|t| t.is_none() && t.replace(now).is_none());
                 let checker = checkers[shard as usize % checkers.len()].clone();
+                *latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(leadership.clone());
                 // The work is stalled and killed with the elector: one process.
                 let work = work.run(checker, leadership, tick, shutdown.clone());
                 Box::pin(gate.clone().run(killed.clone(), work))
@@ -582,6 +586,7 @@ impl<E: Elector> Replica<E> {
             link,
             events,
             checkers,
+            latest,
             gate,
             shutdown,
             killed,
@@ -612,6 +617,16 @@ impl<E: Elector> Replica<E> {
     /// The fencing tokens of its terms so far, in order.
     pub fn tokens(&self) -> Vec<u64> {
         self.terms().iter().map(|t| t.fencing_token).collect()
+    }
+
+    /// The [`Leadership`] its elector handed to the work of its latest term (for a
+    /// sharded elector, of any shard), for tests of what a term promises: its
+    /// validity, its `lost` signal. `None` before it first led.
+    pub fn leadership(&self) -> Option<Leadership> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Waits until the work of its term with fencing token `token` has stopped.

@@ -1,5 +1,9 @@
 //! The election loop's behaviour on the in-memory lock, under tokio's paused clock:
 //! every timing here is virtual, so the assertions are exact and never flaky.
+//!
+//! Every candidate is a [`Replica`] of the test kit: its work's terms are recorded
+//! by a [`Checker`], which judges every run (no overlap, growing fencing tokens, no
+//! stale token accepted).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,11 +14,11 @@ use leaderelection::{
     Config, ConfigError, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
     LockEvent, MemoryLock, MemoryStore, Version, Versioned,
 };
-use leaderelection_testkit::faults::{Faults, FaultyLock};
+use leaderelection_testkit::checker::{Checker, Interval};
+use leaderelection_testkit::faults::{Faults, FaultyLock, WriteFault};
+use leaderelection_testkit::replica::{wait_until, Link, Replica, Work};
 use rand::{Rng, SeedableRng};
-use tokio::task::JoinHandle;
 use tokio::time::{sleep, Instant};
-use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "scheduler";
 
@@ -22,118 +26,33 @@ fn config(id: &str) -> Config {
     Config::new(NAME).identity(id)
 }
 
-/// One leadership term as the work saw it.
-#[derive(Clone, Debug)]
-struct Term {
-    identity: String,
-    fencing: u64,
-    start: Instant,
-    end: Option<Instant>,
+/// A replica on `store`'s lock whose work acts while its term is valid and stops as
+/// soon as it is lost.
+fn start(store: &MemoryStore, config: Config, checker: &Checker) -> Replica {
+    Replica::memory(store, config, checker, Work::polite())
 }
 
-type Terms = Arc<Mutex<Vec<Term>>>;
-
-/// A replica: an elector running in a task, with switches to cut it off or crash it.
-struct Candidate {
-    elector: LeaderElector,
-    shutdown: CancellationToken,
-    crashed: CancellationToken,
-    control: Faults,
-    task: JoinHandle<()>,
+/// Like [`start`], with the lock's watch hidden (client-go's polling).
+fn start_polling(store: &MemoryStore, config: Config, checker: &Checker) -> Replica {
+    let lock = FaultyLock::new(store.lock(NAME));
+    let link = Link::faults(lock.faults());
+    Replica::new(Polling(lock), link, config, checker, Work::polite())
 }
 
-impl Candidate {
-    fn start(lock: MemoryLock, config: Config, terms: &Terms) -> Self {
-        Self::start_with_work_delay(lock, config, terms, Duration::ZERO)
-    }
+/// The switches of a replica's [`FaultyLock`].
+fn faults(replica: &Replica) -> &Faults {
+    replica
+        .link
+        .as_faults()
+        .expect("a replica behind a FaultyLock")
+}
 
-    /// `work_delay`: how long the work takes to stop after leadership ends.
-    fn start_with_work_delay(
-        lock: MemoryLock,
-        config: Config,
-        terms: &Terms,
-        work_delay: Duration,
-    ) -> Self {
-        let lock = FaultyLock::new(lock);
-        let control = lock.faults();
-        Self::launch(Box::new(lock), control, config, terms, work_delay)
-    }
-
-    /// A replica on `lock` with its watch hidden (client-go's polling).
-    fn start_polling(lock: MemoryLock, config: Config, terms: &Terms) -> Self {
-        let lock = FaultyLock::new(lock);
-        let control = lock.faults();
-        Self::launch(
-            Box::new(Polling(lock)),
-            control,
-            config,
-            terms,
-            Duration::ZERO,
-        )
-    }
-
-    fn launch(
-        lock: Box<dyn LeaseLock>,
-        control: Faults,
-        config: Config,
-        terms: &Terms,
-        work_delay: Duration,
-    ) -> Self {
-        let elector = LeaderElector::new(lock, config).unwrap();
-        let shutdown = CancellationToken::new();
-        let crashed = CancellationToken::new();
-        let task = tokio::spawn({
-            let (elector, shutdown, crashed, terms) = (
-                elector.clone(),
-                shutdown.clone(),
-                crashed.clone(),
-                terms.clone(),
-            );
-            async move {
-                elector
-                    .run(shutdown, move |leadership| {
-                        let (terms, crashed) = (terms.clone(), crashed.clone());
-                        async move {
-                            let index = {
-                                let mut t = terms.lock().unwrap();
-                                t.push(Term {
-                                    identity: leadership.identity().to_owned(),
-                                    fencing: leadership.fencing_token(),
-                                    start: Instant::now(),
-                                    end: None,
-                                });
-                                t.len() - 1
-                            };
-                            tokio::select! {
-                                _ = leadership.lost() => sleep(work_delay).await,
-                                // A crashed process's work dies with it.
-                                _ = crashed.cancelled() => {}
-                            }
-                            terms.lock().unwrap()[index].end = Some(Instant::now());
-                        }
-                    })
-                    .await
-            }
-        });
-        Self {
-            elector,
-            shutdown,
-            crashed,
-            control,
-            task,
-        }
-    }
-
-    /// Dies without releasing: the process is gone, its lease runs out on its own.
-    fn crash(&self) {
-        self.crashed.cancel();
-        self.task.abort();
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        self.task.await.unwrap();
-    }
+/// The first term `identity` led, as the checker recorded it.
+fn term_of(checker: &Checker, identity: &str) -> Option<Interval> {
+    checker
+        .intervals()
+        .into_iter()
+        .find(|t| t.identity == identity)
 }
 
 /// Every write to the record, with the virtual instant it happened.
@@ -183,68 +102,80 @@ impl Writes {
     }
 }
 
-fn leaders(cands: &[&Candidate]) -> usize {
-    cands.iter().filter(|c| c.elector.is_leader()).count()
+/// Starts `a` and, once it leads, `b`: a leader and its standby.
+async fn leader_and_standby(store: &MemoryStore, checker: &Checker) -> (Replica, Replica) {
+    let a = start(store, config("a"), checker);
+    sleep(Duration::from_millis(10)).await;
+    assert!(a.is_leader(), "a leads");
+    (a, start(store, config("b"), checker))
 }
 
-/// Fails when two terms overlap or a later term's fencing token is not greater.
-fn assert_no_overlap(terms: &Terms) {
-    let mut terms = terms.lock().unwrap().clone();
-    terms.sort_by_key(|t| t.start);
-    for pair in terms.windows(2) {
-        let (a, b) = (&pair[0], &pair[1]);
-        let a_end = a.end.unwrap_or_else(|| panic!("{a:?} overlaps {b:?}"));
-        assert!(a_end <= b.start, "overlapping leadership: {a:?} and {b:?}");
-        assert!(
-            b.fencing > a.fencing,
-            "fencing token did not grow: {a:?} then {b:?}"
-        );
-    }
+/// Asserts that `replica`'s first events are those of one term: it saw itself lead,
+/// started leading, and stopped.
+async fn assert_led_then_stepped_down(replica: &Replica) {
+    let me = Some(replica.id.clone());
+    assert_eq!(
+        replica.next_event().await,
+        Some(ElectionEvent::NewLeader(me))
+    );
+    assert!(matches!(
+        replica.next_event().await,
+        Some(ElectionEvent::StartedLeading { .. })
+    ));
+    assert_eq!(
+        replica.next_event().await,
+        Some(ElectionEvent::StoppedLeading)
+    );
+}
+
+fn leaders<'a>(replicas: impl IntoIterator<Item = &'a Replica>) -> usize {
+    replicas.into_iter().filter(|r| r.is_leader()).count()
 }
 
 #[tokio::test(start_paused = true)]
 async fn lone_candidate_leads_at_once() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let t0 = Instant::now();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(1)).await;
-    assert!(a.elector.is_leader());
-    assert_eq!(a.elector.leader().as_deref(), Some("a"));
-    assert_eq!(terms.lock().unwrap()[0].start, t0);
+    assert!(a.is_leader());
+    assert_eq!(a.leader().as_deref(), Some("a"));
+    assert_eq!(a.terms()[0].start, t0);
     a.stop().await;
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn of_two_candidates_exactly_one_leads_and_keeps_leading() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
+    let b = start(&store, config("b"), &checker);
     for _ in 0..120 {
         sleep(Duration::from_secs(1)).await;
-        assert_eq!(leaders(&[&a, &b]), 1);
+        assert_eq!(leaders([&a, &b]), 1);
     }
-    assert_eq!(terms.lock().unwrap().len(), 1, "leadership changed hands");
-    let leader = terms.lock().unwrap()[0].identity.clone();
+    let terms = checker.intervals();
+    assert_eq!(terms.len(), 1, "leadership changed hands");
+    let leader = terms[0].identity.clone();
     let standby = if leader == "a" { &b } else { &a };
-    assert_eq!(standby.elector.leader(), Some(leader));
+    assert_eq!(standby.leader(), Some(leader));
     a.stop().await;
     b.stop().await;
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn crashed_leader_is_replaced_at_lease_expiry_not_before() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
-    sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(7)).await;
     a.crash();
     sleep(Duration::from_secs(30)).await;
-    assert!(b.elector.is_leader());
+    assert!(b.is_leader());
 
     let last_renewal = writes.last_by("a");
     let takeover = writes.first_by("b");
@@ -257,22 +188,20 @@ async fn crashed_leader_is_replaced_at_lease_expiry_not_before() {
         gap <= Duration::from_millis(15_050),
         "took over {gap:?} after the last renewal"
     );
-    assert_no_overlap(&terms);
+    checker.report().assert_safe();
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn released_lease_is_taken_within_10ms() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
-    sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(5)).await;
     a.stop().await;
     sleep(Duration::from_secs(1)).await;
-    assert!(b.elector.is_leader());
+    assert!(b.is_leader());
 
     let all = writes.all();
     let release = all
@@ -285,50 +214,43 @@ async fn released_lease_is_taken_within_10ms() {
         gap <= Duration::from_millis(10),
         "released lease taken after {gap:?}"
     );
-    assert_no_overlap(&terms);
+    checker.report().assert_safe();
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn release_waits_for_the_work_to_stop() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start_with_work_delay(
-        store.lock(NAME),
-        config("a"),
-        &terms,
-        Duration::from_secs(3),
-    );
+    let slow = Work::polite().stopping_in(Duration::from_secs(3));
+    let a = Replica::memory(&store, config("a"), &checker, slow);
     sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(1)).await;
     let stop_at = Instant::now();
     a.stop().await;
-    let a_end = terms.lock().unwrap()[0].end.unwrap();
+    let a_end = term_of(&checker, "a").unwrap().end.unwrap();
     assert_eq!(a_end - stop_at, Duration::from_secs(3));
     // Still renewing while the work winds down: no takeover before the work ended.
     assert!(writes.first_by("b") >= a_end);
     sleep(Duration::from_millis(100)).await;
-    assert!(b.elector.is_leader());
-    assert_no_overlap(&terms);
+    assert!(b.is_leader());
+    checker.report().assert_safe();
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
-    let mut events = a.elector.events();
-    sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(5)).await;
-    a.control.set_unavailable(true);
+    a.link.cut(true);
     sleep(Duration::from_secs(30)).await;
 
-    let a_term = terms.lock().unwrap()[0].clone();
+    let a_term = term_of(&checker, "a").unwrap();
     let last_renewal = writes.last_by("a");
     let a_end = a_term.end.expect("the token never fired");
     // The token fires at the renew deadline, 5s before the lease could expire.
@@ -338,26 +260,18 @@ async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
         a_end - last_renewal
     );
     assert!(a_end < last_renewal + Duration::from_secs(15));
-    assert!(!a.elector.is_leader());
-    assert!(b.elector.is_leader());
-    assert_no_overlap(&terms);
+    assert!(!a.is_leader());
+    assert!(b.is_leader());
+    checker.report().assert_safe();
 
-    assert_eq!(
-        events.recv().await,
-        Some(ElectionEvent::NewLeader(Some("a".into())))
-    );
-    assert!(matches!(
-        events.recv().await,
-        Some(ElectionEvent::StartedLeading { .. })
-    ));
-    assert_eq!(events.recv().await, Some(ElectionEvent::StoppedLeading));
+    assert_led_then_stepped_down(&a).await;
 
     // Back in touch, it campaigns again as a standby and follows the new leader.
-    a.control.set_unavailable(false);
+    a.link.cut(false);
     sleep(Duration::from_secs(10)).await;
-    assert_eq!(a.elector.leader().as_deref(), Some("b"));
+    assert_eq!(a.leader().as_deref(), Some("b"));
     assert_eq!(
-        events.recv().await,
+        a.next_event().await,
         Some(ElectionEvent::NewLeader(Some("b".into())))
     );
     a.stop().await;
@@ -367,39 +281,40 @@ async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
 #[tokio::test(start_paused = true)]
 async fn without_recampaign_run_returns_after_the_first_loss() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a").recampaign(false), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a").recampaign(false), &checker);
     sleep(Duration::from_secs(1)).await;
-    a.control.set_unavailable(true);
-    tokio::time::timeout(Duration::from_secs(30), a.task)
+    a.link.cut(true);
+    tokio::time::timeout(Duration::from_secs(30), a.join())
         .await
-        .expect("run did not return after losing leadership")
-        .unwrap();
+        .expect("run did not return after losing leadership");
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn slow_backend_past_the_renew_deadline_costs_leadership() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(1)).await;
-    a.control.set_latency(Duration::from_secs(60));
+    a.link.delay(Duration::from_secs(60));
     sleep(Duration::from_secs(12)).await;
-    assert!(!a.elector.is_leader());
-    assert!(terms.lock().unwrap()[0].end.is_some());
-    a.control.set_latency(Duration::ZERO);
+    assert!(!a.is_leader());
+    assert!(a.terms()[0].end.is_some());
+    a.link.delay(Duration::ZERO);
     a.stop().await;
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn transitions_count_holder_changes_only() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let read = || LeaderElectionRecord::from_json(&store.get_raw(NAME).unwrap()).unwrap();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(60)).await;
     assert_eq!(read().leader_transitions, 0, "renewals must not count");
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(1)).await;
     a.stop().await; // release: holder "" keeps the count
     assert_eq!(
@@ -411,25 +326,25 @@ async fn transitions_count_holder_changes_only() {
     assert_eq!(read().holder_identity, "b");
     assert_eq!(read().leader_transitions, 1);
     b.crash();
-    let c = Candidate::start(store.lock(NAME), config("c"), &terms);
+    let c = start(&store, config("c"), &checker);
     sleep(Duration::from_secs(30)).await;
     assert_eq!(read().holder_identity, "c");
     assert_eq!(read().leader_transitions, 2);
-    assert_no_overlap(&terms);
+    checker.report().assert_safe();
     c.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn standby_honours_the_holders_lease_duration_not_its_own() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
     let long = config("a")
         .lease_duration(Duration::from_secs(60))
         .renew_deadline(Duration::from_secs(40));
-    let a = Candidate::start(store.lock(NAME), long, &terms);
+    let a = start(&store, long, &checker);
     sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(3)).await;
     a.crash();
     sleep(Duration::from_secs(90)).await;
@@ -438,37 +353,36 @@ async fn standby_honours_the_holders_lease_duration_not_its_own() {
         gap >= Duration::from_secs(60),
         "took over after {gap:?} despite a 60s lease"
     );
+    checker.report().assert_safe();
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_candidate_that_wins_at_once_opens_only_the_leaders_watch() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(61)).await;
     // The read, the create, the leader's watch on its own record, then one
     // compare-and-swap every 2s (at 2s, 4s, .. 60s). No standby's watch.
-    assert_eq!(a.control.requests(), 2 + 1 + 30);
+    assert_eq!(faults(&a).requests(), 2 + 1 + 30);
     a.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn standby_that_watches_makes_almost_no_requests() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
-    sleep(Duration::from_millis(10)).await;
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let checker = Checker::new();
+    let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(600)).await;
     // In ten minutes: a read, the watch, and a read after opening it.
+    let standby_requests = faults(&b).requests();
     assert!(
-        b.control.requests() <= 3,
-        "standby made {} requests",
-        b.control.requests()
+        standby_requests <= 3,
+        "standby made {standby_requests} requests"
     );
     // The leader: one compare-and-swap per retry period, no read before it.
-    let leader_requests = a.control.requests();
+    let leader_requests = faults(&a).requests();
     assert!(
         (295..=305).contains(&leader_requests),
         "leader made {leader_requests} requests"
@@ -500,21 +414,14 @@ impl LeaseLock for Polling {
 #[tokio::test(start_paused = true)]
 async fn polling_standby_retries_every_jittered_retry_period() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(10)).await;
-    let b_lock = FaultyLock::new(store.lock(NAME));
-    let b_control = b_lock.faults();
-    let b = LeaderElector::new(Polling(b_lock), config("b")).unwrap();
-    let stop_b = CancellationToken::new();
-    let b_task = tokio::spawn({
-        let (b, stop_b) = (b.clone(), stop_b.clone());
-        async move { b.run(stop_b, |l| async move { l.lost().await }).await }
-    });
+    let b = start_polling(&store, config("b"), &checker);
     sleep(Duration::from_secs(60)).await;
     // Between 2s and 4.4s apart: 14 to 30 reads a minute.
-    let reads = b_control.requests();
+    let reads = faults(&b).requests();
     assert!((13..=31).contains(&reads), "{reads} polls in a minute");
     a.crash();
     sleep(Duration::from_secs(30)).await;
@@ -525,32 +432,32 @@ async fn polling_standby_retries_every_jittered_retry_period() {
         gap >= Duration::from_secs(15) && gap <= Duration::from_millis(19_400),
         "{gap:?}"
     );
-    stop_b.cancel();
-    b_task.await.unwrap();
+    checker.report().assert_safe();
+    b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn invalid_record_is_overwritten_after_a_lease_of_no_change() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     store.put_raw(NAME, "{\"holderIdentity\": 42");
     let t0 = Instant::now();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(14)).await;
     assert!(
-        !a.elector.is_leader(),
+        !a.is_leader(),
         "took an unreadable lock before a lease passed"
     );
     sleep(Duration::from_secs(2)).await;
-    assert!(a.elector.is_leader());
-    assert!(terms.lock().unwrap()[0].start - t0 >= Duration::from_secs(15));
+    assert!(a.is_leader());
+    assert!(a.terms()[0].start - t0 >= Duration::from_secs(15));
     a.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn hostile_lease_durations_are_bounded() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     // A holder that claims an i32::MAX-second lease and never renews.
     let hostile = LeaderElectionRecord {
         holder_identity: "ghost".into(),
@@ -558,9 +465,9 @@ async fn hostile_lease_durations_are_bounded() {
         ..Default::default()
     };
     store.put_raw(NAME, hostile.to_json());
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(leaderelection::MAX_HONOURED_LEASE + Duration::from_secs(1)).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
     a.stop().await;
 
     // A negative duration is not a free pass: the standby waits its own lease.
@@ -573,19 +480,20 @@ async fn hostile_lease_durations_are_bounded() {
         }
         .to_json(),
     );
-    let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+    let checker = Checker::new();
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(14)).await;
-    assert!(!b.elector.is_leader());
+    assert!(!b.is_leader());
     sleep(Duration::from_secs(2)).await;
-    assert!(b.elector.is_leader());
+    assert!(b.is_leader());
     b.stop().await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn health_check_fails_only_for_a_stuck_leader() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(30)).await;
     assert!(a.elector.check_health(Duration::from_secs(20)).is_ok());
     let b = LeaderElector::new(store.lock(NAME), config("b")).unwrap();
@@ -599,87 +507,77 @@ async fn health_check_fails_only_for_a_stuck_leader() {
 #[tokio::test(start_paused = true)]
 async fn health_check_fails_for_a_leader_whose_loop_is_stuck() {
     let store = MemoryStore::new();
-    let a = LeaderElector::new(store.lock(NAME), config("a")).unwrap();
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     let tolerance = Duration::from_secs(1);
-    let mut run = Box::pin(a.run(CancellationToken::new(), |l| async move { l.lost().await }));
-    tokio::select! {
-        _ = &mut run => panic!("run returned while leading"),
-        _ = sleep(Duration::from_secs(30)) => {}
-    }
+    sleep(Duration::from_secs(30)).await;
     assert!(a.is_leader());
     assert!(
-        a.check_health(tolerance).is_ok(),
+        a.elector.check_health(tolerance).is_ok(),
         "a renewing leader is healthy"
     );
 
     // From here on the loop is not polled, as under a blocked runtime: nothing renews,
     // yet the replica still believes it leads.
+    a.stall(true);
     sleep(Duration::from_secs(15) + tolerance + Duration::from_millis(1)).await;
     assert!(a.is_leader());
     let err = a
+        .elector
         .check_health(tolerance)
         .expect_err("a leader stuck past lease + tolerance is unhealthy");
     assert_eq!(err.name, NAME);
     assert!(err.since > Duration::from_secs(16));
-    drop(run);
+    a.crash();
 }
 
 #[tokio::test(start_paused = true)]
 async fn dropping_run_fires_the_works_lost() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(1)).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
     // Only the run future goes; the work, a task of its own, stays until lost() fires.
-    a.task.abort();
-    let _ = a.task.await;
+    a.abort_elector();
+    a.join().await;
     sleep(Duration::from_millis(1)).await;
     assert!(
-        terms.lock().unwrap()[0].end.is_some(),
+        a.terms()[0].end.is_some(),
         "the work's lost() fires when run's future is dropped"
     );
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
 async fn the_last_leader_seen_is_kept_after_stepping_down() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
-    let a = Candidate::start(store.lock(NAME), config("a").recampaign(false), &terms);
-    let mut events = a.elector.events();
+    let checker = Checker::new();
+    let a = start(&store, config("a").recampaign(false), &checker);
     let status = a.elector.subscribe();
     sleep(Duration::from_secs(1)).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
 
     // Lost: renewals fail past the renew deadline; without recampaign, run returns.
-    a.control.set_unavailable(true);
-    tokio::time::timeout(Duration::from_secs(30), a.task)
+    a.link.cut(true);
+    tokio::time::timeout(Duration::from_secs(30), a.join())
         .await
-        .expect("run returns after the loss without recampaign")
-        .unwrap();
-    assert!(!a.elector.is_leader());
+        .expect("run returns after the loss without recampaign");
+    assert!(!a.is_leader());
     assert_eq!(
-        a.elector.leader().as_deref(),
+        a.leader().as_deref(),
         Some("a"),
         "the last leader seen is kept"
     );
     assert_eq!(status.borrow().leader.as_deref(), Some("a"));
-    assert_eq!(
-        events.recv().await,
-        Some(ElectionEvent::NewLeader(Some("a".into())))
-    );
-    assert!(matches!(
-        events.recv().await,
-        Some(ElectionEvent::StartedLeading { .. })
-    ));
-    assert_eq!(events.recv().await, Some(ElectionEvent::StoppedLeading));
-    assert!(events.try_recv().is_err(), "no other change reported");
+    assert_led_then_stepped_down(&a).await;
+    assert!(a.drain_events().is_empty(), "no other change reported");
 
     // Shut down: the lease is released, the last leader seen still reported.
-    a.control.set_unavailable(false);
-    let b = Candidate::start(store.lock(NAME), config("a"), &terms);
+    a.link.cut(false);
+    let b = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(1)).await;
-    assert!(b.elector.is_leader());
+    assert!(b.is_leader());
     let elector = b.elector.clone();
     b.stop().await;
     assert!(!elector.is_leader());
@@ -692,6 +590,7 @@ async fn the_last_leader_seen_is_kept_after_stepping_down() {
         .unwrap()
         .record
         .is_released());
+    checker.report().assert_safe();
 }
 
 #[tokio::test(start_paused = true)]
@@ -699,16 +598,12 @@ async fn hundred_candidates_with_random_crashes_never_overlap() {
     for seed in 0..3u64 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let store = MemoryStore::new();
-        let terms = Terms::default();
-        let mut alive: Vec<Candidate> = Vec::new();
+        let checker = Checker::new();
+        let mut alive: Vec<Replica> = Vec::new();
         let mut next_id = 0;
-        let mut spawn = |alive: &mut Vec<Candidate>| {
+        let mut spawn = |alive: &mut Vec<Replica>| {
             next_id += 1;
-            alive.push(Candidate::start(
-                store.lock(NAME),
-                config(&format!("c{next_id}")),
-                &terms,
-            ));
+            alive.push(start(&store, config(&format!("c{next_id}")), &checker));
         };
         for _ in 0..100 {
             spawn(&mut alive);
@@ -717,7 +612,7 @@ async fn hundred_candidates_with_random_crashes_never_overlap() {
         while Instant::now() < end {
             sleep(Duration::from_millis(rng.random_range(100..60_000))).await;
             // Half the faults hit the leader, or failover would rarely happen.
-            let i = match alive.iter().position(|c| c.elector.is_leader()) {
+            let i = match alive.iter().position(|c| c.is_leader()) {
                 Some(l) if rng.random_bool(0.5) => l,
                 _ => rng.random_range(0..alive.len()),
             };
@@ -727,26 +622,27 @@ async fn hundred_candidates_with_random_crashes_never_overlap() {
                 1 => victim.crash(),
                 _ => {
                     // Cut off from the store for a while, then back.
-                    victim.control.set_unavailable(true);
+                    victim.link.cut(true);
                     sleep(Duration::from_millis(rng.random_range(1_000..30_000))).await;
-                    victim.control.set_unavailable(false);
+                    victim.link.cut(false);
                     alive.push(victim);
                 }
             }
             while alive.len() < 100 {
                 spawn(&mut alive);
             }
-            assert!(leaders(&alive.iter().collect::<Vec<_>>()) <= 1);
+            assert!(leaders(&alive) <= 1);
         }
-        let n = terms.lock().unwrap().len();
+        let n = checker.intervals().len();
         assert!(
             n > 5,
             "seed {seed}: only {n} terms, the scenario did not exercise failover"
         );
+        checker.close();
         for c in alive {
             c.stop().await;
         }
-        assert_no_overlap(&terms);
+        checker.report().assert_safe();
     }
 }
 
@@ -843,10 +739,6 @@ async fn tamper(store: &MemoryStore, how: Tamper) {
     }
 }
 
-fn term_of<'a>(terms: &'a [Term], identity: &str) -> Option<&'a Term> {
-    terms.iter().find(|t| t.identity == identity)
-}
-
 /// Leader `a`, standby `b`; at a random moment of a's term the record is tampered
 /// with. `b` must not lead before a's lease, timed from a's last write as b saw it
 /// (or the tampering itself when it left a new holder or garbage), has run out, and
@@ -854,14 +746,13 @@ fn term_of<'a>(terms: &'a [Term], identity: &str) -> Option<&'a Term> {
 async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let writes = Writes::follow(&store);
     let start = |cfg: Config| {
-        let lock = store.lock(NAME);
         if polling {
-            Candidate::start_polling(lock, cfg, &terms)
+            start_polling(&store, cfg, &checker)
         } else {
-            Candidate::start(lock, cfg, &terms)
+            start(&store, cfg, &checker)
         }
     };
     // `a` does not campaign again, so that b's takeover is what is measured.
@@ -869,15 +760,14 @@ async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
     sleep(Duration::from_millis(10)).await;
     let b = start(config("b"));
     sleep(Duration::from_millis(rng.random_range(0..20_000))).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
     let last_a = writes.last_by("a");
     let tampered_at = Instant::now();
     tamper(&store, how).await;
     sleep(Duration::from_secs(40)).await;
 
-    let terms_now = terms.lock().unwrap().clone();
     let ctx = format!("{how:?}, seed {seed}, polling {polling}");
-    let a_term = term_of(&terms_now, "a").unwrap();
+    let a_term = term_of(&checker, "a").unwrap();
     let a_end = a_term.end.unwrap_or_else(|| panic!("{ctx}: a still leads"));
     // With a watch, a stops as the change arrives; polling, at its next renewal.
     let promptly = if polling {
@@ -890,7 +780,7 @@ async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
         "{ctx}: a stopped {:?} after the tampering",
         a_end - tampered_at
     );
-    let b_term = term_of(&terms_now, "b").unwrap_or_else(|| panic!("{ctx}: b never led"));
+    let b_term = term_of(&checker, "b").unwrap_or_else(|| panic!("{ctx}: b never led"));
     // A polling standby may have last seen a's record change up to one poll (2s
     // jittered by client-go's factor 1.2: under 4.4s) before a's last write.
     let missed = if polling {
@@ -913,9 +803,9 @@ async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
         "{ctx}: b took {:?} after the lease ran out",
         b_term.start - a_lease_out
     );
-    assert_no_overlap(&terms);
+    checker.report().assert_safe();
     b.stop().await;
-    a.task.await.unwrap();
+    a.join().await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -960,19 +850,16 @@ async fn a_genuine_release_is_still_taken_at_once_at_any_moment() {
     for seed in 0..8 {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let store = MemoryStore::new();
-        let terms = Terms::default();
-        let a = Candidate::start(store.lock(NAME), config("a"), &terms);
-        sleep(Duration::from_millis(10)).await;
-        let b = Candidate::start(store.lock(NAME), config("b"), &terms);
+        let checker = Checker::new();
+        let (a, b) = leader_and_standby(&store, &checker).await;
         sleep(Duration::from_millis(rng.random_range(0..20_000))).await;
         let released_at = Instant::now();
         a.stop().await;
         sleep(Duration::from_millis(10)).await;
-        let terms_now = terms.lock().unwrap().clone();
-        let b_term = term_of(&terms_now, "b")
+        let b_term = term_of(&checker, "b")
             .unwrap_or_else(|| panic!("seed {seed}: b did not take the released lease"));
         assert!(b_term.start - released_at <= Duration::from_millis(10));
-        assert_no_overlap(&terms);
+        checker.report().assert_safe();
         b.stop().await;
     }
 }
@@ -980,16 +867,16 @@ async fn a_genuine_release_is_still_taken_at_once_at_any_moment() {
 #[tokio::test(start_paused = true)]
 async fn a_standby_that_never_saw_a_holder_takes_a_blank_record_at_once() {
     let store = MemoryStore::new();
-    let terms = Terms::default();
+    let checker = Checker::new();
     let blank = LeaderElectionRecord {
         lease_duration_seconds: 15,
         leader_transitions: 4,
         ..Default::default()
     };
     store.lock(NAME).create(&blank).await.unwrap();
-    let a = Candidate::start(store.lock(NAME), config("a"), &terms);
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(1)).await;
-    assert!(a.elector.is_leader());
+    assert!(a.is_leader());
     a.stop().await;
 }
 
@@ -1030,29 +917,19 @@ impl LeaseLock for NoOpWrites {
 async fn a_renewal_that_wrote_nothing_does_not_extend_the_lease() {
     use std::sync::atomic::Ordering;
     let store = MemoryStore::new();
+    let checker = Checker::new();
     let lock = NoOpWrites {
         inner: store.lock(NAME),
         on: Arc::default(),
         skipped: Arc::default(),
     };
     let (on, skipped) = (lock.on.clone(), lock.skipped.clone());
-    let elector = LeaderElector::new(lock, config("a").recampaign(false)).unwrap();
-    let held: Arc<Mutex<Option<leaderelection::Leadership>>> = Arc::default();
     let t0 = Instant::now();
-    let task = tokio::spawn({
-        let (elector, held) = (elector.clone(), held.clone());
-        async move {
-            elector
-                .run(CancellationToken::new(), move |leadership| {
-                    *held.lock().unwrap() = Some(leadership.clone());
-                    async move { leadership.lost().await }
-                })
-                .await
-        }
-    });
+    let config = config("a").recampaign(false);
+    let a = Replica::new(lock, Link::direct(), config, &checker, Work::polite());
     // Renewals at 2s and 4s are real; from 5s on every write is skipped.
     sleep(Duration::from_secs(5)).await;
-    let leadership = held.lock().unwrap().clone().expect("a leads");
+    let leadership = a.leadership().expect("a leads");
     let valid_until = leadership.valid_until();
     assert_eq!(valid_until, t0 + Duration::from_secs(4 + 10));
     on.store(true, Ordering::SeqCst);
@@ -1073,7 +950,8 @@ async fn a_renewal_that_wrote_nothing_does_not_extend_the_lease() {
         lost_at, valid_until,
         "did not step down at the renew deadline"
     );
-    task.await.unwrap();
+    a.join().await;
+    checker.report().assert_safe();
 }
 
 /// Release is a compare-and-swap on the leader's own last version: a leader that did
@@ -1082,9 +960,8 @@ async fn a_renewal_that_wrote_nothing_does_not_extend_the_lease() {
 #[tokio::test(start_paused = true)]
 async fn release_never_overwrites_a_record_someone_else_took() {
     let store = MemoryStore::new();
-    let a = LeaderElector::new(Polling(FaultyLock::new(store.lock(NAME))), config("a")).unwrap();
-    let shutdown = CancellationToken::new();
-    let run = hold(a.clone(), shutdown.clone());
+    let checker = Checker::new();
+    let a = start_polling(&store, config("a"), &checker);
     // Past one renewal, before the next.
     sleep(Duration::from_millis(2_500)).await;
     assert!(a.is_leader());
@@ -1098,8 +975,7 @@ async fn release_never_overwrites_a_record_someone_else_took() {
     };
     other.update(&taken, &current.version).await.unwrap();
 
-    shutdown.cancel();
-    run.await.unwrap();
+    a.stop().await;
     let after = other.get().await.unwrap().expect("the record");
     assert_eq!(
         after.record.holder_identity, "b",
@@ -1150,24 +1026,23 @@ impl LeaseLock for WritesFail {
 async fn a_failing_backend_is_retried_every_retry_period_then_won() {
     use std::sync::atomic::Ordering::SeqCst;
     let store = MemoryStore::new();
+    let checker = Checker::new();
     let lock = WritesFail {
         inner: store.lock(NAME),
         failing: Arc::new(true.into()),
         writes: Arc::default(),
     };
     let (failing, writes) = (lock.failing.clone(), lock.writes.clone());
-    let a = LeaderElector::new(lock, config("a")).unwrap();
-    let shutdown = CancellationToken::new();
-    let run = hold(a.clone(), shutdown.clone());
+    let a = Replica::new(lock, Link::direct(), config("a"), &checker, Work::polite());
     sleep(Duration::from_secs(20)).await;
     // 2s to 4.4s apart: 5 to 11 attempts in 20s.
     let attempts = writes.load(SeqCst);
     assert!((4..=11).contains(&attempts), "{attempts} attempts in 20s");
+    assert!(a.terms().is_empty(), "a led while its writes failed");
     failing.store(false, SeqCst);
     sleep(Duration::from_secs(5)).await;
     assert!(a.is_leader(), "a did not lead once its writes went through");
-    shutdown.cancel();
-    run.await.unwrap();
+    a.stop().await;
 }
 
 /// A candidate that loses the race to create the record reads again at once instead
@@ -1175,34 +1050,26 @@ async fn a_failing_backend_is_retried_every_retry_period_then_won() {
 #[tokio::test(start_paused = true)]
 async fn the_loser_of_a_creation_race_learns_the_winner_at_once() {
     let store = MemoryStore::new();
-    let latency = |lock: MemoryLock| {
-        let lock = FaultyLock::new(lock);
-        lock.faults().set_latency(Duration::from_millis(1));
-        lock
-    };
-    let shutdown = CancellationToken::new();
-    let electors: Vec<LeaderElector> = ["a", "b"]
+    let checker = Checker::new();
+    let replicas: Vec<Replica> = ["a", "b"]
         .into_iter()
-        .map(|id| LeaderElector::new(latency(store.lock(NAME)), config(id)).unwrap())
-        .collect();
-    let runs: Vec<_> = electors
-        .iter()
-        .map(|e| {
-            let (e, shutdown) = (e.clone(), shutdown.clone());
-            tokio::spawn(async move { e.run(shutdown, |l| async move { l.lost().await }).await })
+        .map(|id| {
+            let replica = start(&store, config(id), &checker);
+            replica.link.delay(Duration::from_millis(1));
+            replica
         })
         .collect();
     sleep(Duration::from_millis(50)).await;
-    let leaders: Vec<_> = electors.iter().filter(|e| e.is_leader()).collect();
+    let leaders: Vec<_> = replicas.iter().filter(|r| r.is_leader()).collect();
     assert_eq!(leaders.len(), 1, "exactly one of the two leads");
-    let winner = leaders[0].config().identity.clone();
-    for e in &electors {
-        assert_eq!(e.leader().as_deref(), Some(winner.as_str()));
+    let winner = leaders[0].id.clone();
+    for r in &replicas {
+        assert_eq!(r.leader().as_deref(), Some(winner.as_str()));
     }
-    shutdown.cancel();
-    for run in runs {
-        run.await.unwrap();
+    for r in replicas {
+        r.stop().await;
     }
+    checker.report().assert_safe();
 }
 
 /// A lock that reads an unreadable record it cannot name a version for.
@@ -1235,16 +1102,12 @@ impl LeaseLock for Unversioned {
 /// it again every retry period, neither spinning nor going quiet.
 #[tokio::test(start_paused = true)]
 async fn an_unreadable_record_without_a_version_is_read_again_each_retry_period() {
+    let checker = Checker::new();
     let reads = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let a = LeaderElector::new(
-        Unversioned {
-            reads: reads.clone(),
-        },
-        config("a"),
-    )
-    .unwrap();
-    let shutdown = CancellationToken::new();
-    let run = hold(a.clone(), shutdown.clone());
+    let lock = Unversioned {
+        reads: reads.clone(),
+    };
+    let a = Replica::new(lock, Link::direct(), config("a"), &checker, Work::polite());
     sleep(Duration::from_secs(20)).await;
     let n = reads.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
@@ -1252,8 +1115,8 @@ async fn an_unreadable_record_without_a_version_is_read_again_each_retry_period(
         "{n} reads in 20s with a 2s retry period"
     );
     assert!(!a.is_leader());
-    shutdown.cancel();
-    run.await.unwrap();
+    assert!(a.terms().is_empty(), "a led on a record it cannot read");
+    a.stop().await;
 }
 
 /// The record a new leader writes carries client-go's times, which Go tooling and
@@ -1261,9 +1124,8 @@ async fn an_unreadable_record_without_a_version_is_read_again_each_retry_period(
 #[tokio::test(start_paused = true)]
 async fn an_acquired_record_carries_acquire_and_renew_times() {
     let store = MemoryStore::new();
-    let a = LeaderElector::new(store.lock(NAME), config("a")).unwrap();
-    let shutdown = CancellationToken::new();
-    let run = hold(a.clone(), shutdown.clone());
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(10)).await;
     let lock = store.lock(NAME);
     let first = lock.get().await.unwrap().expect("a's record").record;
@@ -1276,8 +1138,7 @@ async fn an_acquired_record_carries_acquire_and_renew_times() {
     let later = lock.get().await.unwrap().expect("a's record").record;
     assert_eq!(later.acquire_time, first.acquire_time);
     assert!(later.renew_time.is_some(), "{later:?}");
-    shutdown.cancel();
-    run.await.unwrap();
+    a.stop().await;
 }
 
 /// `Leadership::is_valid`: true while the term runs, false once the renewals stopped
@@ -1286,37 +1147,28 @@ async fn an_acquired_record_carries_acquire_and_renew_times() {
 #[tokio::test(start_paused = true)]
 async fn is_valid_follows_the_renewals_and_the_loss() {
     let store = MemoryStore::new();
-    let lock = FaultyLock::new(store.lock(NAME));
-    let faults = lock.faults();
-    let a = LeaderElector::new(lock, config("a")).unwrap();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (a, shutdown) = (a.clone(), shutdown.clone());
-        async move {
-            a.run(shutdown, move |l| {
-                let _ = tx.send(l.clone());
-                async move { l.lost().await }
-            })
-            .await
-        }
-    });
-    let first = rx.recv().await.expect("a term");
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
+    a.wait_leading(Duration::from_secs(1)).await;
+    let first = a.leadership().expect("a term");
     assert!(first.is_valid(), "a fresh term is valid");
     sleep(Duration::from_secs(30)).await;
     assert!(first.is_valid(), "renewed terms stay valid");
     // Renewals fail from now on: valid until the last one's start + renew deadline.
-    faults.set_unavailable(true);
+    a.link.cut(true);
     let until = first.valid_until();
     sleep_until_before(until).await;
     assert!(first.is_valid(), "still valid just before valid_until");
     sleep(Duration::from_millis(2)).await;
     assert!(!first.is_valid(), "valid past valid_until");
-    faults.set_unavailable(false);
+    a.link.cut(false);
 
-    let second = rx.recv().await.expect("a leads again");
+    let token = first.fencing_token();
+    let leads_again = || a.leadership().is_some_and(|l| l.fencing_token() > token);
+    wait_until("a leads again", Duration::from_secs(60), leads_again).await;
+    let second = a.leadership().expect("a second term");
     assert!(second.is_valid());
-    shutdown.cancel();
+    a.begin_stop();
     second.lost().await;
     assert!(
         second.valid_until() > Instant::now(),
@@ -1327,7 +1179,8 @@ async fn is_valid_follows_the_renewals_and_the_loss() {
         second.token().is_cancelled(),
         "the term's token is the one lost() waits on"
     );
-    run.await.unwrap();
+    a.join().await;
+    checker.report().assert_safe();
 }
 
 async fn sleep_until_before(t: Instant) {
@@ -1340,19 +1193,13 @@ async fn sleep_until_before(t: Instant) {
 #[tokio::test(start_paused = true)]
 async fn a_release_keeps_the_transitions_and_sets_the_times() {
     let store = MemoryStore::new();
-    let slow = |id: &str| {
-        let lock = FaultyLock::new(store.lock(NAME));
-        lock.faults().set_latency(Duration::from_millis(5));
-        LeaderElector::new(lock, config(id)).unwrap()
-    };
+    let checker = Checker::new();
     for (id, transitions) in [("a", 0), ("b", 1)] {
-        let e = slow(id);
-        let shutdown = CancellationToken::new();
-        let run = hold(e.clone(), shutdown.clone());
+        let e = start(&store, config(id), &checker);
+        e.link.delay(Duration::from_millis(5));
         sleep(Duration::from_secs(3)).await;
         assert!(e.is_leader(), "{id} leads");
-        shutdown.cancel();
-        run.await.unwrap();
+        e.stop().await;
         let released = store
             .lock(NAME)
             .get()
@@ -1368,6 +1215,7 @@ async fn a_release_keeps_the_transitions_and_sets_the_times() {
             "{released:?}"
         );
     }
+    checker.report().assert_safe();
 }
 
 /// A write that took effect but whose reply was lost leaves the leader leading: the
@@ -1375,34 +1223,17 @@ async fn a_release_keeps_the_transitions_and_sets_the_times() {
 #[tokio::test(start_paused = true)]
 async fn a_lost_reply_to_a_renewal_does_not_cost_the_leadership() {
     let store = MemoryStore::new();
-    let lock = FaultyLock::new(store.lock(NAME));
-    let faults = lock.faults();
-    let terms = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let a = LeaderElector::new(lock, config("a")).unwrap();
-    let shutdown = CancellationToken::new();
-    let run = tokio::spawn({
-        let (a, shutdown, terms) = (a.clone(), shutdown.clone(), terms.clone());
-        async move {
-            a.run(shutdown, move |l| {
-                terms.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                async move { l.lost().await }
-            })
-            .await
-        }
-    });
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(1)).await;
-    faults.set_write_fault(Some(leaderelection_testkit::faults::WriteFault::LoseReply));
+    faults(&a).set_write_fault(Some(WriteFault::LoseReply));
     sleep(Duration::from_secs(2)).await;
-    faults.set_write_fault(None);
+    faults(&a).set_write_fault(None);
     sleep(Duration::from_secs(20)).await;
     assert!(a.is_leader());
-    assert_eq!(
-        terms.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "one term throughout"
-    );
-    shutdown.cancel();
-    run.await.unwrap();
+    assert_eq!(a.terms().len(), 1, "one term throughout");
+    assert_eq!(a.terms()[0].end, None, "its work never stopped");
+    a.stop().await;
 }
 
 /// A released record names nobody: a standby that reads one reports no leader, not a
@@ -1410,20 +1241,18 @@ async fn a_lost_reply_to_a_renewal_does_not_cost_the_leadership() {
 #[tokio::test(start_paused = true)]
 async fn a_released_record_is_reported_as_no_leader() {
     let store = MemoryStore::new();
+    let checker = Checker::new();
     let released = LeaderElectionRecord {
         lease_duration_seconds: 1,
         ..Default::default()
     };
     store.lock(NAME).create(&released).await.unwrap();
-    let b = LeaderElector::new(store.lock(NAME), config("b")).unwrap();
-    let mut events = b.events();
-    let shutdown = CancellationToken::new();
-    let run = hold(b.clone(), shutdown.clone());
+    let b = start(&store, config("b"), &checker);
     sleep(Duration::from_secs(1)).await;
     assert!(b.is_leader());
-    shutdown.cancel();
-    run.await.unwrap();
-    let seen: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+    b.begin_stop();
+    b.join().await;
+    let seen = b.drain_events();
     assert!(!seen.is_empty(), "no election events");
     for event in seen {
         assert_ne!(
@@ -1438,13 +1267,4 @@ async fn a_released_record_is_reported_as_no_leader() {
 fn a_version_displays_as_the_backends_text() {
     assert_eq!(Version::new("42").to_string(), "42");
     assert_eq!(Version::from(7).as_str(), "7");
-}
-
-/// Runs `elector` until `shutdown`, its work holding each term until it is lost.
-fn hold(elector: LeaderElector, shutdown: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        elector
-            .run(shutdown, |l| async move { l.lost().await })
-            .await
-    })
 }
