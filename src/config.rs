@@ -6,6 +6,12 @@ use rand::Rng;
 
 use crate::error::ConfigError;
 
+/// Longest lease a standby honours from a record. A holder asking for more is
+/// treated as asking for this much, so a hostile or corrupt record cannot stall the
+/// election for days; a [`Config`] asking for more is refused, since standbys would
+/// take over while such a leader may still act.
+pub const MAX_HONOURED_LEASE: Duration = Duration::from_secs(3600);
+
 /// client-go's `JitterFactor`: a standby waits between `retry_period` and
 /// `retry_period * (1 + JITTER_FACTOR)` between attempts.
 pub const JITTER_FACTOR: f64 = 1.2;
@@ -158,6 +164,12 @@ impl Config {
         }
         if self.lease_duration.as_secs() >= i32::MAX as u64 {
             return Err(ConfigError::LeaseTooLong(self.lease_duration));
+        }
+        if self.lease_duration > MAX_HONOURED_LEASE {
+            return Err(ConfigError::LeaseBeyondHonoured {
+                lease: self.lease_duration,
+                max: MAX_HONOURED_LEASE,
+            });
         }
         if self.identity.is_empty() {
             return Err(ConfigError::EmptyIdentity);

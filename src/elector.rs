@@ -18,10 +18,7 @@ use crate::record::{truncate, LeaderElectionRecord};
 use crate::status::Reporter;
 use crate::term::{observers, Core, Elected, Renewal, Term};
 
-/// Longest lease a standby honours from a record. A holder asking for more is
-/// treated as asking for this much, so a hostile or corrupt record cannot stall the
-/// election for days.
-pub const MAX_HONOURED_LEASE: Duration = Duration::from_secs(3600);
+use crate::config::MAX_HONOURED_LEASE;
 
 /// Runs one replica's side of an election over a [`LeaseLock`].
 ///
@@ -209,10 +206,35 @@ impl LeaderElector {
             }
             if must_read {
                 match self.shared.core.call(lock.get()).await {
-                    Ok(v) => self.observe(&mut obs, v.map_or(Seen::Absent, Seen::Record)),
+                    Ok(None) if obs.is_none() => {
+                        // No history: the record may have been deleted under a leader
+                        // that still acts, unless the backend proves nobody held it.
+                        let proven = match self.shared.core.call(lock.proves_vacancy()).await {
+                            Ok(proven) => proven,
+                            Err(e) => {
+                                debug!(error = %e, "could not ask the lock whether the record was ever held");
+                                false
+                            }
+                        };
+                        self.observe(&mut obs, Seen::Absent);
+                        if !proven {
+                            self.suspect_a_hidden_holder(&mut obs);
+                        }
+                    }
+                    Ok(v) => {
+                        let first = obs.is_none();
+                        self.observe(&mut obs, v.map_or(Seen::Absent, Seen::Record));
+                        if first && obs.as_ref().is_some_and(|o| is_outside_blank(&o.seen)) {
+                            self.suspect_a_hidden_holder(&mut obs);
+                        }
+                    }
                     Err(LockError::InvalidRecord { source, version }) => {
                         self.warn_invalid(&source);
+                        let first = obs.is_none();
                         self.observe(&mut obs, Seen::Invalid { version });
+                        if first {
+                            self.suspect_a_hidden_holder(&mut obs);
+                        }
                     }
                     Err(e) => {
                         warn!(error = %e, "failed to read the lock; retrying");
@@ -325,7 +347,12 @@ impl LeaderElector {
                 live_until?
             }
             Seen::Absent => live_until?,
-            Seen::Record(v) => o.since + honoured_lease(v.record.lease_duration_seconds, config),
+            // What was seen only moves the takeover later: an edit that shortens the
+            // lease, or names another holder with a short one, leaves the wait for the
+            // holder seen before.
+            Seen::Record(v) => live_until.unwrap_or_else(|| {
+                o.since + honoured_lease(v.record.lease_duration_seconds, config)
+            }),
             // Nobody can tell who holds an unreadable record: wait one full lease of
             // ours after it last changed, in case a holder is alive, then overwrite it.
             Seen::Invalid { version: Some(_) } => {
@@ -393,13 +420,17 @@ impl LeaderElector {
             _ => None,
         };
         let (live, follows_live) = match (&seen, obs.as_ref()) {
-            (Seen::Record(v), _) if !v.record.is_released() => (
-                Some(Live {
-                    until: now + honoured_lease(v.record.lease_duration_seconds, config),
-                    leader_transitions: v.record.leader_transitions,
-                }),
-                false,
-            ),
+            (Seen::Record(v), prev) if !v.record.is_released() => {
+                let until = now + honoured_lease(v.record.lease_duration_seconds, config);
+                let before = prev.and_then(|p| p.live).map(|l| l.until);
+                (
+                    Some(Live {
+                        until: before.map_or(until, |b| b.max(until)),
+                        leader_transitions: v.record.leader_transitions,
+                    }),
+                    false,
+                )
+            }
             (_, Some(prev)) => {
                 let prev_live = matches!(&prev.seen, Seen::Record(v) if !v.record.is_released());
                 (prev.live, prev_live)
@@ -413,6 +444,23 @@ impl LeaderElector {
             follows_live,
         });
         self.shared.core.report.set_leader(holder, false);
+    }
+
+    /// A standby with no history that finds the record absent, garbled or blanked by
+    /// someone other than a releasing holder cannot know whether a leader still acts
+    /// on it: it waits as long as a leader may act after its last renewal (the renew
+    /// deadline, with the clock-rate margin: our lease) from first sight.
+    fn suspect_a_hidden_holder(&self, obs: &mut Option<Observation>) {
+        if let Some(o) = obs.as_mut() {
+            let until = o.since + self.shared.core.config.lease_duration;
+            debug!("no history: waiting out any leader that may still act");
+            o.live = Some(Live {
+                until: o.live.map_or(until, |l| l.until.max(until)),
+                // No transitions are known: no blank seen after this one reads as a
+                // release of this suspected holder.
+                leader_transitions: i32::MIN,
+            });
+        }
     }
 
     // ---- leader --------------------------------------------------------------
@@ -436,6 +484,7 @@ impl LeaderElector {
                 version,
                 watch: None,
                 may_watch: true,
+                rewatched_at: None,
             },
         }
     }
@@ -460,6 +509,12 @@ fn is_release(record: &LeaderElectionRecord, live: Live) -> bool {
     record.is_released()
         && record.lease_duration_seconds == 1
         && record.leader_transitions == live.leader_transitions
+}
+
+/// True for a record without a holder that is not what a releasing holder writes
+/// (client-go's released record keeps a one-second lease): someone else blanked it.
+fn is_outside_blank(seen: &Seen) -> bool {
+    matches!(seen, Seen::Record(v) if v.record.is_released() && v.record.lease_duration_seconds != 1)
 }
 
 /// The lease a standby grants the holder: the holder's own `leaseDurationSeconds`,
@@ -490,12 +545,22 @@ struct LeaseTerm<'a> {
     /// The watch on our own record. Kept here, not in the `lost_early` future, which
     /// is dropped whenever the renewal timer fires first.
     watch: Option<WatchStream>,
-    /// False once the lock said it cannot watch, or after the watch ended until the
-    /// next successful renewal, which shows the backend reachable again.
+    /// False while there is no reason to open the watch again: it was just opened,
+    /// or the lock said it cannot watch (asked again after each renewal).
     may_watch: bool,
+    /// When the watch on our record was last reopened after it broke.
+    rewatched_at: Option<Instant>,
 }
 
 impl LeaseTerm<'_> {
+    /// True when a record that still names us differs from what we wrote in what a
+    /// standby times or compares: the lease or the transitions. Only someone else
+    /// writes that; a touch of other fields (labels, renew time) is not a takeover.
+    fn edited_under_us(&self, seen: &LeaderElectionRecord) -> bool {
+        seen.lease_duration_seconds != self.record.lease_duration_seconds
+            || seen.leader_transitions != self.record.leader_transitions
+    }
+
     /// The verdict on a write that returned our version: one that answers with the
     /// version it was given changed nothing (a server skips a write that stores the
     /// same bytes, as whole-second annotation times can), so it proves nobody else
@@ -561,7 +626,10 @@ impl Term for LeaseTerm<'_> {
             let holder = Some(current.record.holder_identity).filter(|h| !h.is_empty());
             return Err(Renewal::Lost(holder));
         }
-        self.record.leader_transitions = current.record.leader_transitions;
+        if self.edited_under_us(&current.record) {
+            info!("the record naming this replica was edited by someone else");
+            return Err(Renewal::Lost(None));
+        }
         self.version = by(
             self.config,
             deadline,
@@ -586,6 +654,11 @@ impl Term for LeaseTerm<'_> {
             match next_event(&mut self.watch).await {
                 Some(Ok(LockEvent::Changed(v))) => {
                     if v.record.holder_identity == self.config.identity {
+                        if self.edited_under_us(&v.record) {
+                            // Standbys may time the edited lease: stop acting now.
+                            info!("the record naming this replica was edited by someone else");
+                            return None;
+                        }
                         // Our own renewal, or a touch that kept us as holder (labels,
                         // a Go client's annotation rewrite): the next renewal's
                         // compare-and-swap sorts out the version.
@@ -605,10 +678,21 @@ impl Term for LeaseTerm<'_> {
                 }
                 other => {
                     // A broken watch says nothing about the lease; renewals still do.
+                    // It is reopened at once, and at most once a retry period, so that
+                    // an outside edit is not missed until the next renewal.
                     if let Some(Err(e)) = other {
-                        debug!(error = %e, "watch on our record failed; renewals go on");
+                        debug!(error = %e, "watch on our record failed; reopening it");
                     }
                     self.watch = None;
+                    let now = Instant::now();
+                    if let Some(t) = self
+                        .rewatched_at
+                        .filter(|t| now < *t + self.config.retry_period)
+                    {
+                        sleep_until(t + self.config.retry_period).await;
+                    }
+                    self.rewatched_at = Some(Instant::now());
+                    self.may_watch = true;
                 }
             }
         }

@@ -119,6 +119,18 @@ pub enum ConfigError {
     /// The lease duration is stored in whole seconds in an `i32`.
     #[error("lease_duration ({0:?}) is longer than a record can store")]
     LeaseTooLong(Duration),
+    /// Standbys honour at most [`MAX_HONOURED_LEASE`](crate::MAX_HONOURED_LEASE) of
+    /// any record's lease: a longer one would let them take over while the leader may
+    /// still act.
+    #[error(
+        "lease_duration ({lease:?}) is longer than standbys honour ({max:?}); use at most {max:?}"
+    )]
+    LeaseBeyondHonoured {
+        /// The lease duration given.
+        lease: Duration,
+        /// The longest lease a standby honours.
+        max: Duration,
+    },
     /// An empty identity would read as "nobody holds the lease".
     #[error("identity must not be empty")]
     EmptyIdentity,

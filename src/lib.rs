@@ -77,8 +77,8 @@ mod version;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use config::{default_identity, Config, JITTER_FACTOR};
-pub use elector::{LeaderElector, MAX_HONOURED_LEASE};
+pub use config::{default_identity, Config, JITTER_FACTOR, MAX_HONOURED_LEASE};
+pub use elector::LeaderElector;
 pub use error::{BoxError, ConfigError, HealthError, LockError};
 #[cfg(feature = "etcd")]
 #[cfg_attr(docsrs, doc(cfg(feature = "etcd")))]

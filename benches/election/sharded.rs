@@ -9,7 +9,7 @@ use std::time::Duration;
 use leaderelection::{Config, LeaseLock, MemoryStore, ShardedElector};
 use leaderelection_testkit::checker::Checker;
 use leaderelection_testkit::faults::{Faults, FaultyLock};
-use leaderelection_testkit::replica::{Link, Work};
+use leaderelection_testkit::replica::{handover_gaps, Link, Ownership, Work};
 use tokio::time::{sleep, Instant};
 
 use crate::procstat;
@@ -67,20 +67,7 @@ impl Cluster {
     }
 
     fn balanced(&self) -> bool {
-        let mut owners = vec![0u32; self.shards as usize];
-        let counts: Vec<usize> = self
-            .replicas
-            .iter()
-            .map(|r| {
-                let owned = r.elector.owned();
-                for &s in &owned {
-                    owners[s as usize] += 1;
-                }
-                owned.len()
-            })
-            .collect();
-        let (lo, hi) = (counts.iter().min(), counts.iter().max());
-        owners.iter().all(|&n| n == 1) && matches!((lo, hi), (Some(l), Some(h)) if h - l <= 1)
+        Ownership::of(&self.replicas, self.shards).is_balanced()
     }
 
     /// Seconds until balanced, or `None` past `limit`.
@@ -97,17 +84,8 @@ impl Cluster {
 
     /// The worst gap between consecutive terms of a shard that began after `after`.
     fn worst_gap(&self, after: Instant) -> Duration {
-        let mut worst = Duration::ZERO;
-        for checker in &self.checkers {
-            let mut terms = checker.intervals();
-            terms.sort_by_key(|t| t.start);
-            for w in terms.windows(2).filter(|w| w[1].start > after) {
-                if let Some(end) = w[0].end {
-                    worst = worst.max(w[1].start.saturating_duration_since(end));
-                }
-            }
-        }
-        worst
+        let gaps = handover_gaps(&self.checkers, after);
+        gaps.into_iter().max().unwrap_or_default()
     }
 
     fn requests(&self) -> u64 {

@@ -12,7 +12,7 @@ use super::expiry::{Expiry, Verdict};
 use super::leader::{lease_of, EtcdLeader};
 use super::session::{standby_cadence, KeepAliveError, Session};
 use super::EtcdElection;
-use crate::elector::MAX_HONOURED_LEASE;
+use crate::config::MAX_HONOURED_LEASE;
 use crate::error::LockError;
 
 pub(super) enum Turn {

@@ -450,6 +450,16 @@ impl LeaseLock for FileLock {
         self.blocking(|p| p.observe()?.into_result()).await
     }
 
+    /// A file that never held a record: no data file, and no counter in the side
+    /// file (which keeps the highest counter ever written, deletions included).
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        self.blocking(|p| {
+            let mut guard = Guard::acquire(p, false)?;
+            Ok(p.read()? == Stored::Missing && guard.high_water()? == 0)
+        })
+        .await
+    }
+
     async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
         let record = record.clone();
         self.blocking(move |p| {

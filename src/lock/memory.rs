@@ -51,6 +51,9 @@ struct Inner {
 #[derive(Debug)]
 struct Key {
     current: State,
+    /// True once anything was written under this name: from then on an absent record
+    /// may have been deleted under a live holder.
+    written: bool,
     // Every write is sent, none coalesced, as etcd and Kubernetes watches deliver them.
     // The channel exists only while someone watches, so that a process holding
     // thousands of elections keeps no ring for records that nobody watches.
@@ -61,6 +64,7 @@ impl Inner {
     fn key(&mut self, name: &str) -> &mut Key {
         self.keys.entry(name.to_owned()).or_insert_with(|| Key {
             current: None,
+            written: false,
             events: None,
         })
     }
@@ -70,6 +74,7 @@ impl Inner {
         let rev = self.revision;
         let key = self.key(name);
         key.current = text.map(|t| (t, rev));
+        key.written = true;
         if let Some(events) = &key.events {
             // Sending fails only when nobody watches any more: free the ring.
             if events.send(key.current.clone()).is_err() {
@@ -192,6 +197,13 @@ impl LeaseLock for MemoryLock {
             };
             Some((event, rx))
         })))
+    }
+
+    /// A name nothing was ever written under proves that nobody holds it.
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        let mut inner = self.store.locked();
+        let key = inner.key(&self.name);
+        Ok(!key.written && key.current.is_none())
     }
 
     fn describe(&self) -> String {

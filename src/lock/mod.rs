@@ -110,6 +110,20 @@ pub trait LeaseLock: Send + Sync + fmt::Debug + 'static {
     /// What and where the lock is, for logs: `leases/kube-system/kube-scheduler`.
     fn describe(&self) -> String;
 
+    /// True only when the backend proves that no holder of this lock can still be
+    /// acting while its record is absent: the name never held a record (a fresh
+    /// in-memory store, a lock file that never existed). A standby with no history
+    /// that finds the record absent creates it at once on that proof; without it (the
+    /// default, and every lock whose record an operator can delete) it first waits as
+    /// long as a leader may still act after its last renewal.
+    ///
+    /// # Errors
+    ///
+    /// A backend error, as [`get`](Self::get)'s; the standby then waits.
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        Ok(false)
+    }
+
     /// The fencing token of a leadership that began by writing `version`: a number
     /// that grows with every change of leader.
     ///
@@ -154,6 +168,10 @@ impl<L: LeaseLock + ?Sized> LeaseLock for Box<L> {
         (**self).describe()
     }
 
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        (**self).proves_vacancy().await
+    }
+
     fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
         (**self).fencing_token(record, version)
     }
@@ -185,6 +203,10 @@ impl<L: LeaseLock + ?Sized> LeaseLock for std::sync::Arc<L> {
 
     fn describe(&self) -> String {
         (**self).describe()
+    }
+
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        (**self).proves_vacancy().await
     }
 
     fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {

@@ -289,6 +289,11 @@ impl<L: LeaseLock> LeaseLock for FaultyLock<L> {
         self.inner.describe()
     }
 
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        self.faults.enter().await?;
+        self.inner.proves_vacancy().await
+    }
+
     fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
         self.inner.fencing_token(record, version)
     }

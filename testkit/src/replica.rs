@@ -1030,3 +1030,63 @@ pub async fn handover<E: Elector>(
         _ => panic!("{from} never led\n{}", report.explain()),
     }
 }
+
+/// How the shards of one sharded election are spread over its replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    /// How many shards each replica owns, in the order given.
+    pub per_replica: Vec<usize>,
+    /// True when every shard has exactly one owner among them.
+    pub one_owner_each: bool,
+}
+
+impl Ownership {
+    /// The ownership of `shards` shards among `replicas`, as each believes it now.
+    pub fn of<'a>(
+        replicas: impl IntoIterator<Item = &'a Replica<ShardedElector>>,
+        shards: u32,
+    ) -> Self {
+        let mut owners = vec![0u32; shards as usize];
+        let per_replica = replicas
+            .into_iter()
+            .map(|r| {
+                let owned = r.elector.owned();
+                for &s in &owned {
+                    if let Some(n) = owners.get_mut(s as usize) {
+                        *n += 1;
+                    }
+                }
+                owned.len()
+            })
+            .collect();
+        let one_owner_each = owners.iter().all(|&n| n == 1);
+        Self {
+            per_replica,
+            one_owner_each,
+        }
+    }
+
+    /// One owner per shard, and no replica owns more than one shard more than another.
+    pub fn is_balanced(&self) -> bool {
+        let lo = self.per_replica.iter().min().copied().unwrap_or(0);
+        let hi = self.per_replica.iter().max().copied().unwrap_or(0);
+        self.one_owner_each && hi - lo <= 1
+    }
+}
+
+/// The leaderless gaps between consecutive terms that began after `after`, per
+/// checker (for a sharded election: one checker per shard, as
+/// [`Replica::spawn_sharded`] takes them).
+pub fn handover_gaps(checkers: &[Checker], after: Instant) -> Vec<Duration> {
+    let mut gaps = Vec::new();
+    for checker in checkers {
+        let mut terms = checker.intervals();
+        terms.sort_by_key(|t| t.start);
+        for pair in terms.windows(2).filter(|w| w[1].start > after) {
+            if let Some(end) = pair[0].end {
+                gaps.push(pair[1].start.saturating_duration_since(end));
+            }
+        }
+    }
+    gaps
+}

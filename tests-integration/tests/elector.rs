@@ -278,6 +278,30 @@ async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
     b.stop().await;
 }
 
+/// Work that never looks at `lost()` is aborted by the time another replica may
+/// lead: a leader cut off from the backend steps down at its renew deadline, waits for
+/// its work until its lease could run out for the others, then aborts it.
+#[tokio::test(start_paused = true)]
+async fn work_that_ignores_lost_is_aborted_before_another_replica_may_lead() {
+    let store = MemoryStore::new();
+    let checker = Checker::new();
+    let a = Replica::memory(&store, config("a"), &checker, Work::deaf());
+    a.wait_leading(Duration::from_secs(1)).await;
+    let b = start(&store, config("b"), &checker);
+    sleep(Duration::from_secs(5)).await;
+    a.link.cut(true);
+    b.wait_leading(Duration::from_secs(30)).await;
+    sleep(Duration::from_secs(1)).await;
+    let a_term = term_of(&checker, "a").unwrap();
+    let b_term = term_of(&checker, "b").unwrap();
+    let a_end = a_term.end.expect("a's deaf work still runs");
+    assert!(a_end <= b_term.start, "a's deaf work ran beside b's");
+    // Acting past its validity is what deaf work does; acting beside b is not.
+    let report = checker.report();
+    assert_eq!(report.overlaps(), 0, "{}", report.explain());
+    b.stop().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_recampaign_run_returns_after_the_first_loss() {
     let store = MemoryStore::new();
@@ -363,9 +387,10 @@ async fn a_candidate_that_wins_at_once_opens_only_the_leaders_watch() {
     let checker = Checker::new();
     let a = start(&store, config("a"), &checker);
     sleep(Duration::from_secs(61)).await;
-    // The read, the create, the leader's watch on its own record, then one
-    // compare-and-swap every 2s (at 2s, 4s, .. 60s). No standby's watch.
-    assert_eq!(faults(&a).requests(), 2 + 1 + 30);
+    // The read, the question whether the record was ever held, the create, the
+    // leader's watch on its own record, then one compare-and-swap every 2s (at 2s,
+    // 4s, .. 60s). No standby's watch.
+    assert_eq!(faults(&a).requests(), 3 + 1 + 30);
     a.stop().await;
 }
 
@@ -408,6 +433,9 @@ impl LeaseLock for Polling {
     }
     fn describe(&self) -> String {
         self.0.describe()
+    }
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        self.0.proves_vacancy().await
     }
 }
 
@@ -710,13 +738,19 @@ enum Tamper {
     Overwrite,
     /// Text that is no record.
     Garble,
+    /// `kubectl patch` of `leaseDurationSeconds` to 1, the holder kept.
+    ShortenLease,
+    /// Another holder with a one-second lease written over a live one.
+    ShortOverwrite,
 }
 
-const TAMPERS: [Tamper; 4] = [
+const TAMPERS: [Tamper; 6] = [
     Tamper::Delete,
     Tamper::Blank,
     Tamper::Overwrite,
     Tamper::Garble,
+    Tamper::ShortenLease,
+    Tamper::ShortOverwrite,
 ];
 
 async fn tamper(store: &MemoryStore, how: Tamper) {
@@ -724,13 +758,17 @@ async fn tamper(store: &MemoryStore, how: Tamper) {
     let current = lock.get().await.unwrap().expect("a record to tamper with");
     match how {
         Tamper::Delete => store.delete(NAME),
-        Tamper::Blank | Tamper::Overwrite => {
+        Tamper::Blank | Tamper::Overwrite | Tamper::ShortenLease | Tamper::ShortOverwrite => {
             let mut record = current.record.clone();
-            record.holder_identity = match how {
-                Tamper::Blank => String::new(),
-                _ => "c".into(),
+            match how {
+                Tamper::Blank => record.holder_identity.clear(),
+                Tamper::ShortenLease => {}
+                _ => record.holder_identity = "c".into(),
+            }
+            record.lease_duration_seconds = match how {
+                Tamper::ShortenLease | Tamper::ShortOverwrite => 1,
+                _ => 15,
             };
-            record.lease_duration_seconds = 15;
             lock.update(&record, &current.version).await.unwrap();
         }
         Tamper::Garble => {
@@ -789,7 +827,11 @@ async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
         Duration::ZERO
     };
     let a_lease_out = match how {
-        Tamper::Delete | Tamper::Blank => last_a + Duration::from_secs(15) - missed,
+        // What a standby sees only moves its takeover later: a's own lease, as b last
+        // saw a renew, stands whatever was written since.
+        Tamper::Delete | Tamper::Blank | Tamper::ShortenLease | Tamper::ShortOverwrite => {
+            last_a + Duration::from_secs(15) - missed
+        }
         // A new holder, or an unreadable record: a full lease from the change.
         Tamper::Overwrite | Tamper::Garble => tampered_at + Duration::from_secs(15),
     };
@@ -830,6 +872,20 @@ async fn overwritten_record_ends_the_term_and_is_timed_for_the_new_holder() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn an_edit_that_shortens_the_lease_ends_the_term_and_does_not_shorten_the_wait() {
+    for seed in 0..8 {
+        tampered_record(Tamper::ShortenLease, seed, false).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_holder_with_a_short_lease_does_not_shorten_the_wait() {
+    for seed in 0..8 {
+        tampered_record(Tamper::ShortOverwrite, seed, false).await;
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn garbled_record_ends_the_term_and_is_not_taken_early() {
     for seed in 0..8 {
         tampered_record(Tamper::Garble, seed, false).await;
@@ -864,20 +920,66 @@ async fn a_genuine_release_is_still_taken_at_once_at_any_moment() {
     }
 }
 
+/// A standby with no history cannot tell a blank written by someone else from one
+/// left under a leader that still acts: it waits its own lease (the longest a leader
+/// may act after its last renewal, with the clock-rate margin) from first sight. A
+/// release-shaped record (no holder, a one-second lease) is taken at once, so rolling
+/// updates stay fast.
 #[tokio::test(start_paused = true)]
-async fn a_standby_that_never_saw_a_holder_takes_a_blank_record_at_once() {
+async fn a_standby_with_no_history_waits_out_an_outside_blank_and_takes_a_release_at_once() {
+    for (lease_seconds, waits) in [(15, true), (1, false)] {
+        let store = MemoryStore::new();
+        let checker = Checker::new();
+        let blank = LeaderElectionRecord {
+            lease_duration_seconds: lease_seconds,
+            leader_transitions: 4,
+            ..Default::default()
+        };
+        store.lock(NAME).create(&blank).await.unwrap();
+        let t0 = Instant::now();
+        let a = start(&store, config("a"), &checker);
+        a.wait_leading(Duration::from_secs(60)).await;
+        let waited = Instant::now() - t0;
+        if waits {
+            assert!(
+                waited >= Duration::from_secs(15),
+                "took a blank after {waited:?}"
+            );
+            assert!(waited <= Duration::from_millis(15_100), "{waited:?}");
+        } else {
+            assert!(
+                waited < Duration::from_millis(20),
+                "a release waited {waited:?}"
+            );
+        }
+        a.stop().await;
+    }
+}
+
+/// A standby with no history that finds the record deleted waits its own lease before
+/// it creates it; on a name that never held a record (the backend proves it) it leads
+/// at once.
+#[tokio::test(start_paused = true)]
+async fn a_standby_with_no_history_waits_out_a_deleted_record_but_not_a_fresh_name() {
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let blank = LeaderElectionRecord {
-        lease_duration_seconds: 15,
-        leader_transitions: 4,
-        ..Default::default()
-    };
-    store.lock(NAME).create(&blank).await.unwrap();
+    let t0 = Instant::now();
     let a = start(&store, config("a"), &checker);
-    sleep(Duration::from_millis(1)).await;
-    assert!(a.is_leader());
-    a.stop().await;
+    a.wait_leading(Duration::from_secs(1)).await;
+    assert!(Instant::now() - t0 < Duration::from_millis(20));
+    a.crash();
+    // An operator deletes the record while a's work may still act; b starts afresh.
+    store.delete(NAME);
+    let deleted_at = Instant::now();
+    let b = start(&store, config("b"), &checker);
+    b.wait_leading(Duration::from_secs(60)).await;
+    let waited = Instant::now() - deleted_at;
+    assert!(
+        waited >= Duration::from_secs(15),
+        "b created the record after {waited:?}"
+    );
+    checker.report().assert_safe();
+    b.stop().await;
 }
 
 /// A lock whose writes, once switched on, answer with the version they were given
@@ -907,6 +1009,9 @@ impl LeaseLock for NoOpWrites {
     }
     fn watch(&self) -> Option<leaderelection::WatchStream> {
         self.inner.watch()
+    }
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        self.inner.proves_vacancy().await
     }
     fn describe(&self) -> String {
         self.inner.describe()
@@ -1014,6 +1119,9 @@ impl LeaseLock for WritesFail {
     async fn update(&self, r: &LeaderElectionRecord, v: &Version) -> Result<Version, LockError> {
         self.write()?;
         self.inner.update(r, v).await
+    }
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        self.inner.proves_vacancy().await
     }
     fn describe(&self) -> String {
         self.inner.describe()

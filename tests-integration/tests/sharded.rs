@@ -10,7 +10,7 @@ use std::time::Duration;
 use leaderelection::{Config, LeaseLock, MemoryStore, ShardedElector};
 use leaderelection_testkit::checker::Checker;
 use leaderelection_testkit::faults::{Faults, FaultyLock};
-use leaderelection_testkit::replica::{Cut, Link, Work};
+use leaderelection_testkit::replica::{handover_gaps, Cut, Link, Ownership, Work};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::{sleep, Instant};
@@ -82,36 +82,13 @@ fn start(store: &MemoryStore, id: &str, shards: u32, checkers: &Arc<Vec<Checker>
     start_with(timing(id), shards, checkers, move |name| store.lock(name))
 }
 
-/// Shards per replica, and whether every shard has exactly one owner.
-fn ownership(replicas: &[&Replica], shards: u32) -> (Vec<usize>, bool) {
-    let mut owners = vec![0; shards as usize];
-    let counts = replicas
-        .iter()
-        .map(|r| {
-            let owned = r.elector.owned();
-            for &s in &owned {
-                owners[s as usize] += 1;
-            }
-            owned.len()
-        })
-        .collect();
-    (counts, owners.iter().all(|&n| n == 1))
-}
-
-fn balanced(replicas: &[&Replica], shards: u32) -> bool {
-    let (counts, one_each) = ownership(replicas, shards);
-    let lo = counts.iter().min().copied().unwrap_or(0);
-    let hi = counts.iter().max().copied().unwrap_or(0);
-    one_each && hi - lo <= 1
-}
-
 async fn settle(replicas: &[&Replica], shards: u32, limit: Duration) {
     let deadline = Instant::now() + limit;
-    while !balanced(replicas, shards) {
+    while !Ownership::of(replicas.iter().copied(), shards).is_balanced() {
         assert!(
             Instant::now() < deadline,
             "not balanced within {limit:?}: {:?}",
-            ownership(replicas, shards)
+            Ownership::of(replicas.iter().copied(), shards)
         );
         sleep(Duration::from_millis(100)).await;
     }
@@ -123,23 +100,6 @@ fn assert_safe(checkers: &[Checker]) {
         let report = c.report();
         assert!(report.is_safe(), "shard {shard}: {}", report.explain());
     }
-}
-
-/// Leaderless gaps between consecutive terms of each shard that began after `after`.
-fn handover_gaps(checkers: &[Checker], after: Instant) -> Vec<Duration> {
-    let mut gaps = Vec::new();
-    for c in checkers {
-        let mut terms = c.intervals();
-        terms.sort_by_key(|t| t.start);
-        for pair in terms.windows(2) {
-            if pair[1].start > after {
-                if let Some(end) = pair[0].end {
-                    gaps.push(pair[1].start.saturating_duration_since(end));
-                }
-            }
-        }
-    }
-    gaps
 }
 
 async fn stop(replicas: Vec<Replica>) {
@@ -163,7 +123,7 @@ async fn sixty_four_shards_over_four_replicas_settle_within_one_shard() {
     // And it stays settled: no shard moves once balanced.
     let terms: usize = checkers.iter().map(|c| c.intervals().len()).sum();
     sleep(Duration::from_secs(60)).await;
-    assert!(balanced(&refs, 64));
+    assert!(Ownership::of(refs.iter().copied(), 64).is_balanced());
     assert_eq!(
         terms,
         checkers.iter().map(|c| c.intervals().len()).sum::<usize>()
