@@ -89,7 +89,13 @@ impl Expiry {
         }
         let granted = Duration::from_secs(g);
         let margin = Self::margin(granted);
-        let n = u32::try_from(ttl).unwrap_or(u32::MAX);
+        if ttl.unsigned_abs() > g {
+            // More than was granted: no answer about this lease. A new primary answers
+            // "forever" (9223372036 s) for a lease it has not promoted yet; ask again
+            // within the TTL, keeping what earlier answers showed.
+            return Verdict::AskAt(received + (granted / 4).max(MIN_GAP));
+        }
+        let n = u32::try_from(ttl).unwrap_or(u32::MAX).min(u32::MAX - 1);
         let (lo, hi) = if n == 0 {
             (sent.checked_sub(SECOND).unwrap_or(sent), received + SECOND)
         } else {
@@ -190,6 +196,31 @@ mod tests {
             }
         }
         (None, asked)
+    }
+
+    /// etcd's answer for a lease a new primary has not promoted yet.
+    const FOREVER: i64 = 9_223_372_036;
+
+    #[test]
+    fn an_answer_of_forever_neither_panics_nor_ends_the_questions() {
+        let t0 = Instant::now();
+        let mut e = Expiry::new();
+        let received = t0 + Duration::from_millis(3);
+        match e.observe(t0, received, FOREVER, 15) {
+            Verdict::AskAt(at) => assert!(at <= received + Duration::from_secs(15), "{at:?}"),
+            other => panic!("{other:?}"),
+        }
+        // The answers that follow still lead to the revoke: 2 s left at 13 s, then 0
+        // and gone past the expiry.
+        let at = |ms| t0 + Duration::from_millis(ms);
+        assert!(matches!(
+            e.observe(at(13_000), at(13_002), 2, 15),
+            Verdict::AskAt(_)
+        ));
+        assert_eq!(e.observe(at(17_000), at(17_002), -1, 15), Verdict::Expired);
+        // Out of range both ways: no panic.
+        let _ = e.observe(at(18_000), at(18_001), i64::MAX, 15);
+        let _ = e.observe(at(18_000), at(18_001), i64::MIN + 1, i64::MAX);
     }
 
     #[test]

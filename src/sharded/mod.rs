@@ -285,6 +285,10 @@ impl ShardedElector {
         // Dropping the set (the run future dropped) aborts every shard's elector.
         let mut tasks = JoinSet::new();
         let mut running: BTreeMap<u32, Running> = BTreeMap::new();
+        // Shards handed over whose electors are still stopping (work draining, lease
+        // being released): a new elector for such a shard, of the same identity,
+        // would take the record naming us at once and run beside the old term.
+        let mut stopping: BTreeMap<u32, CancellationToken> = BTreeMap::new();
         let mut surplus_since: BTreeMap<u32, Instant> = BTreeMap::new();
 
         loop {
@@ -300,11 +304,13 @@ impl ShardedElector {
                         .collect();
                     let now = Instant::now();
                     // Start campaigning at once for shards assigned here.
+                    stopping.retain(|_, done| !done.is_cancelled());
                     for &shard in &assigned {
                         surplus_since.remove(&shard);
-                        running
-                            .entry(shard)
-                            .or_insert_with(|| self.spawn(&mut tasks, shard, &work));
+                        running.entry(shard).or_insert_with(|| {
+                            let after = stopping.remove(&shard);
+                            self.spawn(&mut tasks, shard, &work, after)
+                        });
                     }
                     // Give up a shard assigned elsewhere after one full retry period,
                     // so its new owner has its elector watching when the lease is
@@ -320,6 +326,7 @@ impl ShardedElector {
                             if let Some(r) = running.remove(&shard) {
                                 debug!(shard, "handing the shard over");
                                 r.stop.cancel();
+                                stopping.insert(shard, r.done);
                             }
                             surplus_since.remove(&shard);
                         }
@@ -365,12 +372,20 @@ impl ShardedElector {
         });
     }
 
-    fn spawn<F, Fut>(&self, tasks: &mut JoinSet<()>, shard: u32, work: &Arc<F>) -> Running
+    /// Starts the elector of `shard`, once the elector it replaces (`after`) ended.
+    fn spawn<F, Fut>(
+        &self,
+        tasks: &mut JoinSet<()>,
+        shard: u32,
+        work: &Arc<F>,
+        after: Option<CancellationToken>,
+    ) -> Running
     where
         F: Fn(u32, Leadership) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let stop = CancellationToken::new();
+        let done = CancellationToken::new();
         let config = self.shared.config.clone();
         let lock_name = self.shard_lock_name(shard);
         let config = Config {
@@ -384,7 +399,15 @@ impl ShardedElector {
         let subscribers = Arc::clone(&self.shared.events);
         let work = Arc::clone(work);
         let token = stop.clone();
+        let finished = done.clone().drop_guard();
         tasks.spawn(async move {
+            let _finished = finished;
+            if let Some(after) = after {
+                tokio::select! {
+                    _ = after.cancelled() => {}
+                    _ = token.cancelled() => return,
+                }
+            }
             let elector = match LeaderElector::new(lock, config) {
                 Ok(e) => e,
                 Err(e) => {
@@ -414,7 +437,7 @@ impl ShardedElector {
                 publish(&subscribers, shard, &event);
             }
         });
-        Running { stop }
+        Running { stop, done }
     }
 }
 
@@ -427,6 +450,9 @@ fn publish(subscribers: &ShardSubscribers, shard: u32, event: &ElectionEvent) {
 /// A shard's elector, running.
 struct Running {
     stop: CancellationToken,
+    /// Cancelled when the shard's elector has ended: its work stopped, its lease
+    /// released.
+    done: CancellationToken,
 }
 
 /// Marks a shard owned while its work runs (dropped when the work ends or is aborted).

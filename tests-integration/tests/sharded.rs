@@ -60,6 +60,16 @@ fn start_with<L: LeaseLock>(
     checkers: &Arc<Vec<Checker>>,
     locks: impl Fn(&str) -> L + Send + Sync + 'static,
 ) -> Replica {
+    start_working(config, shards, checkers, locks, Work::polite())
+}
+
+fn start_working<L: LeaseLock>(
+    config: Config,
+    shards: u32,
+    checkers: &Arc<Vec<Checker>>,
+    locks: impl Fn(&str) -> L + Send + Sync + 'static,
+    work: Work,
+) -> Replica {
     let links = Arc::new(ShardLinks::default());
     let factory = {
         let links = links.clone();
@@ -74,7 +84,7 @@ fn start_with<L: LeaseLock>(
     let (id, tick) = (config.identity.clone(), config.retry_period / 4);
     let elector = ShardedElector::new(config, shards, factory).expect("valid config");
     let link = Link::other(links);
-    Replica::spawn_sharded(id, elector, link, checkers, Work::polite(), tick)
+    Replica::spawn_sharded(id, elector, link, checkers, work, tick)
 }
 
 fn start(store: &MemoryStore, id: &str, shards: u32, checkers: &Arc<Vec<Checker>>) -> Replica {
@@ -240,6 +250,33 @@ async fn a_graceful_leave_hands_every_shard_over() {
     );
     stop(replicas).await;
     assert_safe(&checkers);
+}
+
+/// A shard handed over and assigned back while its old term's work still drains: the
+/// new elector of the same identity waits for the old one to end, or it would take the
+/// record naming it at once and run beside the draining term.
+#[tokio::test(start_paused = true)]
+async fn a_shard_assigned_back_while_its_work_drains_waits_for_the_old_term() {
+    let store = MemoryStore::new();
+    let checkers = checkers(2);
+    let drain = Work::polite().stopping_in(Duration::from_secs(5));
+    let locks = {
+        let store = store.clone();
+        move |name: &str| store.lock(name)
+    };
+    let a = start_working(timing("a"), 2, &checkers, locks.clone(), drain);
+    settle(&[&a], 2, Duration::from_secs(10)).await;
+    // b joins: a hands one shard over after a retry period and its work drains...
+    let b = start_working(timing("b"), 2, &checkers, locks, drain);
+    sleep(Duration::from_secs(2)).await;
+    // ...and b leaves before the drain ends: the shard is assigned back to a.
+    b.stop().await;
+    settle(&[&a], 2, Duration::from_secs(30)).await;
+    sleep(Duration::from_secs(10)).await;
+    stop(vec![a]).await;
+    assert_safe(&checkers);
+    let terms: usize = checkers.iter().map(|c| c.intervals().len()).sum();
+    assert!(terms >= 3, "the shard never moved: {terms} terms");
 }
 
 /// Crashes, stalls (the replica's backend unreachable), joins and leaves at random,

@@ -120,7 +120,13 @@ pub async fn lone_candidate_leads(cluster: &Cluster, kind: ResourceLockKind) {
     let name = cluster.name(&format!("{kind}-lone"));
     let checker = Checker::new();
     let a = replica(cluster.lock(kind, &name), config("a"), &checker);
-    wait_for("the lone candidate to lead", || a.is_leader()).await;
+    let cold = wait_for("the lone candidate to lead", || a.is_leader()).await;
+    // No history and no proof that nobody holds it: one lease (3s) before it leads.
+    eprintln!("{kind}: cold start {cold:?} (lease {LEASE:?})");
+    assert!(
+        cold + Duration::from_millis(50) >= LEASE,
+        "{kind}: led after {cold:?}"
+    );
     let stored = cluster
         .lock(kind, &name)
         .get()
