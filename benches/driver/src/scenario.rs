@@ -155,7 +155,7 @@ impl Outcome {
     pub fn note(&self) -> String {
         if self.failures.is_empty() {
             String::new()
-        } else if self.samples.len() == 0 && self.failures.len() == 1 {
+        } else if self.samples.is_empty() && self.failures.len() == 1 {
             self.failures[0].clone()
         } else {
             format!(

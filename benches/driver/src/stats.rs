@@ -43,6 +43,11 @@ impl Samples {
         self.values.len()
     }
 
+    /// True without samples.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
     /// Nearest-rank quantile, `q` in 0..=1; `None` without samples.
     pub fn quantile(&self, q: f64) -> Option<f64> {
         if self.values.is_empty() {

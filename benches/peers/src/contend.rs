@@ -21,10 +21,9 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+use leaderelection_bench_driver::scenario::Timings;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
-
-use leaderelection_bench_driver::scenario::Timings;
 
 /// How often a leader's work acts while it believes it leads.
 const ACT_EVERY: Duration = Duration::from_millis(100);

@@ -9,11 +9,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use kube_coordinate::{Config, LeaderElector, LeaderState};
+use leaderelection_bench_driver::client_log::{self, ClientLog};
+use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use leaderelection_bench_driver::client_log::{self, ClientLog};
-use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 use crate::NAMESPACE;
 
 /// The server-side apply field manager, one for the whole group as its docs ask.

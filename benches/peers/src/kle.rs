@@ -7,10 +7,10 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 use crate::NAMESPACE;
 
 pub struct KubeLeaderElection {

@@ -11,11 +11,11 @@ use futures::FutureExt;
 use k8s_openapi_025::api::coordination::v1::{Lease, LeaseSpec};
 use kube_client_1::api::{Api, PostParams};
 use kubert::lease::{ClaimParams, LeaseManager};
+use leaderelection_bench_driver::client_log::ClientLog;
+use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
-use leaderelection_bench_driver::client_log::ClientLog;
-use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
 use crate::NAMESPACE;
 
 pub struct Kubert {

@@ -23,9 +23,8 @@ mod kubert_lease;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
-
 use leaderelection_bench_driver::scenario::{self, Departure, Library, Timings};
+use tokio::io::AsyncReadExt;
 
 const NAMESPACE: &str = "default";
 
