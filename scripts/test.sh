@@ -15,6 +15,8 @@ command -v kubectl >/dev/null || need+=(kubernetes-client)
 command -v openssl >/dev/null || need+=(openssl)
 command -v faketime >/dev/null || need+=(faketime)
 command -v strace >/dev/null || need+=(strace)
+# The fault suite's real partitions: an owner rule drops one replica user's packets.
+command -v iptables >/dev/null || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   sudo=""

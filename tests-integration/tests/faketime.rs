@@ -47,6 +47,10 @@ struct Spec {
     id: String,
     /// Only sleep one second on tokio's clock, and print `SLEPT`.
     sleep: bool,
+    /// Three times the timings: for a test that checks that nothing changes, where a
+    /// loaded machine's slow fsync must not cost the leadership.
+    #[serde(default)]
+    generous: bool,
 }
 
 /// One replica in this process, as a child started by a test: an elector over the
@@ -73,11 +77,12 @@ fn child_replica() {
     rt.block_on(async move {
         let lock = FaultyLock::new(FileLock::new(spec.path).poll_interval(TICK));
         let faults = lock.faults();
+        let scale = if spec.generous { 3 } else { 1 };
         let config = Config::new("faketime")
             .identity(spec.id)
-            .lease_duration(LEASE)
-            .renew_deadline(RENEW)
-            .retry_period(RETRY);
+            .lease_duration(LEASE * scale)
+            .renew_deadline(RENEW * scale)
+            .retry_period(RETRY * scale);
         let elector = LeaderElector::new(lock, config).expect("child: config");
         let shutdown = child::commands(move |line| {
             if line == "CUT" {
@@ -116,11 +121,33 @@ fn child_replica() {
 
 /// A child replica under libfaketime, its lines going to the checker as they arrive.
 fn start(id: &str, path: &Path, sleep: bool, env: &[(&str, String)], checker: &Checker) -> Child {
-    let spec = Spec {
-        path: path.to_owned(),
-        id: id.to_owned(),
-        sleep,
-    };
+    spawn(
+        Spec {
+            path: path.to_owned(),
+            id: id.to_owned(),
+            sleep,
+            generous: false,
+        },
+        env,
+        checker,
+    )
+}
+
+/// A child replica with three times the timings (see [`Spec::generous`]).
+fn start_generous(id: &str, path: &Path, env: &[(&str, String)], checker: &Checker) -> Child {
+    spawn(
+        Spec {
+            path: path.to_owned(),
+            id: id.to_owned(),
+            sleep: false,
+            generous: true,
+        },
+        env,
+        checker,
+    )
+}
+
+fn spawn(spec: Spec, env: &[(&str, String)], checker: &Checker) -> Child {
     let mut cmd = Command::role(ROLE, &spec)
         .expect("a replica spec")
         .libtest("child_replica")
@@ -211,9 +238,9 @@ async fn wall_clock_jumps_an_hour_while_leading() {
         ("FAKETIME_DONT_FAKE_MONOTONIC", "1".into()),
     ];
     let checker = Checker::new();
-    let a = start("a", &path, false, &env, &checker);
+    let a = start_generous("a", &path, &env, &checker);
     wait_for("a leading", Duration::from_secs(10), || a.leads()).await;
-    let b = start("b", &path, false, &[], &checker);
+    let b = start_generous("b", &path, &[], &checker);
     sleep(LEASE).await;
     for jump in ["+1h", "+0", "-1h", "+0"] {
         checker.fault(format!("a's wall clock at {jump}"));

@@ -29,6 +29,8 @@ use rand::SeedableRng;
 
 // A folder test: the crate root is tests/faults/main.rs, its modules beside it.
 mod bad_input;
+#[cfg(feature = "kube")]
+mod partition;
 #[cfg(all(feature = "etcd", feature = "kube"))]
 mod real;
 mod scenarios;
@@ -110,6 +112,8 @@ pub struct Reporter {
     failed: Mutex<Vec<(String, String)>>,
     passed: AtomicUsize,
     skipped: AtomicUsize,
+    /// Scenarios that cannot run on this machine, with the reason.
+    ignored: Mutex<Vec<(String, String)>>,
 }
 
 impl Reporter {
@@ -154,6 +158,20 @@ impl Reporter {
                     .push((name.to_owned(), panic_text(&e)));
             }
         }
+    }
+
+    /// Counts a scenario that cannot run here as ignored, with the reason, unless it
+    /// was filtered out.
+    pub fn ignore(&self, name: &str, why: &str) {
+        if !self.selected(name) {
+            self.skipped.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+        println!("test {name} ... ignored, {why}");
+        self.ignored
+            .lock()
+            .unwrap()
+            .push((name.to_owned(), why.to_owned()));
     }
 
     /// As [`run`](Self::run), for a scenario that does its own blocking.
@@ -210,6 +228,8 @@ fn groups() -> Vec<Group> {
     let mut groups = vec![memory_group()];
     #[cfg(all(feature = "etcd", feature = "kube"))]
     groups.extend(real::groups());
+    #[cfg(feature = "kube")]
+    groups.push(partition::group());
     groups
 }
 
@@ -271,12 +291,17 @@ fn main() -> ExitCode {
     if let Some(code) = real::child_main() {
         return code;
     }
+    #[cfg(feature = "kube")]
+    if let Some(code) = partition::child_main() {
+        return code;
+    }
     let reporter = Reporter {
         args: args(),
         summary: Mutex::default(),
         failed: Mutex::default(),
         passed: AtomicUsize::new(0),
         skipped: AtomicUsize::new(0),
+        ignored: Mutex::default(),
     };
     let groups = groups();
     let selected: Vec<&Group> = groups
@@ -322,6 +347,7 @@ fn main() -> ExitCode {
             "etcd/",
             "kube-lease/",
             "control-plane/",
+            "partition/",
         ]
         .iter()
         .position(|p| row.starts_with(p))
@@ -342,13 +368,18 @@ fn main() -> ExitCode {
     for (name, why) in failed.iter() {
         println!("\n---- {name} ----\n{why}");
     }
+    let ignored = reporter.ignored.lock().unwrap();
+    for (name, why) in ignored.iter() {
+        println!("ignored: {name}: {why}");
+    }
     let passed = reporter.passed.load(Ordering::SeqCst);
     let total: usize = groups.iter().map(|g| g.scenarios.len()).sum();
     println!(
-        "\ntest result: {}. {passed} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        "\ntest result: {}. {passed} passed; {} failed; {} ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
         if failed.is_empty() { "ok" } else { "FAILED" },
         failed.len(),
-        total - passed - failed.len(),
+        ignored.len(),
+        total - passed - failed.len() - ignored.len(),
         started.elapsed().as_secs_f64()
     );
     if failed.is_empty() && summary.is_safe() {
