@@ -671,7 +671,13 @@ impl<E: Elector> Replica<E> {
     /// When it does not lead `within`, with the checker's report.
     pub async fn wait_leading(&self, within: Duration) {
         let what = format!("{} leads", self.id);
-        wait_until_or(&what, within, || self.is_leader(), || self.explain()).await;
+        wait_until_or(&what, within, || self.is_working(), || self.explain()).await;
+    }
+
+    /// True while this replica leads and its term's work has begun (the elector
+    /// reports leading a moment before the work, a task of its own, records its term).
+    pub fn is_working(&self) -> bool {
+        self.is_leader() && self.terms().last().is_some_and(|t| t.end.is_none())
     }
 
     /// Waits until this replica follows `leader` (its watch or poll saw it).
@@ -830,29 +836,33 @@ impl<'a> Election<'a> {
         self.replicas.iter().position(|r| r.is_leader())
     }
 
-    /// Waits until some replica leads.
+    /// Waits until some replica leads and its work has begun.
     ///
     /// # Panics
     ///
     /// When none does `within`, with the report.
     pub async fn wait_leader(&self, within: Duration) -> usize {
-        wait_until_or(
-            "a replica leads",
-            within,
-            || self.leader().is_some(),
-            || self.checker.report().explain(),
-        )
+        let working = || self.replicas.iter().any(|r| r.is_working());
+        wait_until_or("a replica leads", within, working, || {
+            self.checker.report().explain()
+        })
         .await;
-        self.leader().unwrap_or_default()
+        self.replicas
+            .iter()
+            .position(|r| r.is_working())
+            .unwrap_or_default()
     }
 
-    /// Waits until a replica other than `old` leads.
+    /// Waits until a replica other than `old` leads and its work has begun.
     ///
     /// # Panics
     ///
     /// When none does `within`, with the report.
     pub async fn wait_new_leader(&self, old: &str, within: Duration) -> usize {
-        let other = || self.leader().filter(|&i| self.replicas[i].id != old);
+        let other = || {
+            let working = self.replicas.iter().position(|r| r.is_working());
+            working.filter(|&i| self.replicas[i].id != old)
+        };
         wait_until_or(
             &format!("a new leader after {old}"),
             within,

@@ -97,16 +97,47 @@ fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (iptables rules and a Unix user per replica)".into());
     }
-    match Process::new("iptables")
-        .args(["-w", "-L", "OUTPUT", "-n"])
-        .output()
-    {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            let why = String::from_utf8_lossy(&o.stderr);
-            return Some(format!("iptables cannot list rules: {}", why.trim()));
+    // The two rules the scenarios need, tried on a uid and a mark nobody uses: the
+    // owner match, the connection mark and its match must all be there.
+    let trial: [&[&str]; 2] = [
+        &[
+            "-t",
+            "mangle",
+            "OUTPUT",
+            "-m",
+            "owner",
+            "--uid-owner",
+            "4000000",
+            "-j",
+            "CONNMARK",
+            "--set-mark",
+            "0x7ffe",
+        ],
+        &[
+            "-t", "filter", "OUTPUT", "-o", "lo", "-m", "connmark", "--mark", "0x7ffe", "-j",
+            "DROP",
+        ],
+    ];
+    for rule in trial {
+        let (table, spec) = rule.split_at(2);
+        let iptables = |op: &str| {
+            Process::new("iptables")
+                .arg("-w")
+                .args(table)
+                .arg(op)
+                .args(spec)
+                .output()
+        };
+        match iptables("-I") {
+            Ok(o) if o.status.success() => {
+                let _ = iptables("-D");
+            }
+            Ok(o) => {
+                let why = String::from_utf8_lossy(&o.stderr);
+                return Some(format!("iptables refuses {rule:?}: {}", why.trim()));
+            }
+            Err(e) => return Some(format!("no iptables ({e}); scripts/test.sh installs it")),
         }
-        Err(e) => return Some(format!("no iptables ({e}); scripts/test.sh installs it")),
     }
     user().err()
 }
