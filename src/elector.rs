@@ -205,36 +205,12 @@ impl LeaderElector {
                 return None;
             }
             if must_read {
+                let first = obs.is_none();
                 match self.shared.core.call(lock.get()).await {
-                    Ok(None) if obs.is_none() => {
-                        // No history: the record may have been deleted under a leader
-                        // that still acts, unless the backend proves nobody held it.
-                        let proven = match self.shared.core.call(lock.proves_vacancy()).await {
-                            Ok(proven) => proven,
-                            Err(e) => {
-                                debug!(error = %e, "could not ask the lock whether the record was ever held");
-                                false
-                            }
-                        };
-                        self.observe(&mut obs, Seen::Absent);
-                        if !proven {
-                            self.suspect_a_hidden_holder(&mut obs);
-                        }
-                    }
-                    Ok(v) => {
-                        let first = obs.is_none();
-                        self.observe(&mut obs, v.map_or(Seen::Absent, Seen::Record));
-                        if first && obs.as_ref().is_some_and(|o| is_outside_blank(&o.seen)) {
-                            self.suspect_a_hidden_holder(&mut obs);
-                        }
-                    }
+                    Ok(v) => self.observe(&mut obs, v.map_or(Seen::Absent, Seen::Record)),
                     Err(LockError::InvalidRecord { source, version }) => {
                         self.warn_invalid(&source);
-                        let first = obs.is_none();
                         self.observe(&mut obs, Seen::Invalid { version });
-                        if first {
-                            self.suspect_a_hidden_holder(&mut obs);
-                        }
                     }
                     Err(e) => {
                         warn!(error = %e, "failed to read the lock; retrying");
@@ -243,6 +219,9 @@ impl LeaderElector {
                         }
                         continue;
                     }
+                }
+                if first {
+                    self.first_sight(&mut obs).await;
                 }
             }
             must_read = true;
@@ -449,18 +428,36 @@ impl LeaderElector {
     /// A standby with no history that finds the record absent, garbled or blanked by
     /// someone other than a releasing holder cannot know whether a leader still acts
     /// on it: it waits as long as a leader may act after its last renewal (the renew
-    /// deadline, with the clock-rate margin: our lease) from first sight.
-    fn suspect_a_hidden_holder(&self, obs: &mut Option<Observation>) {
-        if let Some(o) = obs.as_mut() {
-            let until = o.since + self.shared.core.config.lease_duration;
-            debug!("no history: waiting out any leader that may still act");
-            o.live = Some(Live {
-                until: o.live.map_or(until, |l| l.until.max(until)),
-                // No transitions are known: no blank seen after this one reads as a
-                // release of this suspected holder.
-                leader_transitions: i32::MIN,
-            });
+    /// deadline, with the clock-rate margin: our lease) from first sight, unless the
+    /// lock proves that nobody held the record.
+    async fn first_sight(&self, obs: &mut Option<Observation>) {
+        let Some(o) = obs.as_mut() else { return };
+        let suspect = match &o.seen {
+            Seen::Absent => {
+                let asked = self
+                    .shared
+                    .core
+                    .call(self.shared.lock.proves_vacancy())
+                    .await;
+                !asked.unwrap_or_else(|e| {
+                    debug!(error = %e, "could not ask the lock whether the record was ever held");
+                    false
+                })
+            }
+            seen @ Seen::Record(_) => is_outside_blank(seen),
+            Seen::Invalid { .. } => true,
+        };
+        if !suspect {
+            return;
         }
+        let until = o.since + self.shared.core.config.lease_duration;
+        debug!("no history: waiting out any leader that may still act");
+        o.live = Some(Live {
+            until: o.live.map_or(until, |l| l.until.max(until)),
+            // No transitions are known: no blank seen after this one reads as a
+            // release of this suspected holder.
+            leader_transitions: i32::MIN,
+        });
     }
 
     // ---- leader --------------------------------------------------------------
