@@ -137,82 +137,62 @@ pub trait LeaseLock: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// Forwards to the boxed lock, so that a lock chosen at run time
-/// (`Box<dyn LeaseLock>`) goes wherever a lock does, [`LeaderElector::new`]
-/// included.
-///
-/// [`LeaderElector::new`]: crate::LeaderElector::new
-#[async_trait]
-impl<L: LeaseLock + ?Sized> LeaseLock for Box<L> {
-    async fn get(&self) -> Result<Option<Versioned>, LockError> {
-        (**self).get().await
-    }
+/// One `impl LeaseLock` for each smart pointer that owns or shares a lock: every
+/// method forwards, so a pointer goes wherever a lock does.
+macro_rules! forward_lease_lock {
+    ($(#[$doc:meta])* $ptr:ty) => {
+        $(#[$doc])*
+        #[async_trait]
+        impl<L: LeaseLock + ?Sized> LeaseLock for $ptr {
+            async fn get(&self) -> Result<Option<Versioned>, LockError> {
+                (**self).get().await
+            }
 
-    async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
-        (**self).create(record).await
-    }
+            async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
+                (**self).create(record).await
+            }
 
-    async fn update(
-        &self,
-        record: &LeaderElectionRecord,
-        expected: &Version,
-    ) -> Result<Version, LockError> {
-        (**self).update(record, expected).await
-    }
+            async fn update(
+                &self,
+                record: &LeaderElectionRecord,
+                expected: &Version,
+            ) -> Result<Version, LockError> {
+                (**self).update(record, expected).await
+            }
 
-    fn watch(&self) -> Option<WatchStream> {
-        (**self).watch()
-    }
+            fn watch(&self) -> Option<WatchStream> {
+                (**self).watch()
+            }
 
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
+            fn describe(&self) -> String {
+                (**self).describe()
+            }
 
-    async fn proves_vacancy(&self) -> Result<bool, LockError> {
-        (**self).proves_vacancy().await
-    }
+            async fn proves_vacancy(&self) -> Result<bool, LockError> {
+                (**self).proves_vacancy().await
+            }
 
-    fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
-        (**self).fencing_token(record, version)
-    }
+            fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
+                (**self).fencing_token(record, version)
+            }
+        }
+    };
 }
 
-/// Forwards to the shared lock, so that one lock can be handed to an elector and
-/// kept for reads of one's own.
-#[async_trait]
-impl<L: LeaseLock + ?Sized> LeaseLock for std::sync::Arc<L> {
-    async fn get(&self) -> Result<Option<Versioned>, LockError> {
-        (**self).get().await
-    }
+forward_lease_lock!(
+    /// Forwards to the boxed lock, so that a lock chosen at run time
+    /// (`Box<dyn LeaseLock>`) goes wherever a lock does, [`LeaderElector::new`]
+    /// included.
+    ///
+    /// [`LeaderElector::new`]: crate::LeaderElector::new
+    Box<L>
+);
 
-    async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
-        (**self).create(record).await
-    }
-
-    async fn update(
-        &self,
-        record: &LeaderElectionRecord,
-        expected: &Version,
-    ) -> Result<Version, LockError> {
-        (**self).update(record, expected).await
-    }
-
-    fn watch(&self) -> Option<WatchStream> {
-        (**self).watch()
-    }
-
-    fn describe(&self) -> String {
-        (**self).describe()
-    }
-
-    async fn proves_vacancy(&self) -> Result<bool, LockError> {
-        (**self).proves_vacancy().await
-    }
-
-    fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
-        (**self).fencing_token(record, version)
-    }
-}
+forward_lease_lock!(
+    /// Forwards to the shared lock, so that one lock can be handed to an elector and
+    /// kept for reads of one's own.
+    std::sync::Arc<L>
+);
 
 #[cfg(test)]
 mod tests {
