@@ -19,7 +19,7 @@ use leaderelection_testkit::child::{self, Child, Command};
 use serde::{Deserialize, Serialize};
 use tokio::time::sleep;
 
-use crate::support::{check, Link, Replica, Timing, Work};
+use crate::support::{check, wait_until, Link, Replica, Timing, Work};
 use crate::{Group, Reporter};
 
 const NS: &str = "kube-system";
@@ -274,17 +274,6 @@ fn replica(server: &ApiServer, election: &str, id: &str, checker: &Checker) -> R
     )
 }
 
-async fn wait(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let until = tokio::time::Instant::now() + within;
-    while !cond() {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{what} did not happen within {within:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// The leader process is cut off while a standby of this process watches: it must
 /// stop acting (at its renew deadline) before the standby takes over (after the lease
 /// as it saw it).
@@ -293,7 +282,7 @@ async fn leader_cut_off(server: &ApiServer, uid: (u32, u32)) -> Report {
     let checker = Checker::new();
     let _marked = mark_connections(uid.0);
     let mut p1 = leader("p1", election, server, uid, &checker);
-    wait("p1 leads", t.lease * 4, || p1.leads()).await;
+    wait_until("p1 leads", t.lease * 4, || p1.leads()).await;
     let standby = replica(server, election, "r", &checker);
     standby.wait_following("p1", t.lease * 2).await;
     sleep(t.lease).await;
@@ -324,7 +313,7 @@ async fn cut_then_fresh_replica(server: &ApiServer, uid: (u32, u32), blank: bool
     let checker = Checker::new();
     let _marked = mark_connections(uid.0);
     let mut p1 = leader("p1", election, server, uid, &checker);
-    wait("p1 leads", t.lease * 4, || p1.leads()).await;
+    wait_until("p1 leads", t.lease * 4, || p1.leads()).await;
     sleep(t.lease).await;
     checker.fault("p1's packets dropped");
     let cut = cut();

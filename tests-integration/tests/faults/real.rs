@@ -21,7 +21,7 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 use tokio::time::{sleep, Instant};
 
-use crate::support::{check, Backend, Election, Link, Replica, Timing, Work};
+use crate::support::{check, wait_until, Backend, Election, Link, Replica, Timing, Work};
 use crate::{generic, Group, Reporter};
 
 /// Timing on real backends: lease 3s, renew deadline 2s, retry 0.5s; bounds allow 3s
@@ -299,17 +299,6 @@ fn start_leader(id: &str, election: &str, endpoints: &[String], checker: &Checke
         .expect("start a leader process")
 }
 
-async fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) {
-    let until = Instant::now() + within;
-    while !cond() {
-        assert!(
-            Instant::now() < until,
-            "{what} did not happen within {within:?}"
-        );
-        sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Leaders as processes: one is frozen with SIGSTOP past its lease and thawed (it must
 /// learn it lost before acting), another is killed with SIGKILL.
 async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
@@ -318,7 +307,7 @@ async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
     let t = e.timing;
     let bound = t.lease + t.jittered_retry() + t.slack;
     let mut c1 = start_leader("p1", name, endpoints, &e.checker);
-    wait_for("p1 leading", bound * 2, || c1.leads()).await;
+    wait_until("p1 leading", bound * 2, || c1.leads()).await;
     let mut c2 = start_leader("p2", name, endpoints, &e.checker);
     e.join(None).await;
     sleep(t.lease).await;
@@ -334,7 +323,7 @@ async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
     c1.resume().expect("resume a leader process");
     // Thawed, it must learn at its next renewal that it lost; any write it made
     // meanwhile carries its old token, which the fenced store refuses.
-    wait_for("p1 noticing its loss", bound, || !c1.leads()).await;
+    wait_until("p1 noticing its loss", bound, || !c1.leads()).await;
 
     // Make a process lead, then SIGKILL it.
     if !c2.leads() {
@@ -343,7 +332,7 @@ async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
         e.checker.fault(format!("crash in-process leader {}", r.id));
         r.crash();
         r.join().await;
-        wait_for("a process leading", bound * 2, || c1.leads() || c2.leads()).await;
+        wait_until("a process leading", bound * 2, || c1.leads() || c2.leads()).await;
     }
     let (victim, id) = if c1.leads() {
         (&mut c1, "p1")
@@ -355,7 +344,7 @@ async fn leader_process_signals(b: &Etcd, endpoints: &[String]) -> Report {
     if e.replicas.is_empty() {
         e.join(None).await;
     }
-    wait_for("a takeover from the killed process", bound * 2, || {
+    wait_until("a takeover from the killed process", bound * 2, || {
         c1.leads() || c2.leads() || e.leader().is_some()
     })
     .await;
