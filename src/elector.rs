@@ -205,12 +205,11 @@ impl LeaderElector {
                 return None;
             }
             if must_read {
-                let first = obs.is_none();
-                match self.shared.core.call(lock.get()).await {
-                    Ok(v) => self.observe(&mut obs, v.map_or(Seen::Absent, Seen::Record)),
+                let seen = match self.shared.core.call(lock.get()).await {
+                    Ok(v) => v.map_or(Seen::Absent, Seen::Record),
                     Err(LockError::InvalidRecord { source, version }) => {
                         self.warn_invalid(&source);
-                        self.observe(&mut obs, Seen::Invalid { version });
+                        Seen::Invalid { version }
                     }
                     Err(e) => {
                         warn!(error = %e, "failed to read the lock; retrying");
@@ -219,9 +218,12 @@ impl LeaderElector {
                         }
                         continue;
                     }
-                }
-                if first {
-                    self.first_sight(&mut obs).await;
+                };
+                // Asked before the observation, which starts the leaderless clock.
+                let hidden = obs.is_none() && self.may_hide_a_holder(&seen).await;
+                self.observe(&mut obs, seen);
+                if hidden {
+                    self.suspect_a_hidden_holder(&mut obs);
                 }
             }
             must_read = true;
@@ -429,10 +431,10 @@ impl LeaderElector {
     /// someone other than a releasing holder cannot know whether a leader still acts
     /// on it: it waits as long as a leader may act after its last renewal (the renew
     /// deadline, with the clock-rate margin: our lease) from first sight, unless the
-    /// lock proves that nobody held the record.
-    async fn first_sight(&self, obs: &mut Option<Observation>) {
-        let Some(o) = obs.as_mut() else { return };
-        let suspect = match &o.seen {
+    /// lock proves that nobody held the record. True when `seen`, the first state of a
+    /// campaign, may hide such a leader.
+    async fn may_hide_a_holder(&self, seen: &Seen) -> bool {
+        match seen {
             Seen::Absent => {
                 let asked = self
                     .shared
@@ -444,12 +446,14 @@ impl LeaderElector {
                     false
                 })
             }
-            seen @ Seen::Record(_) => is_outside_blank(seen),
+            Seen::Record(_) => is_outside_blank(seen),
             Seen::Invalid { .. } => true,
-        };
-        if !suspect {
-            return;
         }
+    }
+
+    /// Waits out the holder [`may_hide_a_holder`](Self::may_hide_a_holder) suspects.
+    fn suspect_a_hidden_holder(&self, obs: &mut Option<Observation>) {
+        let Some(o) = obs.as_mut() else { return };
         let until = o.since + self.shared.core.config.lease_duration;
         debug!("no history: waiting out any leader that may still act");
         o.live = Some(Live {
