@@ -223,7 +223,8 @@ impl LeaderElector {
                 let hidden = obs.is_none() && self.may_hide_a_holder(&seen).await;
                 self.observe(&mut obs, seen);
                 if hidden {
-                    self.suspect_a_hidden_holder(&mut obs);
+                    debug!("no history: waiting out any leader that may still act");
+                    self.suspect_a_hidden_holder(&mut obs, Instant::now());
                 }
             }
             must_read = true;
@@ -298,6 +299,9 @@ impl LeaderElector {
                 Ok(acquired) => return Some(acquired),
                 Err(e) if e.is_contention() => {
                     debug!("another candidate wrote first; reading again");
+                    // Its record may be gone before we read (deleted, blanked): the
+                    // holder we never saw is waited out as if we had.
+                    self.suspect_a_hidden_holder(&mut obs, Instant::now());
                 }
                 Err(e) => {
                     warn!(error = %e, "failed to acquire the lease; retrying");
@@ -451,11 +455,12 @@ impl LeaderElector {
         }
     }
 
-    /// Waits out the holder [`may_hide_a_holder`](Self::may_hide_a_holder) suspects.
-    fn suspect_a_hidden_holder(&self, obs: &mut Option<Observation>) {
+    /// Waits out, from `since`, a holder this replica has not seen: the one
+    /// [`may_hide_a_holder`](Self::may_hide_a_holder) suspects, or the one whose write
+    /// beat ours.
+    fn suspect_a_hidden_holder(&self, obs: &mut Option<Observation>, since: Instant) {
         let Some(o) = obs.as_mut() else { return };
-        let until = o.since + self.shared.core.config.lease_duration;
-        debug!("no history: waiting out any leader that may still act");
+        let until = since + self.shared.core.config.lease_duration;
         o.live = Some(Live {
             until: o.live.map_or(until, |l| l.until.max(until)),
             // No transitions are known: no blank seen after this one reads as a

@@ -982,6 +982,59 @@ async fn a_standby_with_no_history_waits_out_a_deleted_record_but_not_a_fresh_na
     b.stop().await;
 }
 
+/// A candidate whose write loses to a holder it never saw has learnt that someone
+/// holds the record: when an operator deletes that record before the candidate reads
+/// again, it waits out the unseen holder as if it had seen it, instead of creating
+/// the record at once beside a holder that may still act.
+#[tokio::test(start_paused = true)]
+async fn a_candidate_that_loses_a_race_waits_out_the_winner_it_never_saw() {
+    let store = MemoryStore::new();
+    let checker = Checker::new();
+    // A name that held a record before: the store cannot prove it vacant.
+    store.lock(NAME).create(&held_by("old")).await.unwrap();
+    store.delete(NAME);
+    let t0 = Instant::now();
+    let lock = FaultyLock::new(store.lock(NAME));
+    let slow = lock.faults();
+    let b = Replica::new(
+        lock,
+        Link::faults(slow.clone()),
+        config("b"),
+        &checker,
+        Work::polite(),
+    );
+    // b waits out a hidden holder until 15 s; its requests then take 500 ms each.
+    sleep(Duration::from_millis(14_900)).await;
+    slow.set_latency(Duration::from_millis(500));
+    // Another replica's create lands while b's is on its way (b never sees it) ...
+    sleep(Duration::from_millis(200)).await;
+    store.lock(NAME).create(&held_by("a")).await.unwrap();
+    let a_wrote = Instant::now();
+    // ... and is deleted by an operator before b reads again, at 16 s.
+    sleep(Duration::from_millis(600)).await;
+    store.delete(NAME);
+    b.wait_leading(Duration::from_secs(60)).await;
+    let b_led = term_of(&checker, "b").expect("b leads").start;
+    assert!(
+        b_led - a_wrote >= config("a").renew_deadline,
+        "b led {:?} after a's write, within a's renew deadline",
+        b_led - a_wrote
+    );
+    assert!(b_led - t0 < Duration::from_secs(32), "{:?}", b_led - t0);
+    b.stop().await;
+}
+
+fn held_by(holder: &str) -> LeaderElectionRecord {
+    let now = jiff::Timestamp::now();
+    LeaderElectionRecord {
+        holder_identity: holder.into(),
+        lease_duration_seconds: 15,
+        acquire_time: Some(now),
+        renew_time: Some(now),
+        ..Default::default()
+    }
+}
+
 /// A lock whose writes, once switched on, answer with the version they were given
 /// and store nothing, as a server that skips a write changing no byte.
 #[derive(Debug)]
