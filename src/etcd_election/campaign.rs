@@ -90,16 +90,18 @@ impl EtcdElection {
         let mut next_keepalive = session.alive_since + cadence;
         // The keys created before ours, oldest first; `None` until read.
         let mut before: Option<Vec<EtcdLeader>> = None;
+        // The keys before ours as last known, kept across a reread.
+        let mut known: Vec<EtcdLeader> = Vec::new();
         let mut read_at = Instant::now();
         // The revision up to which `before` is known.
         let mut revision = 0;
-        // The last other key seen leading; checked once ours is first.
-        let mut predecessor: Option<EtcdLeader> = None;
+        // Every key that went while it was first, so may have led, with when we saw it
+        // go: each one's session must have ended before ours leads, not only the last
+        // one's (a deleted leader may still act while a successor comes and goes).
+        let mut departed: Vec<(EtcdLeader, Instant)> = Vec::new();
         // A session this replica revoked itself, past its expiry: known gone.
         let mut revoked: Option<i64> = None;
-        // When ours was first seen first while the predecessor's session lived, and
-        // when to ask again whether that session ended.
-        let mut vanished_at: Option<Instant> = None;
+        // When to ask again whether a departed key's session ended.
         let mut recheck_at: Option<Instant> = None;
         // The leader's lease as learned by the standby next in line, and when to ask
         // about it again (`None`: never).
@@ -110,6 +112,14 @@ impl EtcdElection {
                 watch = None;
                 match self.candidates_before(session).await {
                     Ok(Some((keys, at))) => {
+                        // Keys that went while we did not watch: any of them may have
+                        // been first meanwhile.
+                        let now = Instant::now();
+                        for gone in std::mem::take(&mut known) {
+                            if keys.iter().all(|k| k.key != gone.key) {
+                                departed.push((gone, now));
+                            }
+                        }
                         before = Some(keys);
                         revision = at;
                         watch = self.watch_prefix(at).await;
@@ -131,44 +141,45 @@ impl EtcdElection {
                         .core
                         .report
                         .set_leader(Some(first.value.clone()), false);
-                    vanished_at = None;
                     // Only the next in line watches the leader's session.
                     let lease = (keys.len() == 1).then(|| lease_of(first)).flatten();
                     if expiry.as_ref().map(|e| e.0) != lease {
                         expiry = lease.map(|l| (l, Expiry::new(), Some(Instant::now())));
                     }
-                    predecessor = Some(first.clone());
                 } else {
                     expiry = None;
-                    let gone = match predecessor.as_ref() {
-                        None => true,
-                        Some(p) if revoked.is_some() && lease_of(p) == revoked => true,
-                        Some(p) => {
-                            let since = *vanished_at.get_or_insert_with(Instant::now);
-                            match self.session_alive(p).await {
-                                Ok(None) => true,
-                                // A leader of ours stops its work within its lease of
-                                // losing its key; Go's `Resign` deletes the key and keeps
-                                // the session, which cannot be told from a stray delete:
-                                // both are followed one session TTL after the delete.
-                                Ok(Some(ttl)) if Instant::now() >= since + ttl => true,
-                                alive => {
-                                    if let Err(e) = alive {
-                                        debug!(error = %e, "cannot tell whether the last leader's session ended; asking again");
-                                    } else {
-                                        info!(predecessor = %p.key, "the leader's key was deleted but its session lives; waiting for it to end");
-                                    }
-                                    self.shared
-                                        .core
-                                        .report
-                                        .set_leader(Some(p.value.clone()), false);
-                                    recheck_at = Some(Instant::now() + config.retry_period);
-                                    false
+                    // No session is honoured for longer: older departures need no question.
+                    let now = Instant::now();
+                    departed.retain(|(_, since)| now < *since + MAX_HONOURED_LEASE);
+                    let mut waiting = None;
+                    let mut left = Vec::new();
+                    for (p, since) in std::mem::take(&mut departed) {
+                        if revoked.is_some() && lease_of(&p) == revoked {
+                            continue;
+                        }
+                        match self.session_alive(&p).await {
+                            Ok(None) => {}
+                            // A leader of ours stops its work within its lease of
+                            // losing its key; Go's `Resign` deletes the key and keeps
+                            // the session, which cannot be told from a stray delete:
+                            // both are followed one session TTL after the delete.
+                            Ok(Some(ttl)) if Instant::now() >= since + ttl => {}
+                            alive => {
+                                if let Err(e) = alive {
+                                    debug!(error = %e, "cannot tell whether a departed leader's session ended; asking again");
+                                } else {
+                                    info!(predecessor = %p.key, "a leader's key was deleted but its session lives; waiting for it to end");
                                 }
+                                waiting.get_or_insert_with(|| p.value.clone());
+                                left.push((p, since));
                             }
                         }
-                    };
-                    if gone {
+                    }
+                    departed = left;
+                    if let Some(holder) = waiting {
+                        self.shared.core.report.set_leader(Some(holder), false);
+                        recheck_at = Some(Instant::now() + config.retry_period);
+                    } else {
                         // Our turn. The term starts from the last keep-alive when it
                         // leaves the first renewal (sent at once) a retry period;
                         // otherwise from a fresh one.
@@ -222,7 +233,7 @@ impl EtcdElection {
                     }
                 }
                 message = next_message(&mut watch) => match message {
-                    Ok(Some(resp)) if resp.canceled() => before = None,
+                    Ok(Some(resp)) if resp.canceled() => known = before.take().unwrap_or_default(),
                     Ok(Some(resp)) => {
                         if let Some(keys) = before.as_mut() {
                             for event in resp.events() {
@@ -231,6 +242,9 @@ impl EtcdElection {
                                 if event.event_type() == EventType::Delete {
                                     if kv.key() == session.key.as_bytes() {
                                         return Turn::SessionLost("our candidate key is gone".into());
+                                    }
+                                    if keys.first().is_some_and(|k| k.key.as_bytes() == kv.key()) {
+                                        departed.push((keys.remove(0), Instant::now()));
                                     }
                                     keys.retain(|k| k.key.as_bytes() != kv.key());
                                 } else if kv.create_revision() < session.create_revision {
@@ -246,7 +260,7 @@ impl EtcdElection {
                     }
                     Ok(None) | Err(_) => {
                         // Read again and reopen the watch.
-                        before = None;
+                        known = before.take().unwrap_or_default();
                         read_at = Instant::now() + config.jittered_retry();
                     }
                 },

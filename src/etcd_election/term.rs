@@ -2,7 +2,7 @@
 //! the session, lost early when our key is deleted, ended by revoking the session.
 
 use async_trait::async_trait;
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, GetOptions, WatchOptions};
 use tokio::time::{timeout_at, Instant};
 use tracing::{debug, info};
 
@@ -45,11 +45,32 @@ impl Term for SessionTerm<'_> {
                 return Err(Renewal::Failed(LockError::Timeout(limit)));
             }
         }
-        if matches!(self.own, OwnKey::Unknown) {
-            self.own = election.recheck_own(&self.session.key).await;
-            if matches!(self.own, OwnKey::Gone) {
+        // A watch can stall without breaking (a member that falls behind keeps the
+        // stream open and delivers nothing while keep-alives, forwarded to the lease
+        // primary, still succeed): each renewal also reads our key, so a delete is
+        // noticed within a retry period whatever the watch does.
+        let key = self.session.key.as_str();
+        let read = election.request("read our key in", |c| async move {
+            c.kv_client()
+                .get(key, Some(GetOptions::new().with_count_only()))
+                .await
+        });
+        match timeout_at(deadline, read).await {
+            Ok(Ok(resp)) if resp.count() == 0 => {
                 info!("our election key was deleted");
+                self.own = OwnKey::Gone;
                 return Err(Renewal::Lost(None));
+            }
+            Ok(Ok(resp)) => {
+                if matches!(self.own, OwnKey::Unknown) {
+                    let revision = resp.header().map_or(0, |h| h.revision());
+                    self.own = election.watch_own(key, revision).await;
+                }
+            }
+            Ok(Err(e)) => return Err(Renewal::Failed(e)),
+            Err(_) => {
+                let limit = election.shared.core.config.renew_deadline;
+                return Err(Renewal::Failed(LockError::Timeout(limit)));
             }
         }
         Ok(self.session.alive_since)
@@ -142,24 +163,6 @@ impl EtcdElection {
             Err(e) => {
                 debug!(error = %self.err("watch", e), "cannot watch our key; checking it after each keep-alive");
                 OwnKey::Unknown
-            }
-        }
-    }
-
-    /// Reads our key and watches it again from that read.
-    async fn recheck_own(&self, key: &str) -> OwnKey {
-        let read = self
-            .request(
-                "read",
-                |c| async move { c.kv_client().get(key, None).await },
-            )
-            .await;
-        match read {
-            Err(_) => OwnKey::Unknown,
-            Ok(resp) if resp.kvs().is_empty() => OwnKey::Gone,
-            Ok(resp) => {
-                let revision = resp.header().map_or(0, |h| h.revision());
-                self.watch_own(key, revision).await
             }
         }
     }

@@ -100,3 +100,67 @@ async fn etcd_election_leaders_key_deleted_next_waits_for_its_session() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Every key that led while a candidate waited is waited out, not only the last one
+/// seen first. a's key is deleted while a is cut off (packets dropped: its session
+/// lives on in etcd and its work acts until its renew deadline); b, first after it,
+/// waits for a's session and leaves (stopped: its session revoked); c must still wait
+/// for a's session, not lead as soon as b's is gone.
+#[tokio::test]
+async fn etcd_election_next_waits_for_every_departed_leader_not_only_the_last() {
+    let cluster = start(1);
+    let (t, checker) = (Timing::short(), Checker::new());
+    let name = "departed";
+    let member = cluster.endpoint(0);
+    let target = member.trim_start_matches("http://").parse().unwrap();
+    let proxy = leaderelection_testkit::proxy::Proxy::start(target)
+        .await
+        .unwrap();
+    let client = connect(&proxy.endpoints(), &EtcdOptions::new())
+        .await
+        .unwrap();
+    let a_election =
+        EtcdElection::new(client, name, t.config(name, "a").recampaign(false)).unwrap();
+    let run = |who: &str, e: EtcdElection, link: Link| {
+        Replica::spawn(who, e, link, &checker, Work::polite(), t.retry)
+    };
+    let a = run("a", a_election.clone(), Link::other(proxy.clone()));
+    a.wait_leading(Duration::from_secs(20)).await;
+    let b = run(
+        "b",
+        new_election(&cluster, name, t.config(name, "b")).await,
+        Link::direct(),
+    );
+    b.wait_following("a", Duration::from_secs(20)).await;
+    let c = run(
+        "c",
+        new_election(&cluster, name, t.config(name, "c")).await,
+        Link::direct(),
+    );
+    c.wait_following("a", Duration::from_secs(20)).await;
+
+    let key = a_election.current_leader().await.unwrap().unwrap().key;
+    proxy.blackhole(true);
+    checker.fault("a's packets dropped, then its key deleted");
+    raw(&cluster)
+        .await
+        .delete(key.as_str(), None)
+        .await
+        .unwrap();
+    sleep(t.retry).await;
+    assert!(
+        !b.is_leader() && !c.is_leader(),
+        "led while a's session lives"
+    );
+    checker.fault("b stopped while first in line");
+    b.stop().await;
+    // c leads once a's session has expired (a lease after a's last keep-alive).
+    c.wait_leading(t.lease * 2 + t.slack).await;
+    sleep(t.retry).await;
+    checker.close();
+    let report = checker.report();
+    report.assert_safe();
+    c.stop().await;
+    proxy.blackhole(false);
+    a.stop().await;
+}
