@@ -103,6 +103,13 @@ impl EtcdElection {
         let mut revoked: Option<i64> = None;
         // When to ask again whether a departed key's session ended.
         let mut recheck_at: Option<Instant> = None;
+        // A candidate that finds no key before its own at its first read has no
+        // history: a leader whose key was deleted just before may still act on it.
+        // etcd keeps no trace of a deleted key that would tell, so it waits its own
+        // lease from that read, the longest such a leader acts after its last
+        // keep-alive.
+        let mut hidden_until: Option<Instant> = None;
+        let mut first_read = true;
         // The leader's lease as learned by the standby next in line, and when to ask
         // about it again (`None`: never).
         let mut expiry: Option<(i64, Expiry, Option<Instant>)> = None;
@@ -119,6 +126,10 @@ impl EtcdElection {
                             if keys.iter().all(|k| k.key != gone.key) {
                                 departed.push((gone, now));
                             }
+                        }
+                        if std::mem::take(&mut first_read) && keys.is_empty() {
+                            debug!("no history: waiting out any leader whose key was deleted");
+                            hidden_until = Some(now + config.lease_duration);
                         }
                         before = Some(keys);
                         revision = at;
@@ -179,6 +190,8 @@ impl EtcdElection {
                     if let Some(holder) = waiting {
                         self.shared.core.report.set_leader(Some(holder), false);
                         recheck_at = Some(Instant::now() + config.retry_period);
+                    } else if let Some(until) = hidden_until.filter(|u| Instant::now() < *u) {
+                        recheck_at = Some(until);
                     } else {
                         // Our turn. The term starts from the last keep-alive when it
                         // leaves the first renewal (sent at once) a retry period;

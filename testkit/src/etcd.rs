@@ -60,6 +60,8 @@ pub struct EtcdCluster {
 pub struct EtcdClusterOptions {
     tls: Option<TestCerts>,
     args: Vec<String>,
+    /// Members run as another Unix user: member index, uid, gid.
+    users: Vec<(usize, u32, u32)>,
 }
 
 impl EtcdClusterOptions {
@@ -80,6 +82,17 @@ impl EtcdClusterOptions {
     #[must_use]
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
         self.args.push(arg.into());
+        self
+    }
+
+    /// Runs member `i` as the Unix user `uid` (group `gid`), its data directory and
+    /// log handed to that user. Packet filters match sockets by owner, so a test can
+    /// then cut this one member off from its peers (iptables' owner match) while the
+    /// others, and every client, still reach it. Needs root.
+    #[must_use]
+    pub fn member_user(mut self, i: usize, uid: u32, gid: u32) -> Self {
+        self.users.retain(|(m, ..)| *m != i);
+        self.users.push((i, uid, gid));
         self
     }
 }
@@ -157,6 +170,16 @@ impl EtcdCluster {
     /// Client URL of member `i`.
     pub fn endpoint(&self, i: usize) -> String {
         format!("{}://{}", self.scheme(), self.members[i].client)
+    }
+
+    /// The client address of member `i`, for a proxy in front of it.
+    pub fn client_addr(&self, i: usize) -> SocketAddr {
+        self.members[i].client
+    }
+
+    /// The peer address of member `i`: where the other members reach it.
+    pub fn peer_addr(&self, i: usize) -> SocketAddr {
+        self.members[i].peer
     }
 
     fn scheme(&self) -> &'static str {
@@ -282,6 +305,12 @@ impl EtcdCluster {
         let m = &self.members[i];
         let client_url = format!("{}://{}", self.scheme(), m.client);
         let mut command = Command::new("etcd");
+        if let Some(&(_, uid, gid)) = self.options.users.iter().find(|(m, ..)| *m == i) {
+            use std::os::unix::process::CommandExt;
+            std::os::unix::fs::chown(&data, Some(uid), Some(gid))?;
+            std::os::unix::fs::chown(data.with_extension("log"), Some(uid), Some(gid))?;
+            command.uid(uid).gid(gid);
+        }
         if let Some(certs) = &self.options.tls {
             command
                 .arg("--cert-file")

@@ -111,8 +111,7 @@ async fn etcd_election_next_waits_for_every_departed_leader_not_only_the_last() 
     let cluster = start(1);
     let (t, checker) = (Timing::short(), Checker::new());
     let name = "departed";
-    let member = cluster.endpoint(0);
-    let target = member.trim_start_matches("http://").parse().unwrap();
+    let target = cluster.client_addr(0);
     let proxy = leaderelection_testkit::proxy::Proxy::start(target)
         .await
         .unwrap();
@@ -160,6 +159,59 @@ async fn etcd_election_next_waits_for_every_departed_leader_not_only_the_last() 
     checker.close();
     let report = checker.report();
     report.assert_safe();
+    c.stop().await;
+    proxy.blackhole(false);
+    a.stop().await;
+}
+
+/// A candidate with no history (no key before its own at its first read) waits its
+/// own lease before it leads: a's key is deleted while a is cut off (its work acts
+/// until its renew deadline), then c starts afresh and finds the election empty.
+#[tokio::test]
+async fn etcd_election_fresh_candidate_waits_out_a_deleted_leader_it_never_saw() {
+    let cluster = start(1);
+    let (t, checker) = (Timing::short(), Checker::new());
+    let name = "fresh";
+    let target = cluster.client_addr(0);
+    let proxy = leaderelection_testkit::proxy::Proxy::start(target)
+        .await
+        .unwrap();
+    let client = connect(&proxy.endpoints(), &EtcdOptions::new())
+        .await
+        .unwrap();
+    let a_election =
+        EtcdElection::new(client, name, t.config(name, "a").recampaign(false)).unwrap();
+    let run = |who: &str, e: EtcdElection, link: Link| {
+        Replica::spawn(who, e, link, &checker, Work::polite(), t.retry)
+    };
+    let started = Instant::now();
+    let a = run("a", a_election.clone(), Link::other(proxy.clone()));
+    a.wait_leading(t.lease + t.slack).await;
+    // a found the election empty too: it waited its own lease first.
+    assert!(
+        started.elapsed() >= t.lease,
+        "a led after {:?}",
+        started.elapsed()
+    );
+    sleep(t.retry).await;
+
+    let key = a_election.current_leader().await.unwrap().unwrap().key;
+    proxy.blackhole(true);
+    checker.fault("a's packets dropped, then its key deleted");
+    raw(&cluster)
+        .await
+        .delete(key.as_str(), None)
+        .await
+        .unwrap();
+    let c = run(
+        "c",
+        new_election(&cluster, name, t.config(name, "c")).await,
+        Link::direct(),
+    );
+    c.wait_leading(t.lease + t.slack).await;
+    sleep(t.retry).await;
+    checker.close();
+    checker.report().assert_safe();
     c.stop().await;
     proxy.blackhole(false);
     a.stop().await;

@@ -29,7 +29,7 @@ use rand::SeedableRng;
 
 // A folder test: the crate root is tests/faults/main.rs, its modules beside it.
 mod bad_input;
-#[cfg(feature = "kube")]
+#[cfg(all(feature = "etcd", feature = "kube"))]
 mod partition;
 #[cfg(all(feature = "etcd", feature = "kube"))]
 mod real;
@@ -228,7 +228,7 @@ fn groups() -> Vec<Group> {
     let mut groups = vec![memory_group()];
     #[cfg(all(feature = "etcd", feature = "kube"))]
     groups.extend(real::groups());
-    #[cfg(feature = "kube")]
+    #[cfg(all(feature = "etcd", feature = "kube"))]
     groups.push(partition::group());
     groups
 }
@@ -291,7 +291,7 @@ fn main() -> ExitCode {
     if let Some(code) = real::child_main() {
         return code;
     }
-    #[cfg(feature = "kube")]
+    #[cfg(all(feature = "etcd", feature = "kube"))]
     if let Some(code) = partition::child_main() {
         return code;
     }

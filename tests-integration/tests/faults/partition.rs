@@ -1,21 +1,34 @@
 //! Real partitions: a leader process runs as a Unix user of its own; an iptables
 //! owner rule on loopback marks that user's connections, and a second rule drops every
 //! packet of them, both ways. Its connections hang with no reset, as behind a cut
-//! link; the others, this process's replicas, still reach the API test server.
+//! link; the others, this process's replicas, still reach the server.
+//!
+//! Each scenario runs on the Lease, the ConfigMap (annotation) lock, the etcd record
+//! lock and the etcd election: the leader cut off beside a watching standby; cut off,
+//! then the record deleted or blanked and a fresh replica started; cut off while an
+//! operator shortens the lease, or writes another holder with a short one. One etcd
+//! member, the raft leader or a follower, is also cut off from its peers (each member
+//! runs as a user of its own) while its clients still reach it.
 //!
 //! Needs root, `iptables` and `useradd` (scripts/test.sh installs iptables); where one
 //! is missing the scenarios are reported as ignored, with the reason, never as passed.
 
 use std::process::{Command as Process, ExitCode};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use leaderelection::lock::kube::KubeLeaseLock;
-use leaderelection::LeaderElector;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, DeleteParams};
+use leaderelection::lock::etcd::etcd_client::Client;
+use leaderelection::lock::etcd::{connect, EtcdLock, EtcdOptions, DEFAULT_PREFIX};
+use leaderelection::lock::kube::{ConfigMapLock, KubeLeaseLock};
+use leaderelection::{Config, EtcdElection, LeaderElector, LeaseLock};
 use leaderelection_testkit::apiserver::ApiServer;
 use leaderelection_testkit::checker::{Checker, Report};
 use leaderelection_testkit::child::{self, Child, Command};
+use leaderelection_testkit::etcd::{EtcdCluster, EtcdClusterOptions};
 use serde::{Deserialize, Serialize};
 use tokio::time::sleep;
 
@@ -23,10 +36,10 @@ use crate::support::{check, wait_until, Link, Replica, Timing, Work};
 use crate::{Group, Reporter};
 
 const NS: &str = "kube-system";
-/// The role of a leader process cut off by [`cut`].
+/// The role of a leader process cut off by [`Slot::cut`].
 const ROLE: &str = "partition-leader";
-/// The Unix user the leader processes run as.
-const USER: &str = "le-faults-1";
+/// Scenarios run side by side, each with a Unix user and a connection mark of its own.
+const SLOTS: usize = 4;
 
 /// Lease 3s, renew deadline 2s, retry 0.5s, as the other real-backend scenarios.
 fn timing() -> Timing {
@@ -38,18 +51,160 @@ fn timing() -> Timing {
     }
 }
 
-const SCENARIOS: [&str; 3] = [
-    "partition/lease-leader-cut-off",
-    "partition/lease-cut-off-deleted-fresh-replica",
-    "partition/lease-cut-off-blanked-fresh-replica",
-];
+/// Where the record lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+enum Kind {
+    Lease,
+    ConfigMap,
+    Etcd,
+    EtcdElection,
+}
 
-/// What a leader process runs: one replica on a Lease of the server at `url`.
+impl Kind {
+    const ALL: [Kind; 4] = [Kind::Lease, Kind::ConfigMap, Kind::Etcd, Kind::EtcdElection];
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Lease => "lease",
+            Kind::ConfigMap => "configmap",
+            Kind::Etcd => "etcd",
+            Kind::EtcdElection => "etcd-election",
+        }
+    }
+}
+
+/// What an operator does to the record while the leader is cut off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Edit {
+    Delete,
+    /// Clears the holder and keeps the lease: not what a releasing holder writes.
+    Blank,
+    /// Keeps the holder, sets `leaseDurationSeconds` to 1.
+    Shorten,
+    /// Names another holder with a one-second lease.
+    OtherHolder,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Plan {
+    /// The leader cut off beside a watching standby.
+    CutOff,
+    /// Cut off, the record edited, then a fresh replica started.
+    Fresh(Edit),
+    /// Cut off beside a watching standby, the record edited under both.
+    Edited(Edit),
+    /// An etcd member cut off from its peers, the raft leader or a follower, beside
+    /// two replicas whose clients may be pinned to it.
+    MemberCut { raft_leader: bool },
+}
+
+struct Scenario {
+    name: String,
+    kind: Kind,
+    plan: Plan,
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let mut all = Vec::new();
+    for kind in Kind::ALL {
+        let record = kind != Kind::EtcdElection;
+        let mut plans = vec![
+            ("leader-cut-off", Plan::CutOff),
+            ("cut-off-deleted-fresh-replica", Plan::Fresh(Edit::Delete)),
+        ];
+        if record {
+            plans.extend([
+                ("cut-off-blanked-fresh-replica", Plan::Fresh(Edit::Blank)),
+                ("cut-off-lease-shortened", Plan::Edited(Edit::Shorten)),
+                (
+                    "cut-off-other-holder-short-lease",
+                    Plan::Edited(Edit::OtherHolder),
+                ),
+            ]);
+        }
+        if matches!(kind, Kind::Etcd | Kind::EtcdElection) {
+            plans.extend([
+                (
+                    "member-cut-off-raft-leader",
+                    Plan::MemberCut { raft_leader: true },
+                ),
+                (
+                    "member-cut-off-follower",
+                    Plan::MemberCut { raft_leader: false },
+                ),
+            ]);
+        }
+        for (what, plan) in plans {
+            all.push(Scenario {
+                name: format!("partition/{}-{what}", kind.name()),
+                kind,
+                plan,
+            });
+        }
+    }
+    all
+}
+
+/// What a leader process runs: one replica of `kind`.
 #[derive(Serialize, Deserialize)]
 struct Spec {
     id: String,
     election: String,
+    kind: Kind,
+    /// The API server's URL, for the Kubernetes kinds.
     url: String,
+    /// etcd's client URLs, for the etcd kinds.
+    endpoints: Vec<String>,
+}
+
+/// The servers every scenario's replicas reach.
+struct Servers {
+    api: ApiServer,
+    etcd: EtcdCluster,
+}
+
+impl Servers {
+    fn spec(&self, kind: Kind, election: &str, id: &str) -> Spec {
+        Spec {
+            id: id.to_owned(),
+            election: election.to_owned(),
+            kind,
+            url: format!("http://{}", self.api.addr()),
+            endpoints: self.etcd.endpoints(),
+        }
+    }
+}
+
+/// Something that campaigns: a [`LeaderElector`] on any lock, or an [`EtcdElection`].
+enum Elect {
+    Lock(LeaderElector),
+    Election(EtcdElection),
+}
+
+/// The elector of `spec`, connected as `spec` says.
+async fn elector(spec: &Spec, config: Config) -> Elect {
+    let kube = || {
+        let url = spec.url.parse().expect("the server's URL");
+        kube::Client::try_from(kube::Config::new(url)).expect("a kube client")
+    };
+    let lock: Box<dyn LeaseLock> = match spec.kind {
+        Kind::Lease => Box::new(KubeLeaseLock::new(kube(), NS, spec.election.as_str())),
+        Kind::ConfigMap => Box::new(ConfigMapLock::new(kube(), NS, spec.election.as_str())),
+        Kind::Etcd => Box::new(
+            EtcdLock::connect(&spec.endpoints, EtcdOptions::new(), spec.election.as_str())
+                .await
+                .expect("connect to etcd"),
+        ),
+        Kind::EtcdElection => {
+            let client = connect(&spec.endpoints, &EtcdOptions::new())
+                .await
+                .expect("connect to etcd");
+            let election =
+                EtcdElection::new(client, spec.election.as_str(), config).expect("a valid config");
+            return Elect::Election(election);
+        }
+    };
+    Elect::Lock(LeaderElector::new(lock, config).expect("a valid config"))
 }
 
 /// In a leader process: runs the replica, its terms reported as the checker's lines
@@ -68,27 +223,173 @@ pub fn child_main() -> Option<ExitCode> {
         .build()
         .expect("a runtime");
     rt.block_on(async {
-        let url = spec.url.parse().expect("the server's URL");
-        let client = kube::Client::try_from(kube::Config::new(url)).expect("a kube client");
-        let lock = KubeLeaseLock::new(client, NS, spec.election.as_str());
         let t = timing();
-        let elector =
-            LeaderElector::new(lock, t.config(&spec.election, &spec.id)).expect("a valid config");
         let tick = t.retry / 4;
-        elector
-            .run(child::shutdown(), move |l| async move {
-                let term = child::Term::begin(&l);
-                while l.is_valid() {
-                    term.act();
-                    tokio::select! {
-                        _ = l.lost() => break,
-                        _ = sleep(tick) => {}
-                    }
+        let work = move |l: leaderelection::Leadership| async move {
+            let term = child::Term::begin(&l);
+            while l.is_valid() {
+                term.act();
+                tokio::select! {
+                    _ = l.lost() => break,
+                    _ = sleep(tick) => {}
                 }
-            })
-            .await;
+            }
+        };
+        match elector(&spec, t.config(&spec.election, &spec.id)).await {
+            Elect::Lock(e) => e.run(child::shutdown(), work).await,
+            Elect::Election(e) => e.run(child::shutdown(), work).await,
+        }
     });
     Some(ExitCode::SUCCESS)
+}
+
+/// A replica of this process, which the cuts do not touch.
+enum Local {
+    Lock(Replica),
+    Election(Replica<EtcdElection>),
+}
+
+impl Local {
+    async fn start(
+        servers: &Servers,
+        kind: Kind,
+        election: &str,
+        id: &str,
+        checker: &Checker,
+    ) -> Self {
+        let t = timing();
+        let spec = servers.spec(kind, election, id);
+        let config = t.config(election, id);
+        match elector(&spec, config.clone()).await {
+            Elect::Lock(_) => {
+                let lock = record_lock(servers, kind, election).await;
+                Local::Lock(Replica::new(
+                    lock,
+                    Link::direct(),
+                    config,
+                    checker,
+                    Work::polite(),
+                ))
+            }
+            Elect::Election(e) => Local::Election(Replica::spawn(
+                id,
+                e,
+                Link::direct(),
+                checker,
+                Work::polite(),
+                t.retry / 4,
+            )),
+        }
+    }
+
+    async fn wait_leading(&self, within: Duration) {
+        match self {
+            Local::Lock(r) => r.wait_leading(within).await,
+            Local::Election(r) => r.wait_leading(within).await,
+        }
+    }
+
+    async fn wait_following(&self, leader: &str, within: Duration) {
+        match self {
+            Local::Lock(r) => r.wait_following(leader, within).await,
+            Local::Election(r) => r.wait_following(leader, within).await,
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        match self {
+            Local::Lock(r) => r.is_leader(),
+            Local::Election(r) => r.is_leader(),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Local::Lock(r) => r.stop().await,
+            Local::Election(r) => r.stop().await,
+        }
+    }
+}
+
+/// The record's lock of `kind`, as the test process reaches it.
+async fn record_lock(servers: &Servers, kind: Kind, election: &str) -> Box<dyn LeaseLock> {
+    match kind {
+        Kind::Lease => Box::new(KubeLeaseLock::new(servers.api.client(), NS, election)),
+        Kind::ConfigMap => Box::new(ConfigMapLock::new(servers.api.client(), NS, election)),
+        Kind::Etcd => Box::new(
+            EtcdLock::connect(&servers.etcd.endpoints(), EtcdOptions::new(), election)
+                .await
+                .expect("connect to etcd"),
+        ),
+        Kind::EtcdElection => panic!("the etcd election keeps no record"),
+    }
+}
+
+async fn etcd_client(etcd: &EtcdCluster) -> Client {
+    connect(&etcd.endpoints(), &EtcdOptions::new())
+        .await
+        .expect("connect to etcd")
+}
+
+/// An operator's edit of the record of `election`, behind the replicas' backs.
+async fn edit(servers: &Servers, kind: Kind, election: &str, edit: Edit) {
+    match (kind, edit) {
+        (Kind::Lease, Edit::Delete) => {
+            let leases: Api<Lease> = Api::namespaced(servers.api.client(), NS);
+            leases
+                .delete(election, &DeleteParams::default())
+                .await
+                .expect("delete the Lease");
+        }
+        (Kind::ConfigMap, Edit::Delete) => {
+            let maps: Api<ConfigMap> = Api::namespaced(servers.api.client(), NS);
+            maps.delete(election, &DeleteParams::default())
+                .await
+                .expect("delete the ConfigMap");
+        }
+        (Kind::Etcd, Edit::Delete) => {
+            let key = format!("{DEFAULT_PREFIX}{election}");
+            let mut client = etcd_client(&servers.etcd).await;
+            client.delete(key, None).await.expect("delete the key");
+        }
+        (Kind::EtcdElection, Edit::Delete) => {
+            let client = etcd_client(&servers.etcd).await;
+            let observer = EtcdElection::new(client.clone(), election, Config::new(election))
+                .expect("a valid config");
+            let leader = observer
+                .current_leader()
+                .await
+                .expect("read the election")
+                .expect("a leader");
+            let mut client = client;
+            client
+                .delete(leader.key, None)
+                .await
+                .expect("delete the leader's key");
+        }
+        (Kind::EtcdElection, _) => panic!("the etcd election keeps no record to edit"),
+        (_, edit) => {
+            let lock = record_lock(servers, kind, election).await;
+            let current = lock
+                .get()
+                .await
+                .expect("read the record")
+                .expect("a record");
+            let mut record = current.record.clone();
+            match edit {
+                Edit::Blank => record.holder_identity.clear(),
+                Edit::Shorten => record.lease_duration_seconds = 1,
+                Edit::OtherHolder => {
+                    record.holder_identity = "intruder".into();
+                    record.lease_duration_seconds = 1;
+                }
+                Edit::Delete => unreachable!("handled above"),
+            }
+            lock.update(&record, &current.version)
+                .await
+                .expect("write the edited record");
+        }
+    }
 }
 
 /// Why these scenarios cannot run here, if they cannot.
@@ -97,9 +398,9 @@ fn unavailable() -> Option<String> {
     if unsafe { libc::geteuid() } != 0 {
         return Some("needs root (iptables rules and a Unix user per replica)".into());
     }
-    // The two rules the scenarios need, tried on a uid and a mark nobody uses: the
-    // owner match, the connection mark and its match must all be there.
-    let trial: [&[&str]; 2] = [
+    // The rules the scenarios need, tried on a uid and a mark nobody uses: the owner
+    // match, the connection mark and its match, the port matches.
+    let trial: [&[&str]; 3] = [
         &[
             "-t",
             "mangle",
@@ -108,6 +409,12 @@ fn unavailable() -> Option<String> {
             "owner",
             "--uid-owner",
             "4000000",
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            "1,2",
             "-j",
             "CONNMARK",
             "--set-mark",
@@ -116,6 +423,9 @@ fn unavailable() -> Option<String> {
         &[
             "-t", "filter", "OUTPUT", "-o", "lo", "-m", "connmark", "--mark", "0x7ffe", "-j",
             "DROP",
+        ],
+        &[
+            "-t", "filter", "OUTPUT", "-o", "lo", "-p", "tcp", "--sport", "1", "-j", "DROP",
         ],
     ];
     for rule in trial {
@@ -139,13 +449,13 @@ fn unavailable() -> Option<String> {
             Err(e) => return Some(format!("no iptables ({e}); scripts/test.sh installs it")),
         }
     }
-    user().err()
+    user("le-faults-1").err()
 }
 
-/// The uid and gid of [`USER`], created if missing.
-fn user() -> Result<(u32, u32), String> {
+/// The uid and gid of the Unix user `name`, created if missing.
+fn user(name: &str) -> Result<(u32, u32), String> {
     let id = |flag: &str| -> Option<u32> {
-        let out = Process::new("id").args([flag, USER]).output().ok()?;
+        let out = Process::new("id").args([flag, name]).output().ok()?;
         String::from_utf8(out.stdout).ok()?.trim().parse().ok()
     };
     if id("-u").is_none() {
@@ -155,22 +465,19 @@ fn user() -> Result<(u32, u32), String> {
                 "--no-create-home",
                 "--shell",
                 "/usr/sbin/nologin",
-                USER,
+                name,
             ])
             .status()
             .map_err(|e| format!("no useradd ({e})"))?;
         if !status.success() {
-            return Err(format!("useradd {USER} failed: {status}"));
+            return Err(format!("useradd {name} failed: {status}"));
         }
     }
     match (id("-u"), id("-g")) {
         (Some(u), Some(g)) => Ok((u, g)),
-        _ => Err(format!("no uid for {USER}")),
+        _ => Err(format!("no uid for {name}")),
     }
 }
-
-/// The connection mark of [`USER`]'s connections.
-const MARK: &str = "0x1e";
 
 /// One iptables rule, inserted on creation and deleted when dropped (a failing
 /// scenario's unwinding included).
@@ -204,90 +511,100 @@ impl Drop for Rule {
     }
 }
 
-/// Marks every connection [`USER`] opens, so that [`cut`] can drop both directions
-/// of it: an owner match sees only the user's own packets, and the server's packets
-/// to it (a watch event) would still arrive.
-fn mark_connections(uid: u32) -> Rule {
-    let uid = uid.to_string();
-    Rule::insert(&[
-        "-t",
-        "mangle",
-        "OUTPUT",
-        "-m",
-        "owner",
-        "--uid-owner",
-        &uid,
-        "-j",
-        "CONNMARK",
-        "--set-mark",
-        MARK,
-    ])
-}
-
-/// Drops every packet of [`USER`]'s connections, both ways, while it lives: the
-/// connections hang with no reset, as behind a cut link.
-fn cut() -> Rule {
-    Rule::insert(&[
-        "-t", "filter", "OUTPUT", "-m", "connmark", "--mark", MARK, "-j", "DROP",
-    ])
-}
-
-/// A leader process as [`USER`], its terms reported to `checker`.
-fn leader(
-    id: &str,
-    election: &str,
-    server: &ApiServer,
+/// A Unix user and a connection mark for one scenario at a time.
+#[derive(Clone, Copy)]
+struct Slot {
     uid: (u32, u32),
-    checker: &Checker,
-) -> Child {
-    let spec = Spec {
-        id: id.to_owned(),
-        election: election.to_owned(),
-        url: format!("http://{}", server.addr()),
-    };
-    let (u, g) = (uid.0.to_string(), uid.1.to_string());
-    Command::role(ROLE, &spec)
-        .expect("a leader spec")
-        .prefix([
-            "setpriv",
-            "--reuid",
-            &u,
-            "--regid",
-            &g,
-            "--clear-groups",
-            "--",
-        ])
-        .checker(checker)
-        .spawn()
-        .expect("start a leader process as its own user")
+    mark: u32,
 }
 
-/// A replica of this process, which the cut does not touch.
-fn replica(server: &ApiServer, election: &str, id: &str, checker: &Checker) -> Replica {
-    let lock = KubeLeaseLock::new(server.client(), NS, election);
-    Replica::new(
-        lock,
-        Link::direct(),
-        timing().config(election, id),
-        checker,
-        Work::polite(),
-    )
+impl Slot {
+    fn mark(&self) -> String {
+        format!("{:#x}", self.mark)
+    }
+
+    /// Marks every connection of the slot's user, so that [`cut`](Self::cut) can drop
+    /// both directions of it: an owner match sees only the user's own packets, and the
+    /// server's packets to it (a watch event) would still arrive.
+    fn mark_connections(&self) -> Rule {
+        let uid = self.uid.0.to_string();
+        Rule::insert(&[
+            "-t",
+            "mangle",
+            "OUTPUT",
+            "-m",
+            "owner",
+            "--uid-owner",
+            &uid,
+            "-j",
+            "CONNMARK",
+            "--set-mark",
+            &self.mark(),
+        ])
+    }
+
+    /// Drops every packet of the user's connections, both ways, while it lives: the
+    /// connections hang with no reset, as behind a cut link.
+    fn cut(&self) -> Rule {
+        Rule::insert(&[
+            "-t",
+            "filter",
+            "OUTPUT",
+            "-m",
+            "connmark",
+            "--mark",
+            &self.mark(),
+            "-j",
+            "DROP",
+        ])
+    }
+
+    /// A leader process as the slot's user, its terms reported to `checker`.
+    fn leader(&self, spec: &Spec, checker: &Checker) -> Child {
+        let (u, g) = (self.uid.0.to_string(), self.uid.1.to_string());
+        Command::role(ROLE, spec)
+            .expect("a leader spec")
+            .prefix([
+                "setpriv",
+                "--reuid",
+                &u,
+                "--regid",
+                &g,
+                "--clear-groups",
+                "--",
+            ])
+            .checker(checker)
+            .spawn()
+            .expect("start a leader process as its own user")
+    }
 }
 
 /// The leader process is cut off while a standby of this process watches: it must
 /// stop acting (at its renew deadline) before the standby takes over (after the lease
-/// as it saw it).
-async fn leader_cut_off(server: &ApiServer, uid: (u32, u32)) -> Report {
-    let (t, election) = (timing(), "partition-cut");
+/// as it saw it). With `edit`, an operator then edits the record under both: a
+/// shorter lease or another holder with a short one must not bring the takeover
+/// forward.
+async fn cut_off(
+    servers: &Servers,
+    slot: Slot,
+    kind: Kind,
+    election: &str,
+    edit_with: Option<Edit>,
+) -> Report {
+    let t = timing();
     let checker = Checker::new();
-    let _marked = mark_connections(uid.0);
-    let mut p1 = leader("p1", election, server, uid, &checker);
+    let _marked = slot.mark_connections();
+    let mut p1 = slot.leader(&servers.spec(kind, election, "p1"), &checker);
     wait_until("p1 leads", t.lease * 4, || p1.leads()).await;
-    let standby = replica(server, election, "r", &checker);
+    let standby = Local::start(servers, kind, election, "r", &checker).await;
     standby.wait_following("p1", t.lease * 2).await;
     sleep(t.lease).await;
     checker.fault("p1's packets dropped");
-    let cut = cut();
+    let cut = slot.cut();
+    if let Some(e) = edit_with {
+        checker.fault(format!("the record edited: {e:?}"));
+        edit(servers, kind, election, e).await;
+    }
     standby.wait_leading(t.lease + t.slack * 2).await;
     sleep(t.lease).await;
     checker.close();
@@ -300,39 +617,27 @@ async fn leader_cut_off(server: &ApiServer, uid: (u32, u32)) -> Report {
     report
 }
 
-/// The leader process is cut off, then an operator deletes (or blanks) the Lease and a
-/// fresh replica starts: it never saw the live record, yet must not act while the cut
-/// leader may still act on its last renewal.
-async fn cut_then_fresh_replica(server: &ApiServer, uid: (u32, u32), blank: bool) -> Report {
+/// The leader process is cut off, then an operator deletes (or blanks) the record and
+/// a fresh replica starts: it never saw the live record, yet must not act while the
+/// cut leader may still act on its last renewal.
+async fn cut_then_fresh(
+    servers: &Servers,
+    slot: Slot,
+    kind: Kind,
+    election: &str,
+    e: Edit,
+) -> Report {
     let t = timing();
-    let election = if blank {
-        "partition-blank"
-    } else {
-        "partition-delete"
-    };
     let checker = Checker::new();
-    let _marked = mark_connections(uid.0);
-    let mut p1 = leader("p1", election, server, uid, &checker);
+    let _marked = slot.mark_connections();
+    let mut p1 = slot.leader(&servers.spec(kind, election, "p1"), &checker);
     wait_until("p1 leads", t.lease * 4, || p1.leads()).await;
     sleep(t.lease).await;
     checker.fault("p1's packets dropped");
-    let cut = cut();
-    let leases: Api<Lease> = Api::namespaced(server.client(), NS);
-    if blank {
-        checker.fault("the Lease's holder blanked");
-        let patch = serde_json::json!({"spec": {"holderIdentity": ""}});
-        leases
-            .patch(election, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .expect("blank the Lease");
-    } else {
-        checker.fault("the Lease deleted");
-        leases
-            .delete(election, &DeleteParams::default())
-            .await
-            .expect("delete the Lease");
-    }
-    let fresh = replica(server, election, "fresh", &checker);
+    let cut = slot.cut();
+    checker.fault(format!("the record edited: {e:?}"));
+    edit(servers, kind, election, e).await;
+    let fresh = Local::start(servers, kind, election, "fresh", &checker).await;
     fresh.wait_leading(t.lease + t.slack * 2).await;
     sleep(t.lease).await;
     checker.close();
@@ -345,48 +650,247 @@ async fn cut_then_fresh_replica(server: &ApiServer, uid: (u32, u32), blank: bool
     report
 }
 
+/// Drops the traffic between etcd member `i` and its peers, both ways, while it
+/// lives; its clients still reach it. The member runs as `uid`, so that its own
+/// connections to the others' peer ports can be told from theirs.
+fn cut_member_off(etcd: &EtcdCluster, i: usize, uid: u32, mark: u32) -> Vec<Rule> {
+    let own = etcd.peer_addr(i).port().to_string();
+    let others: Vec<String> = (0..etcd.len())
+        .filter(|j| *j != i)
+        .map(|j| etcd.peer_addr(j).port().to_string())
+        .collect();
+    let (uid, mark, others) = (uid.to_string(), format!("{mark:#x}"), others.join(","));
+    vec![
+        // The others' connections to its peer port, both ways.
+        Rule::insert(&[
+            "-t", "filter", "OUTPUT", "-o", "lo", "-p", "tcp", "--dport", &own, "-j", "DROP",
+        ]),
+        Rule::insert(&[
+            "-t", "filter", "OUTPUT", "-o", "lo", "-p", "tcp", "--sport", &own, "-j", "DROP",
+        ]),
+        // Its own connections to theirs, both ways.
+        Rule::insert(&[
+            "-t",
+            "mangle",
+            "OUTPUT",
+            "-m",
+            "owner",
+            "--uid-owner",
+            &uid,
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            &others,
+            "-j",
+            "CONNMARK",
+            "--set-mark",
+            &mark,
+        ]),
+        Rule::insert(&[
+            "-t", "filter", "OUTPUT", "-o", "lo", "-m", "connmark", "--mark", &mark, "-j", "DROP",
+        ]),
+    ]
+}
+
+/// The index of the raft leader of `etcd`, as the members report it.
+async fn raft_leader_of(etcd: &EtcdCluster) -> usize {
+    let mut ids = Vec::new();
+    let mut leader = 0;
+    for i in 0..etcd.len() {
+        let mut client = connect(&[etcd.endpoint(i)], &EtcdOptions::new())
+            .await
+            .expect("connect to a member");
+        let status = client.status().await.expect("member status");
+        ids.push(status.header().map_or(0, |h| h.member_id()));
+        leader = status.leader();
+    }
+    ids.iter()
+        .position(|id| *id == leader)
+        .expect("a raft leader")
+}
+
+/// Two replicas of this process on a 3-member etcd cluster whose clients reach every
+/// member; one member (the raft leader, or a follower) is cut off from its peers for
+/// three leases while its clients still reach it. A leader pinned to it loses its
+/// renewals or fails over; its watch there stalls. Never two leaders; one returns.
+async fn member_cut_off(
+    etcd: &EtcdCluster,
+    users: &[(u32, u32)],
+    kind: Kind,
+    raft_leader: bool,
+) -> Report {
+    let t = timing();
+    let checker = Checker::new();
+    let election = format!("member-cut-{}-{raft_leader}", kind.name());
+    let servers_spec = |id: &str| Spec {
+        id: id.to_owned(),
+        election: election.clone(),
+        kind,
+        url: String::new(),
+        endpoints: etcd.endpoints(),
+    };
+    let start = |id: &'static str| {
+        let spec = servers_spec(id);
+        let checker = checker.clone();
+        async move {
+            let config = t.config(&spec.election, id);
+            match elector(&spec, config.clone()).await {
+                Elect::Lock(_) => {
+                    let lock = EtcdLock::connect(
+                        &spec.endpoints,
+                        EtcdOptions::new(),
+                        spec.election.as_str(),
+                    )
+                    .await
+                    .expect("connect to etcd");
+                    Local::Lock(Replica::new(
+                        lock,
+                        Link::direct(),
+                        config,
+                        &checker,
+                        Work::polite(),
+                    ))
+                }
+                Elect::Election(e) => Local::Election(Replica::spawn(
+                    id,
+                    e,
+                    Link::direct(),
+                    &checker,
+                    Work::polite(),
+                    t.retry / 4,
+                )),
+            }
+        }
+    };
+    let a = start("a").await;
+    a.wait_leading(t.lease * 4).await;
+    let b = start("b").await;
+    b.wait_following("a", t.lease * 2).await;
+    sleep(t.lease).await;
+    let leader = raft_leader_of(etcd).await;
+    let member = if raft_leader {
+        leader
+    } else {
+        (leader + 1) % etcd.len()
+    };
+    checker.fault(format!(
+        "etcd member {member} cut off from its peers (raft leader: {raft_leader})"
+    ));
+    let cut = cut_member_off(etcd, member, users[member].0, 0x30 + member as u32);
+    sleep(t.lease * 3).await;
+    checker.fault("the member's peers reach it again");
+    drop(cut);
+    wait_until("one replica leads", t.lease * 4, || {
+        a.is_leader() || b.is_leader()
+    })
+    .await;
+    sleep(t.lease).await;
+    checker.close();
+    a.stop().await;
+    b.stop().await;
+    let report = checker.report();
+    report.assert_safe();
+    report
+}
+
 pub fn group() -> Group {
-    let run = Box::new(|reporter: &Reporter| {
+    let all = scenarios();
+    let names: Vec<String> = all.iter().map(|s| s.name.clone()).collect();
+    let run = Box::new(move |reporter: &Reporter| {
+        if !all.iter().any(|s| reporter.selected(&s.name)) {
+            // Counted as filtered out, without starting any server.
+            futures::executor::block_on(async {
+                for s in &all {
+                    reporter.run(&s.name, async { Vec::new() }).await;
+                }
+            });
+            return;
+        }
         if let Some(why) = unavailable() {
-            for name in SCENARIOS {
-                reporter.ignore(name, &why);
+            for s in &all {
+                reporter.ignore(&s.name, &why);
             }
             return;
         }
-        let uid = user().expect("the user checked above");
+        let slots: Vec<Slot> = (1..=SLOTS)
+            .map(|k| Slot {
+                uid: user(&format!("le-faults-{k}")).expect("a user per slot"),
+                mark: 0x1e + k as u32,
+            })
+            .collect();
+        let members: Vec<(u32, u32)> = (0..3)
+            .map(|i| user(&format!("le-etcd-{i}")).expect("a user per etcd member"))
+            .collect();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .build()
             .expect("a runtime");
         rt.block_on(async {
-            let server = ApiServer::start().await.expect("start the API test server");
-            let [cut, deleted, blanked] = SCENARIOS;
-            reporter
-                .run(cut, async {
-                    vec![(cut.into(), leader_cut_off(&server, uid).await)]
-                })
-                .await;
-            reporter
-                .run(deleted, async {
-                    vec![(
-                        deleted.into(),
-                        cut_then_fresh_replica(&server, uid, false).await,
-                    )]
-                })
-                .await;
-            reporter
-                .run(blanked, async {
-                    vec![(
-                        blanked.into(),
-                        cut_then_fresh_replica(&server, uid, true).await,
-                    )]
-                })
-                .await;
+            let servers = Servers {
+                api: ApiServer::start().await.expect("start the API test server"),
+                etcd: EtcdCluster::start(3).expect("start etcd"),
+            };
+            let options = members
+                .iter()
+                .enumerate()
+                .fold(EtcdClusterOptions::new(), |o, (i, (u, g))| {
+                    o.member_user(i, *u, *g)
+                });
+            let cut_cluster =
+                EtcdCluster::start_with(3, options).expect("start etcd as its own users");
+            let pool = Mutex::new(slots);
+            let (servers, cut_cluster, pool, members) = (&servers, &cut_cluster, &pool, &members);
+            // The member cuts share one cluster: one at a time, beside the others.
+            let member_cuts = async {
+                for s in all
+                    .iter()
+                    .filter(|s| matches!(s.plan, Plan::MemberCut { .. }))
+                {
+                    let Plan::MemberCut { raft_leader } = s.plan else {
+                        continue;
+                    };
+                    reporter
+                        .run(&s.name, async {
+                            vec![(
+                                s.name.clone(),
+                                member_cut_off(cut_cluster, members, s.kind, raft_leader).await,
+                            )]
+                        })
+                        .await;
+                }
+            };
+            let client_cuts = futures::stream::iter(
+                all.iter()
+                    .filter(|s| !matches!(s.plan, Plan::MemberCut { .. })),
+            )
+            .for_each_concurrent(SLOTS, |s| async move {
+                let slot = pool.lock().unwrap().pop().expect("a free slot");
+                let election = s.name.replace('/', "-");
+                reporter
+                    .run(&s.name, async {
+                        let report = match s.plan {
+                            Plan::CutOff => cut_off(servers, slot, s.kind, &election, None).await,
+                            Plan::Edited(e) => {
+                                cut_off(servers, slot, s.kind, &election, Some(e)).await
+                            }
+                            Plan::Fresh(e) => {
+                                cut_then_fresh(servers, slot, s.kind, &election, e).await
+                            }
+                            Plan::MemberCut { .. } => unreachable!("run apart"),
+                        };
+                        vec![(s.name.clone(), report)]
+                    })
+                    .await;
+                pool.lock().unwrap().push(slot);
+            });
+            futures::join!(member_cuts, client_cuts);
         });
     });
     Group {
-        scenarios: SCENARIOS.iter().map(|s| s.to_string()).collect(),
+        scenarios: names,
         run,
     }
 }
