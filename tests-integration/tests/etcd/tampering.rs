@@ -216,3 +216,81 @@ async fn etcd_election_fresh_candidate_waits_out_a_deleted_leader_it_never_saw()
     proxy.blackhole(false);
     a.stop().await;
 }
+
+/// A leader whose watch on its key stalls while its keep-alives still succeed (the
+/// member serving the watch holds its packets; the client has failed over to another
+/// member for every new request) notices the key's deletion at its next renewal,
+/// within a retry period, and steps down before the next candidate, which waits out
+/// its session from the delete, leads.
+#[tokio::test]
+async fn etcd_election_leader_with_a_stalled_watch_notices_a_delete_within_a_retry() {
+    use leaderelection_testkit::proxy::{Direction, Proxy};
+    let cluster = start(1);
+    let (t, checker) = (Timing::short(), Checker::new());
+    let name = "stalled";
+    let (pa, pb) = (
+        Proxy::start(cluster.client_addr(0)).await.unwrap(),
+        Proxy::start(cluster.client_addr(0)).await.unwrap(),
+    );
+    let client = connect(&[pa.endpoint(), pb.endpoint()], &EtcdOptions::new())
+        .await
+        .unwrap();
+    let a_election =
+        EtcdElection::new(client.clone(), name, t.config(name, "a").recampaign(false)).unwrap();
+    let run = |who: &str, e: EtcdElection| {
+        Replica::spawn(who, e, Link::direct(), &checker, Work::polite(), t.retry)
+    };
+    let a = run("a", a_election.clone());
+    a.wait_leading(t.lease + t.slack).await;
+    let b = run("b", new_election(&cluster, name, t.config(name, "b")).await);
+    b.wait_following("a", Duration::from_secs(20)).await;
+
+    // a's client sends every request to one endpoint: the one whose traffic grows.
+    let traffic = || [&pa, &pb].map(|p| p.bytes(Direction::ToClient));
+    let before = traffic();
+    sleep(t.retry * 2).await;
+    let after = traffic();
+    let (stalled, other) = if after[0] > before[0] {
+        (&pa, &pb)
+    } else {
+        (&pb, &pa)
+    };
+    assert!(
+        after[0] == before[0] || after[1] == before[1],
+        "a's client used both endpoints"
+    );
+    let other_before = other.bytes(Direction::ToClient);
+    stalled.blackhole(true);
+    checker.fault("the member serving a's watch holds its packets");
+    // A request abandoned there moves a's client on to the other endpoint.
+    let mut probe = client.clone();
+    let _ = timeout(Duration::from_millis(200), probe.get("probe", None)).await;
+    sleep(t.retry * 2).await;
+    assert!(
+        other.bytes(Direction::ToClient) > other_before,
+        "a's client did not fail over"
+    );
+    assert!(
+        a.is_leader(),
+        "a lost its term although its keep-alives reach etcd"
+    );
+
+    let token = a.tokens()[0];
+    let key = a_election.current_leader().await.unwrap().unwrap().key;
+    checker.fault("a's key deleted");
+    raw(&cluster)
+        .await
+        .delete(key.as_str(), None)
+        .await
+        .unwrap();
+    timeout(t.retry * 2 + t.slack, a.term_end(token))
+        .await
+        .expect("a notices the delete within a retry period");
+    b.wait_leading(t.lease + t.slack).await;
+    sleep(t.retry).await;
+    checker.close();
+    checker.report().assert_safe();
+    b.stop().await;
+    stalled.blackhole(false);
+    a.stop().await;
+}
