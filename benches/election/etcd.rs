@@ -157,7 +157,8 @@ impl Library for OursElection {
                 .renew_deadline(t.renew)
                 .retry_period(t.retry);
             let elector = EtcdElection::new(client, format!("/bench-election/{election}"), config)
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?
+                .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
             let (tx, rx) = watch::channel(None);
             let shutdown = CancellationToken::new();
             let last_renewal = proxy.stats.last_response.clone();

@@ -155,7 +155,9 @@ impl EtcdElection {
                     // Only the next in line watches the leader's session.
                     let lease = (keys.len() == 1).then(|| lease_of(first)).flatten();
                     if expiry.as_ref().map(|e| e.0) != lease {
-                        expiry = lease.map(|l| (l, Expiry::new(), Some(Instant::now())));
+                        expiry = lease.map(|l| {
+                            (l, Expiry::new(self.revocable_above()), Some(Instant::now()))
+                        });
                     }
                 } else {
                     expiry = None;

@@ -54,11 +54,14 @@ struct Chain {
 #[derive(Debug, Clone)]
 pub(super) struct Expiry {
     chain: Option<Chain>,
+    /// TTLs up to this are left to etcd: an old primary cut off from its peers may
+    /// answer for that long without the keep-alives the new primary receives.
+    floor: Duration,
 }
 
 impl Expiry {
-    pub(super) fn new() -> Self {
-        Self { chain: None }
+    pub(super) fn new(floor: Duration) -> Self {
+        Self { chain: None, floor }
     }
 
     /// Clock-rate skew between this host and the primary over a chain (which lasts
@@ -77,15 +80,19 @@ impl Expiry {
         ttl: i64,
         granted: i64,
     ) -> Verdict {
-        if ttl < 0 {
-            // Gone, or at least a second past expiry.
+        if ttl < 0 && granted <= 0 {
+            // etcd no longer has it: its revocation was committed.
             return Verdict::Expired;
         }
         let Ok(g) = u64::try_from(granted) else {
             return Verdict::Never;
         };
-        if g < 2 {
+        if g < 2 || Duration::from_secs(g) <= self.floor {
             return Verdict::Never;
+        }
+        if ttl < 0 {
+            // At least a second past expiry at the primary.
+            return Verdict::Expired;
         }
         let granted = Duration::from_secs(g);
         let margin = Self::margin(granted);
@@ -149,6 +156,31 @@ impl Expiry {
 mod tests {
     use super::*;
 
+    /// No floor: the tests of the chain's own rules.
+    const FLOOR: Duration = Duration::ZERO;
+
+    /// An old primary cut off from its peers answers for up to twice the election
+    /// timeout without the keep-alives that reach the new one: a TTL it can outlast is
+    /// never proved expired, whatever it answers, not even a lease it holds past
+    /// expiry (a negative TTL); a lease etcd no longer has is gone at any TTL.
+    #[test]
+    fn a_ttl_an_old_primary_can_outlast_is_left_to_etcd() {
+        let t0 = Instant::now();
+        for granted in [2, 3, 5] {
+            for answer in [1, 0, -1, -3] {
+                let mut e = Expiry::new(Duration::from_secs(5) + Duration::from_millis(500));
+                assert_eq!(
+                    e.observe(t0, t0 + Duration::from_millis(2), answer, granted),
+                    Verdict::Never,
+                    "TTL {granted} s, answer {answer}"
+                );
+            }
+        }
+        let mut e = Expiry::new(Duration::from_millis(2500));
+        assert_eq!(e.observe(t0, t0, -1, 0), Verdict::Expired);
+        assert_eq!(e.observe(t0, t0, -2, 3), Verdict::Expired);
+    }
+
     /// A lease on a simulated primary: expiry `e`, renewed by keep-alives.
     struct Lease {
         granted: Duration,
@@ -180,7 +212,7 @@ mod tests {
         until: Instant,
         rtt: Duration,
     ) -> (Option<Instant>, usize) {
-        let mut expiry = Expiry::new();
+        let mut expiry = Expiry::new(FLOOR);
         let mut at = start;
         let mut asked = 0;
         while at < until {
@@ -204,7 +236,7 @@ mod tests {
     #[test]
     fn an_answer_of_forever_neither_panics_nor_ends_the_questions() {
         let t0 = Instant::now();
-        let mut e = Expiry::new();
+        let mut e = Expiry::new(FLOOR);
         let received = t0 + Duration::from_millis(3);
         match e.observe(t0, received, FOREVER, 15) {
             Verdict::AskAt(at) => assert!(at <= received + Duration::from_secs(15), "{at:?}"),

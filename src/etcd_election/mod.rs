@@ -16,7 +16,9 @@
 //! a [`Leadership`] whose fencing token is the create revision of the leader's key.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use etcd_client::Client;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,9 @@ mod session;
 mod term;
 
 pub use leader::EtcdLeader;
+
+/// etcd's default `--election-timeout`.
+const DEFAULT_ETCD_ELECTION_TIMEOUT_MS: u64 = 1000;
 
 /// One replica's side of an etcd election (Go's `concurrency.Election`), with the
 /// contract of [`LeaderElector`](crate::LeaderElector).
@@ -81,6 +86,8 @@ struct Shared {
     name: String,
     prefix: String,
     core: Core,
+    /// The etcd cluster's `--election-timeout`, in milliseconds.
+    etcd_election_timeout_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for Shared {
@@ -115,8 +122,47 @@ impl EtcdElection {
                 client,
                 prefix: format!("{name}/"),
                 name,
+                etcd_election_timeout_ms: AtomicU64::new(DEFAULT_ETCD_ELECTION_TIMEOUT_MS),
             }),
         })
+    }
+
+    /// The etcd cluster's `--election-timeout` (etcd's default, 1 s, unless set).
+    ///
+    /// The standby next in line revokes a crashed leader's session as soon as etcd's
+    /// answers prove it past expiry, instead of waiting for etcd's lessor. An old raft
+    /// leader cut off from its peers keeps answering as the lease primary for up to
+    /// twice this timeout (CheckQuorum), without the keep-alives that now reach the
+    /// new primary; so the early revoke is used only for a session TTL (the lease
+    /// duration) longer than twice this timeout plus the retry period, and is left to
+    /// etcd otherwise (docs/safety.md, "What it assumes of etcd").
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// # async fn f(client: leaderelection::lock::etcd::etcd_client::Client) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use leaderelection::{Config, EtcdElection};
+    ///
+    /// // etcd started with --election-timeout=5000
+    /// let election = EtcdElection::new(client, "scheduler", Config::new("scheduler"))?
+    ///     .etcd_election_timeout(Duration::from_secs(5));
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn etcd_election_timeout(self, timeout: Duration) -> Self {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.shared
+            .etcd_election_timeout_ms
+            .store(ms, Ordering::Relaxed);
+        self
+    }
+
+    /// The shortest session TTL whose expiry a standby may prove from etcd's answers:
+    /// more than an old primary's answers can outlast its quorum.
+    fn revocable_above(&self) -> Duration {
+        let timeout = self.shared.etcd_election_timeout_ms.load(Ordering::Relaxed);
+        Duration::from_millis(timeout).saturating_mul(2) + self.shared.core.config.retry_period
     }
 
     observers!(

@@ -109,6 +109,11 @@ struct Member {
 
 static CLUSTERS: AtomicU32 = AtomicU32::new(0);
 
+/// The members' `--election-timeout`: short, as loopback allows, so that a member's
+/// failure and recovery are quick. Tell an `EtcdElection` on such a cluster
+/// (`EtcdElection::etcd_election_timeout`).
+pub const ELECTION_TIMEOUT: Duration = Duration::from_millis(500);
+
 impl EtcdCluster {
     /// Starts `size` members and waits until every one reports healthy.
     ///
@@ -343,7 +348,8 @@ impl EtcdCluster {
             .arg("--initial-cluster-token")
             .arg(self.dir.file_name().unwrap_or_default())
             // Loopback: fast heartbeats make member failure and recovery quick.
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--heartbeat-interval", "50", "--election-timeout"])
+            .arg(ELECTION_TIMEOUT.as_millis().to_string())
             .args(["--log-level", "warn"])
             .args(&self.options.args)
             .stdin(Stdio::null())

@@ -174,5 +174,7 @@ async fn new_election(cluster: &EtcdCluster, name: &str, config: Config) -> Etcd
     let client = connect(&cluster.endpoints(), &EtcdOptions::new())
         .await
         .unwrap();
-    EtcdElection::new(client, name, config).unwrap()
+    EtcdElection::new(client, name, config)
+        .unwrap()
+        .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT)
 }

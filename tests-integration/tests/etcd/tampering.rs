@@ -118,8 +118,9 @@ async fn etcd_election_next_waits_for_every_departed_leader_not_only_the_last() 
     let client = connect(&proxy.endpoints(), &EtcdOptions::new())
         .await
         .unwrap();
-    let a_election =
-        EtcdElection::new(client, name, t.config(name, "a").recampaign(false)).unwrap();
+    let a_election = EtcdElection::new(client, name, t.config(name, "a").recampaign(false))
+        .unwrap()
+        .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
     let run = |who: &str, e: EtcdElection, link: Link| {
         Replica::spawn(who, e, link, &checker, Work::polite(), t.retry)
     };
@@ -179,8 +180,9 @@ async fn etcd_election_fresh_candidate_waits_out_a_deleted_leader_it_never_saw()
     let client = connect(&proxy.endpoints(), &EtcdOptions::new())
         .await
         .unwrap();
-    let a_election =
-        EtcdElection::new(client, name, t.config(name, "a").recampaign(false)).unwrap();
+    let a_election = EtcdElection::new(client, name, t.config(name, "a").recampaign(false))
+        .unwrap()
+        .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
     let run = |who: &str, e: EtcdElection, link: Link| {
         Replica::spawn(who, e, link, &checker, Work::polite(), t.retry)
     };
@@ -235,8 +237,9 @@ async fn etcd_election_leader_with_a_stalled_watch_notices_a_delete_within_a_ret
     let client = connect(&[pa.endpoint(), pb.endpoint()], &EtcdOptions::new())
         .await
         .unwrap();
-    let a_election =
-        EtcdElection::new(client.clone(), name, t.config(name, "a").recampaign(false)).unwrap();
+    let a_election = EtcdElection::new(client.clone(), name, t.config(name, "a").recampaign(false))
+        .unwrap()
+        .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
     let run = |who: &str, e: EtcdElection| {
         Replica::spawn(who, e, Link::direct(), &checker, Work::polite(), t.retry)
     };

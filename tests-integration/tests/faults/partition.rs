@@ -199,8 +199,9 @@ async fn elector(spec: &Spec, config: Config) -> Elect {
             let client = connect(&spec.endpoints, &EtcdOptions::new())
                 .await
                 .expect("connect to etcd");
-            let election =
-                EtcdElection::new(client, spec.election.as_str(), config).expect("a valid config");
+            let election = EtcdElection::new(client, spec.election.as_str(), config)
+                .expect("a valid config")
+                .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
             return Elect::Election(election);
         }
     };
