@@ -793,7 +793,8 @@ pub struct Election<'a> {
     pub checker: Checker,
     /// The replicas that joined and were not removed.
     pub replicas: Vec<Replica>,
-    /// The work of every replica that joins; `None` alternates polite and eager.
+    /// The work of every replica that joins; `None` cycles through polite, polite
+    /// taking a retry period to stop, and eager.
     pub work: Option<Work>,
     next_id: usize,
 }
@@ -821,10 +822,12 @@ impl<'a> Election<'a> {
         });
         let (lock, link) = self.backend.connect(&self.name).await;
         let config = self.timing.config(&self.name, &id);
-        let work = self.work.unwrap_or(if self.next_id.is_multiple_of(2) {
-            Work::eager()
-        } else {
-            Work::polite()
+        // Work that stops at once when lost, that acts until its validity ends, and
+        // that takes a retry period to stop, as real work draining its queue does.
+        let work = self.work.unwrap_or(match self.next_id % 3 {
+            0 => Work::eager(),
+            1 => Work::polite(),
+            _ => Work::polite().stopping_in(self.timing.retry),
         });
         self.replicas
             .push(Replica::new(lock, link, config, &self.checker, work));
