@@ -294,10 +294,7 @@ pub async fn peer_scenario(
         .stdin(Stdio::null())
         .output()
         .await;
-    let fail = |e: String| Outcome {
-        samples: Samples::new(),
-        failures: vec![e],
-    };
+    let fail = Outcome::failed;
     let out = match out {
         Ok(o) => o,
         Err(e) => return fail(format!("cannot start the peer program: {e}")),
@@ -317,19 +314,27 @@ pub async fn peer_scenario(
     if let Some(e) = v.get("error").and_then(|e| e.as_str()) {
         return fail(e.to_string());
     }
-    let mut samples = Samples::new();
-    for s in v["samples"].as_array().into_iter().flatten() {
-        if let Some(s) = s.as_f64() {
-            samples.push_secs(s);
+    let samples_of = |key: &str| {
+        let mut samples = Samples::new();
+        for s in v[key].as_array().into_iter().flatten() {
+            if let Some(s) = s.as_f64() {
+                samples.push_secs(s);
+            }
         }
-    }
+        samples
+    };
+    let (samples, cold) = (samples_of("samples"), samples_of("cold"));
     let failures = v["failures"]
         .as_array()
         .into_iter()
         .flatten()
         .filter_map(|f| f.as_str().map(str::to_string))
         .collect();
-    Outcome { samples, failures }
+    Outcome {
+        samples,
+        cold,
+        failures,
+    }
 }
 
 /// Renewals of a peer, timed in the peer program.

@@ -615,6 +615,10 @@ async fn run(plan: Plan) -> String {
             "Crash failover: leader's last renewal → standby leading, minus the lease ({})",
             timings.describe()
         ));
+        let mut cold = Figure::new(format!(
+            "Cold start: the first candidate of an election nobody held started → leading ({})",
+            timings.describe()
+        ));
         let contenders = env.contenders(timings);
         let contenders = contenders.iter().filter(|c| plan.wants_backend(&c.backend));
         for (i, c) in contenders.enumerate() {
@@ -628,12 +632,20 @@ async fn run(plan: Plan) -> String {
             } else {
                 tokio::join!(handover_run, crash_run)
             };
+            let mut starts = Samples::new();
+            for s in h.cold.values().iter().chain(f.cold.values()) {
+                starts.push_secs(*s);
+            }
+            let starts = Outcome::of(starts);
             handover.add(&c.backend, &c.library, c.ours, h, c.handover_note);
             crash.add(&c.backend, &c.library, c.ours, f, None);
+            cold.add(&c.backend, &c.library, c.ours, starts, None);
         }
         out.push_str(&handover.render());
         out.push('\n');
         out.push_str(&crash.render());
+        out.push('\n');
+        out.push_str(&cold.render());
         out.push('\n');
     }
 

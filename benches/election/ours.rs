@@ -145,6 +145,10 @@ impl LeaseLock for Timed {
         self.inner.describe()
     }
 
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        self.inner.proves_vacancy().await
+    }
+
     fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
         self.inner.fencing_token(record, version)
     }

@@ -232,6 +232,10 @@ impl LeaseLock for Counted {
         self.inner.describe()
     }
 
+    async fn proves_vacancy(&self) -> Result<bool, LockError> {
+        self.inner.proves_vacancy().await
+    }
+
     fn fencing_token(&self, record: &LeaderElectionRecord, version: &Version) -> u64 {
         self.inner.fencing_token(record, version)
     }

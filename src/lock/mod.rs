@@ -117,6 +117,9 @@ pub trait LeaseLock: Send + Sync + fmt::Debug + 'static {
     /// default, and every lock whose record an operator can delete) it first waits as
     /// long as a leader may still act after its last renewal.
     ///
+    /// A lock that wraps another (to count, time or fault its calls) forwards this
+    /// too, or its elections lose the proof and every cold start waits.
+    ///
     /// # Errors
     ///
     /// A backend error, as [`get`](Self::get)'s; the standby then waits.

@@ -302,6 +302,42 @@ async fn work_that_ignores_lost_is_aborted_before_another_replica_may_lead() {
     b.stop().await;
 }
 
+/// Work that never looks at `lost()`, on the other two ways a term ends: the record
+/// deleted under the leader (its watch ends the term early), and a shutdown (the
+/// elector renews while it waits for the work, then aborts it without releasing).
+/// Either way the work is aborted before another replica may lead.
+#[tokio::test(start_paused = true)]
+async fn work_that_ignores_lost_is_aborted_on_an_early_loss_and_on_shutdown() {
+    for shutdown in [false, true] {
+        let store = MemoryStore::new();
+        let checker = Checker::new();
+        let a = Replica::memory(&store, config("a"), &checker, Work::deaf());
+        a.wait_leading(Duration::from_secs(1)).await;
+        let b = start(&store, config("b"), &checker);
+        sleep(Duration::from_secs(5)).await;
+        if shutdown {
+            a.begin_stop();
+        } else {
+            store.delete(NAME);
+        }
+        b.wait_leading(Duration::from_secs(60)).await;
+        sleep(Duration::from_secs(1)).await;
+        let a_term = term_of(&checker, "a").unwrap();
+        let b_term = term_of(&checker, "b").unwrap();
+        let a_end = a_term
+            .end
+            .unwrap_or_else(|| panic!("a's deaf work still runs (shutdown: {shutdown})"));
+        assert!(
+            a_end <= b_term.start,
+            "a's deaf work ran beside b's (shutdown: {shutdown})"
+        );
+        let report = checker.report();
+        assert_eq!(report.overlaps(), 0, "{}", report.explain());
+        b.stop().await;
+        a.stop().await;
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_recampaign_run_returns_after_the_first_loss() {
     let store = MemoryStore::new();

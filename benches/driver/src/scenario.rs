@@ -138,6 +138,9 @@ pub trait Library: Send + Sync {
 pub struct Outcome {
     /// One sample per election that completed.
     pub samples: Samples,
+    /// Per election: from its first candidate's start, on an election nobody held
+    /// before, to that candidate leading (the cold start).
+    pub cold: Samples,
     /// Why the other elections did not.
     pub failures: Vec<String>,
 }
@@ -147,7 +150,17 @@ impl Outcome {
     pub fn failed(why: String) -> Self {
         Self {
             samples: Samples::new(),
+            cold: Samples::new(),
             failures: vec![why],
+        }
+    }
+
+    /// An outcome of `samples` and no failure.
+    pub fn of(samples: Samples) -> Self {
+        Self {
+            samples,
+            cold: Samples::new(),
+            failures: Vec::new(),
         }
     }
 
@@ -197,6 +210,7 @@ pub async fn run(
     });
     let mut out = Outcome {
         samples: Samples::new(),
+        cold: Samples::new(),
         failures: Vec::new(),
     };
     let results: Vec<_> = futures::stream::iter(runs)
@@ -205,7 +219,10 @@ pub async fn run(
         .await;
     for r in results {
         match r {
-            Ok(s) => out.samples.push_secs(s),
+            Ok((s, cold)) => {
+                out.samples.push_secs(s);
+                out.cold.push_secs(cold);
+            }
             Err(e) => out.failures.push(e),
         }
     }
@@ -217,13 +234,16 @@ async fn one(
     election: String,
     t: Timings,
     departure: Departure,
-) -> Result<f64, String> {
+) -> Result<(f64, f64), String> {
     // Spread the starts so that n elections do not all begin in the same millisecond.
     sleep(random_within(t.retry)).await;
+    let started = Instant::now();
     let mut a = lib.start(election.clone(), "candidate-a".into()).await?;
-    a.wait_leading(t.lease * 3 + Duration::from_secs(5))
+    let led = a
+        .wait_leading(t.lease * 3 + Duration::from_secs(5))
         .await
         .ok_or_else(|| format!("{election}: the first candidate never led"))?;
+    let cold = led.saturating_duration_since(started).as_secs_f64();
     // Replicas start at unrelated moments: a standby that polls does so at a random
     // phase of the leader's renewals.
     sleep(random_within(t.retry)).await;
@@ -278,7 +298,7 @@ async fn one(
         }
     };
     b.stop().await;
-    Ok(sample)
+    Ok((sample, cold))
 }
 
 fn random_within(d: Duration) -> Duration {

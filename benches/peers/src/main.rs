@@ -96,7 +96,7 @@ async fn run(args: &[String]) -> Result<(), String> {
             let out = scenario::run(lib, prefix, n, n, Timings::SHORT, departure).await;
             println!(
                 "{}",
-                serde_json::json!({ "samples": out.samples.values(), "failures": out.failures })
+                serde_json::json!({ "samples": out.samples.values(), "cold": out.cold.values(), "failures": out.failures })
             );
             Ok(())
         }
