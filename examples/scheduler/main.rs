@@ -147,7 +147,7 @@ async fn replica(opts: Options) -> ExitCode {
         elector: elector.clone(),
         registry,
     });
-    tokio::spawn(http::serve(listener, state, shutdown.clone()));
+    let server = tokio::spawn(http::serve(listener, state, shutdown.clone()));
     out.say(
         "READY",
         format!("{lock_description}; serving http://{addr}/healthz (and /readyz, /metrics)"),
@@ -165,7 +165,9 @@ async fn replica(opts: Options) -> ExitCode {
             work.assign_pods(None, stop, || true).await;
         }
         Some(elector) => {
-            tokio::spawn(report_leaders(elector.clone(), out.clone()));
+            let leaders = tokio::spawn(report_leaders(elector.clone(), out.clone()));
+            // Subscribed before `run`, so that the first term is recorded.
+            let events = record_events(&opts, &elector).await;
             elector
                 .run(shutdown.clone(), move |leadership| {
                     let work = work.clone();
@@ -178,6 +180,15 @@ async fn replica(opts: Options) -> ExitCode {
                     }
                 })
                 .await;
+            // The last Event ("stopped leading") is posted before the process exits:
+            // once every handle on the elector is gone its events end, and the
+            // recorder returns after posting what it was sent.
+            leaders.abort();
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+            drop(elector);
+            if let Some(events) = events {
+                let _ = tokio::time::timeout(Duration::from_secs(5), events).await;
+            }
         }
     }
     out.say("EXIT", "stopped");
@@ -401,6 +412,44 @@ impl Work {
             ),
         );
     }
+}
+
+/// On a Kubernetes lock, records the election's Events on the lock's objects, as
+/// kube-scheduler does (reason `LeaderElection`: "<identity> became leader",
+/// "<identity> stopped leading"), so that `kubectl get events` and `kubectl describe
+/// lease` show them.
+#[cfg(feature = "kube")]
+async fn record_events(
+    opts: &Options,
+    elector: &LeaderElector,
+) -> Option<tokio::task::JoinHandle<()>> {
+    use leaderelection::lock::kube::{EventRecorder, ResourceLockKind};
+
+    let kind: ResourceLockKind = opts.resource_lock.name().parse().ok()?;
+    let client = match kube_client(opts).await {
+        Ok(client) => client,
+        Err(SetupError::Usage(e) | SetupError::Failed(e)) => {
+            tracing::warn!(error = %e, "cannot record leader election events");
+            return None;
+        }
+    };
+    let recorder = EventRecorder::new(
+        kind,
+        client,
+        &opts.resource_namespace,
+        &opts.resource_name,
+        &elector.config().identity,
+    )
+    .component(&opts.resource_name);
+    Some(tokio::spawn(recorder.run(elector.events())))
+}
+
+#[cfg(not(feature = "kube"))]
+async fn record_events(
+    _opts: &Options,
+    _elector: &LeaderElector,
+) -> Option<tokio::task::JoinHandle<()>> {
+    None
 }
 
 /// Prints who leads whenever that changes and it is not us.

@@ -370,3 +370,59 @@ fn the_sharded_demo_balances_through_a_crash_and_a_join() {
         "balanced at the start and after the join:\n{stdout}"
     );
 }
+
+/// On a Kubernetes lock the scheduler records its leader election Events on the
+/// Lease, as kube-scheduler does: "became leader" when it leads and, after a graceful
+/// stop, "stopped leading", which `kubectl get events -n kube-system` lists.
+#[cfg(feature = "testkit")]
+#[test]
+fn on_a_lease_it_records_its_leader_election_events() {
+    use k8s_openapi::api::events::v1::Event;
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = rt
+        .block_on(leaderelection_testkit::apiserver::ApiServer::start())
+        .expect("start the API test server");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let mut child = Command::new(scheduler())
+        .args(["--leader-elect", "--leader-elect-resource-lock", "leases"])
+        .args(["--leader-elect-lease-duration", "3s"])
+        .args(["--leader-elect-renew-deadline", "2s"])
+        .args(["--leader-elect-retry-period", "1s"])
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the scheduler");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let assigned = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("ASSIGN"));
+    assert!(assigned, "the scheduler never led");
+    send_sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    let listed = rt
+        .block_on(async {
+            let events: kube::Api<Event> = kube::Api::namespaced(server.client(), "kube-system");
+            events.list(&Default::default()).await
+        })
+        .unwrap();
+    let notes: Vec<String> = listed.items.iter().filter_map(|e| e.note.clone()).collect();
+    assert!(
+        notes.iter().any(|n| n.ends_with("became leader")),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|n| n.ends_with("stopped leading")),
+        "{notes:?}"
+    );
+    assert!(listed.items.iter().all(|e| e
+        .regarding
+        .as_ref()
+        .is_some_and(|r| r.kind.as_deref() == Some("Lease"))));
+}
