@@ -237,6 +237,9 @@ impl EtcdElection {
                 }
                 _ = sleep_until(read_at), if before.is_none() => {}
                 _ = sleep_until(recheck_at.unwrap_or(read_at)), if recheck_at.is_some() => {
+                    // Once: while the keys are being read again, the evaluation waits
+                    // for the read instead of firing on every pass.
+                    recheck_at = None;
                     evaluate = true;
                 }
                 _ = sleep_until(ask_at.unwrap_or(read_at)), if ask_at.is_some() => {

@@ -279,46 +279,24 @@ async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
 }
 
 /// Work that never looks at `lost()` is aborted by the time another replica may
-/// lead: a leader cut off from the backend steps down at its renew deadline, waits for
-/// its work until its lease could run out for the others, then aborts it.
+/// lead, whichever way its term ends: the leader cut off from the backend (it steps
+/// down at its renew deadline), the record deleted under it (its watch ends the term
+/// early), or a shutdown (the elector renews while it waits for the work, then aborts
+/// it without releasing). The elector waits for the work until the lease could run
+/// out for the others, then aborts it.
 #[tokio::test(start_paused = true)]
 async fn work_that_ignores_lost_is_aborted_before_another_replica_may_lead() {
-    let store = MemoryStore::new();
-    let checker = Checker::new();
-    let a = Replica::memory(&store, config("a"), &checker, Work::deaf());
-    a.wait_leading(Duration::from_secs(1)).await;
-    let b = start(&store, config("b"), &checker);
-    sleep(Duration::from_secs(5)).await;
-    a.link.cut(true);
-    b.wait_leading(Duration::from_secs(30)).await;
-    sleep(Duration::from_secs(1)).await;
-    let a_term = term_of(&checker, "a").unwrap();
-    let b_term = term_of(&checker, "b").unwrap();
-    let a_end = a_term.end.expect("a's deaf work still runs");
-    assert!(a_end <= b_term.start, "a's deaf work ran beside b's");
-    // Acting past its validity is what deaf work does; acting beside b is not.
-    let report = checker.report();
-    assert_eq!(report.overlaps(), 0, "{}", report.explain());
-    b.stop().await;
-}
-
-/// Work that never looks at `lost()`, on the other two ways a term ends: the record
-/// deleted under the leader (its watch ends the term early), and a shutdown (the
-/// elector renews while it waits for the work, then aborts it without releasing).
-/// Either way the work is aborted before another replica may lead.
-#[tokio::test(start_paused = true)]
-async fn work_that_ignores_lost_is_aborted_on_an_early_loss_and_on_shutdown() {
-    for shutdown in [false, true] {
+    for end in ["cut off", "record deleted", "shutdown"] {
         let store = MemoryStore::new();
         let checker = Checker::new();
         let a = Replica::memory(&store, config("a"), &checker, Work::deaf());
         a.wait_leading(Duration::from_secs(1)).await;
         let b = start(&store, config("b"), &checker);
         sleep(Duration::from_secs(5)).await;
-        if shutdown {
-            a.begin_stop();
-        } else {
-            store.delete(NAME);
+        match end {
+            "cut off" => a.link.cut(true),
+            "record deleted" => store.delete(NAME),
+            _ => a.begin_stop(),
         }
         b.wait_leading(Duration::from_secs(60)).await;
         sleep(Duration::from_secs(1)).await;
@@ -326,14 +304,16 @@ async fn work_that_ignores_lost_is_aborted_on_an_early_loss_and_on_shutdown() {
         let b_term = term_of(&checker, "b").unwrap();
         let a_end = a_term
             .end
-            .unwrap_or_else(|| panic!("a's deaf work still runs (shutdown: {shutdown})"));
+            .unwrap_or_else(|| panic!("a's deaf work still runs ({end})"));
         assert!(
             a_end <= b_term.start,
-            "a's deaf work ran beside b's (shutdown: {shutdown})"
+            "a's deaf work ran beside b's ({end})"
         );
+        // Acting past its validity is what deaf work does; acting beside b is not.
         let report = checker.report();
         assert_eq!(report.overlaps(), 0, "{}", report.explain());
         b.stop().await;
+        a.link.cut(false);
         a.stop().await;
     }
 }

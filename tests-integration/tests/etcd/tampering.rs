@@ -101,6 +101,26 @@ async fn etcd_election_leaders_key_deleted_next_waits_for_its_session() {
     a.stop().await;
 }
 
+/// Candidate a of election `name` (campaigning once) through a TCP proxy of its own,
+/// which a test can blackhole: a's packets held, its connections open, as behind a
+/// cut link.
+async fn election_through_a_proxy(
+    cluster: &EtcdCluster,
+    name: &str,
+    config: Config,
+) -> (leaderelection_testkit::proxy::Proxy, EtcdElection) {
+    let proxy = leaderelection_testkit::proxy::Proxy::start(cluster.client_addr(0))
+        .await
+        .unwrap();
+    let client = connect(&proxy.endpoints(), &EtcdOptions::new())
+        .await
+        .unwrap();
+    let election = EtcdElection::new(client, name, config.recampaign(false))
+        .unwrap()
+        .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
+    (proxy, election)
+}
+
 /// Every key that led while a candidate waited is waited out, not only the last one
 /// seen first. a's key is deleted while a is cut off (packets dropped: its session
 /// lives on in etcd and its work acts until its renew deadline); b, first after it,
@@ -111,16 +131,7 @@ async fn etcd_election_next_waits_for_every_departed_leader_not_only_the_last() 
     let cluster = start(1);
     let (t, checker) = (Timing::short(), Checker::new());
     let name = "departed";
-    let target = cluster.client_addr(0);
-    let proxy = leaderelection_testkit::proxy::Proxy::start(target)
-        .await
-        .unwrap();
-    let client = connect(&proxy.endpoints(), &EtcdOptions::new())
-        .await
-        .unwrap();
-    let a_election = EtcdElection::new(client, name, t.config(name, "a").recampaign(false))
-        .unwrap()
-        .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
+    let (proxy, a_election) = election_through_a_proxy(&cluster, name, t.config(name, "a")).await;
     let run = |who: &str, e: EtcdElection, link: Link| {
         Replica::spawn(who, e, link, &checker, Work::polite(), t.retry)
     };
@@ -173,16 +184,7 @@ async fn etcd_election_fresh_candidate_waits_out_a_deleted_leader_it_never_saw()
     let cluster = start(1);
     let (t, checker) = (Timing::short(), Checker::new());
     let name = "fresh";
-    let target = cluster.client_addr(0);
-    let proxy = leaderelection_testkit::proxy::Proxy::start(target)
-        .await
-        .unwrap();
-    let client = connect(&proxy.endpoints(), &EtcdOptions::new())
-        .await
-        .unwrap();
-    let a_election = EtcdElection::new(client, name, t.config(name, "a").recampaign(false))
-        .unwrap()
-        .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
+    let (proxy, a_election) = election_through_a_proxy(&cluster, name, t.config(name, "a")).await;
     let run = |who: &str, e: EtcdElection, link: Link| {
         Replica::spawn(who, e, link, &checker, Work::polite(), t.retry)
     };

@@ -181,13 +181,13 @@ enum Elect {
     Election(EtcdElection),
 }
 
-/// The elector of `spec`, connected as `spec` says.
-async fn elector(spec: &Spec, config: Config) -> Elect {
+/// The record's lock of `spec`, connected as `spec` says.
+async fn lock_of(spec: &Spec) -> Box<dyn LeaseLock> {
     let kube = || {
         let url = spec.url.parse().expect("the server's URL");
         kube::Client::try_from(kube::Config::new(url)).expect("a kube client")
     };
-    let lock: Box<dyn LeaseLock> = match spec.kind {
+    match spec.kind {
         Kind::Lease => Box::new(KubeLeaseLock::new(kube(), NS, spec.election.as_str())),
         Kind::ConfigMap => Box::new(ConfigMapLock::new(kube(), NS, spec.election.as_str())),
         Kind::Etcd => Box::new(
@@ -195,17 +195,23 @@ async fn elector(spec: &Spec, config: Config) -> Elect {
                 .await
                 .expect("connect to etcd"),
         ),
-        Kind::EtcdElection => {
-            let client = connect(&spec.endpoints, &EtcdOptions::new())
-                .await
-                .expect("connect to etcd");
-            let election = EtcdElection::new(client, spec.election.as_str(), config)
-                .expect("a valid config")
-                .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
-            return Elect::Election(election);
-        }
-    };
-    Elect::Lock(LeaderElector::new(lock, config).expect("a valid config"))
+        Kind::EtcdElection => panic!("the etcd election keeps no record"),
+    }
+}
+
+/// The elector of `spec`, connected as `spec` says.
+async fn elector(spec: &Spec, config: Config) -> Elect {
+    if spec.kind != Kind::EtcdElection {
+        let lock = lock_of(spec).await;
+        return Elect::Lock(LeaderElector::new(lock, config).expect("a valid config"));
+    }
+    let client = connect(&spec.endpoints, &EtcdOptions::new())
+        .await
+        .expect("connect to etcd");
+    let election = EtcdElection::new(client, spec.election.as_str(), config)
+        .expect("a valid config")
+        .etcd_election_timeout(leaderelection_testkit::etcd::ELECTION_TIMEOUT);
+    Elect::Election(election)
 }
 
 /// In a leader process: runs the replica, its terms reported as the checker's lines
@@ -251,36 +257,26 @@ enum Local {
 }
 
 impl Local {
-    async fn start(
-        servers: &Servers,
-        kind: Kind,
-        election: &str,
-        id: &str,
-        checker: &Checker,
-    ) -> Self {
+    /// The replica `spec` describes, in this process.
+    async fn start(spec: &Spec, checker: &Checker) -> Self {
         let t = timing();
-        let spec = servers.spec(kind, election, id);
-        let config = t.config(election, id);
-        match elector(&spec, config.clone()).await {
-            Elect::Lock(_) => {
-                let lock = record_lock(servers, kind, election).await;
-                Local::Lock(Replica::new(
-                    lock,
-                    Link::direct(),
-                    config,
-                    checker,
-                    Work::polite(),
-                ))
-            }
-            Elect::Election(e) => Local::Election(Replica::spawn(
-                id,
-                e,
-                Link::direct(),
-                checker,
-                Work::polite(),
-                t.retry / 4,
-            )),
+        let config = t.config(&spec.election, &spec.id);
+        if spec.kind != Kind::EtcdElection {
+            let lock = lock_of(spec).await;
+            let work = Work::polite();
+            return Local::Lock(Replica::new(lock, Link::direct(), config, checker, work));
         }
+        let Elect::Election(e) = elector(spec, config).await else {
+            unreachable!("an etcd election")
+        };
+        Local::Election(Replica::spawn(
+            spec.id.as_str(),
+            e,
+            Link::direct(),
+            checker,
+            Work::polite(),
+            t.retry / 4,
+        ))
     }
 
     async fn wait_leading(&self, within: Duration) {
@@ -309,20 +305,6 @@ impl Local {
             Local::Lock(r) => r.stop().await,
             Local::Election(r) => r.stop().await,
         }
-    }
-}
-
-/// The record's lock of `kind`, as the test process reaches it.
-async fn record_lock(servers: &Servers, kind: Kind, election: &str) -> Box<dyn LeaseLock> {
-    match kind {
-        Kind::Lease => Box::new(KubeLeaseLock::new(servers.api.client(), NS, election)),
-        Kind::ConfigMap => Box::new(ConfigMapLock::new(servers.api.client(), NS, election)),
-        Kind::Etcd => Box::new(
-            EtcdLock::connect(&servers.etcd.endpoints(), EtcdOptions::new(), election)
-                .await
-                .expect("connect to etcd"),
-        ),
-        Kind::EtcdElection => panic!("the etcd election keeps no record"),
     }
 }
 
@@ -370,7 +352,7 @@ async fn edit(servers: &Servers, kind: Kind, election: &str, edit: Edit) {
         }
         (Kind::EtcdElection, _) => panic!("the etcd election keeps no record to edit"),
         (_, edit) => {
-            let lock = record_lock(servers, kind, election).await;
+            let lock = lock_of(&servers.spec(kind, election, "operator")).await;
             let current = lock
                 .get()
                 .await
@@ -484,9 +466,43 @@ fn user(name: &str) -> Result<(u32, u32), String> {
 /// scenario's unwinding included).
 struct Rule(Vec<String>);
 
+/// The comment on every rule these scenarios insert, so that a run killed before its
+/// rules were dropped does not leave them to the next one.
+const COMMENT: &str = "leaderelection-partition";
+
+/// Deletes the rules a killed run left behind.
+fn clear_stale_rules() {
+    for table in ["filter", "mangle"] {
+        let Ok(out) = Process::new("iptables")
+            .args(["-w", "-t", table, "-S", "OUTPUT"])
+            .output()
+        else {
+            return;
+        };
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let Some(spec) = line.strip_prefix("-A OUTPUT ") else {
+                continue;
+            };
+            if !spec.contains(COMMENT) {
+                continue;
+            }
+            let _ = Process::new("iptables")
+                .args(["-w", "-t", table, "-D", "OUTPUT"])
+                .args(spec.split_whitespace())
+                .status();
+        }
+    }
+}
+
 impl Rule {
     fn insert(rule: &[&str]) -> Self {
-        let rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        let mut rule: Vec<String> = rule.iter().map(|s| s.to_string()).collect();
+        // Before the target: `-m comment --comment ...` is a match.
+        let target = rule.iter().position(|a| a == "-j").unwrap_or(rule.len());
+        rule.splice(
+            target..target,
+            ["-m", "comment", "--comment", COMMENT].map(String::from),
+        );
         let (table, spec) = rule.split_at(2);
         let status = Process::new("iptables")
             .arg("-w")
@@ -580,25 +596,38 @@ impl Slot {
     }
 }
 
-/// The leader process is cut off while a standby of this process watches: it must
-/// stop acting (at its renew deadline) before the standby takes over (after the lease
-/// as it saw it). With `edit`, an operator then edits the record under both: a
-/// shorter lease or another holder with a short one must not bring the takeover
-/// forward.
+/// Whether the replica that takes over was there before the cut.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Successor {
+    /// A standby that watched the leader: it must wait out the lease it saw, whatever
+    /// an edit then writes (a shorter lease, another holder with a short one).
+    Watching,
+    /// A replica started after the cut and the edit: it never saw the live record,
+    /// yet must not act while the cut leader may still act on its last renewal.
+    Fresh,
+}
+
+/// The leader process is cut off (it stops acting at its renew deadline), an operator
+/// may then edit the record, and `successor` takes over; never two leaders.
 async fn cut_off(
     servers: &Servers,
     slot: Slot,
     kind: Kind,
     election: &str,
     edit_with: Option<Edit>,
+    successor: Successor,
 ) -> Report {
     let t = timing();
     let checker = Checker::new();
     let _marked = slot.mark_connections();
     let mut p1 = slot.leader(&servers.spec(kind, election, "p1"), &checker);
     wait_until("p1 leads", t.lease * 4, || p1.leads()).await;
-    let standby = Local::start(servers, kind, election, "r", &checker).await;
-    standby.wait_following("p1", t.lease * 2).await;
+    let mut next = None;
+    if successor == Successor::Watching {
+        let standby = Local::start(&servers.spec(kind, election, "r"), &checker).await;
+        standby.wait_following("p1", t.lease * 2).await;
+        next = Some(standby);
+    }
     sleep(t.lease).await;
     checker.fault("p1's packets dropped");
     let cut = slot.cut();
@@ -606,47 +635,23 @@ async fn cut_off(
         checker.fault(format!("the record edited: {e:?}"));
         edit(servers, kind, election, e).await;
     }
-    standby.wait_leading(t.lease + t.slack * 2).await;
+    let next = match next {
+        Some(standby) => standby,
+        None => Local::start(&servers.spec(kind, election, "fresh"), &checker).await,
+    };
+    next.wait_leading(t.lease + t.slack * 2).await;
     sleep(t.lease).await;
     checker.close();
     drop(cut);
     p1.kill().expect("kill p1");
-    standby.stop().await;
+    next.stop().await;
     let report = checker.report();
-    check(&report, t.lease + t.jittered_retry() + t.slack);
-    assert!(report.intervals >= 2, "{}", report.explain());
-    report
-}
-
-/// The leader process is cut off, then an operator deletes (or blanks) the record and
-/// a fresh replica starts: it never saw the live record, yet must not act while the
-/// cut leader may still act on its last renewal.
-async fn cut_then_fresh(
-    servers: &Servers,
-    slot: Slot,
-    kind: Kind,
-    election: &str,
-    e: Edit,
-) -> Report {
-    let t = timing();
-    let checker = Checker::new();
-    let _marked = slot.mark_connections();
-    let mut p1 = slot.leader(&servers.spec(kind, election, "p1"), &checker);
-    wait_until("p1 leads", t.lease * 4, || p1.leads()).await;
-    sleep(t.lease).await;
-    checker.fault("p1's packets dropped");
-    let cut = slot.cut();
-    checker.fault(format!("the record edited: {e:?}"));
-    edit(servers, kind, election, e).await;
-    let fresh = Local::start(servers, kind, election, "fresh", &checker).await;
-    fresh.wait_leading(t.lease + t.slack * 2).await;
-    sleep(t.lease).await;
-    checker.close();
-    drop(cut);
-    p1.kill().expect("kill p1");
-    fresh.stop().await;
-    let report = checker.report();
-    check(&report, t.lease * 2 + t.slack);
+    // A fresh replica waits its own lease from first sight, after the cut.
+    let bound = match successor {
+        Successor::Watching => t.lease + t.jittered_retry() + t.slack,
+        Successor::Fresh => t.lease * 2 + t.slack,
+    };
+    check(&report, bound);
     assert!(report.intervals >= 2, "{}", report.explain());
     report
 }
@@ -732,42 +737,9 @@ async fn member_cut_off(
         url: String::new(),
         endpoints: etcd.endpoints(),
     };
-    let start = |id: &'static str| {
-        let spec = servers_spec(id);
-        let checker = checker.clone();
-        async move {
-            let config = t.config(&spec.election, id);
-            match elector(&spec, config.clone()).await {
-                Elect::Lock(_) => {
-                    let lock = EtcdLock::connect(
-                        &spec.endpoints,
-                        EtcdOptions::new(),
-                        spec.election.as_str(),
-                    )
-                    .await
-                    .expect("connect to etcd");
-                    Local::Lock(Replica::new(
-                        lock,
-                        Link::direct(),
-                        config,
-                        &checker,
-                        Work::polite(),
-                    ))
-                }
-                Elect::Election(e) => Local::Election(Replica::spawn(
-                    id,
-                    e,
-                    Link::direct(),
-                    &checker,
-                    Work::polite(),
-                    t.retry / 4,
-                )),
-            }
-        }
-    };
-    let a = start("a").await;
+    let a = Local::start(&servers_spec("a"), &checker).await;
     a.wait_leading(t.lease * 4).await;
-    let b = start("b").await;
+    let b = Local::start(&servers_spec("b"), &checker).await;
     b.wait_following("a", t.lease * 2).await;
     sleep(t.lease).await;
     let leader = raft_leader_of(etcd).await;
@@ -815,6 +787,7 @@ pub fn group() -> Group {
             }
             return;
         }
+        clear_stale_rules();
         let slots: Vec<Slot> = (1..=SLOTS)
             .map(|k| Slot {
                 uid: user(&format!("le-faults-{k}")).expect("a user per slot"),
@@ -872,16 +845,14 @@ pub fn group() -> Group {
                 let election = s.name.replace('/', "-");
                 reporter
                     .run(&s.name, async {
-                        let report = match s.plan {
-                            Plan::CutOff => cut_off(servers, slot, s.kind, &election, None).await,
-                            Plan::Edited(e) => {
-                                cut_off(servers, slot, s.kind, &election, Some(e)).await
-                            }
-                            Plan::Fresh(e) => {
-                                cut_then_fresh(servers, slot, s.kind, &election, e).await
-                            }
+                        let (edit_with, successor) = match s.plan {
+                            Plan::CutOff => (None, Successor::Watching),
+                            Plan::Edited(e) => (Some(e), Successor::Watching),
+                            Plan::Fresh(e) => (Some(e), Successor::Fresh),
                             Plan::MemberCut { .. } => unreachable!("run apart"),
                         };
+                        let report =
+                            cut_off(servers, slot, s.kind, &election, edit_with, successor).await;
                         vec![(s.name.clone(), report)]
                     })
                     .await;
