@@ -588,7 +588,11 @@ fn generate_name(prefix: &str) -> String {
     let suffix: String = (0..5)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
-    let keep = prefix.len().min(63 - 5);
+    // kube-apiserver cuts the bytes; a str can only be cut between characters.
+    let mut keep = prefix.len().min(63 - 5);
+    while !prefix.is_char_boundary(keep) {
+        keep -= 1;
+    }
     format!("{}{suffix}", &prefix[..keep])
 }
 
@@ -607,6 +611,18 @@ mod tests {
             force: None,
             user_agent: None,
         }
+    }
+
+    /// A prefix past the 58 bytes kept, cut inside a character.
+    #[tokio::test]
+    async fn a_long_generate_name_is_cut_on_a_character_boundary() {
+        let s = MemoryStorage::new(100);
+        let prefix = format!("a{}", "\u{e9}".repeat(30));
+        let body = json!({"metadata": {"generateName": prefix}}).to_string();
+        let err = create(&s, &target(None), body.as_bytes())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, 422, "{}", err.message);
     }
 
     #[tokio::test]
