@@ -9,7 +9,8 @@
 //! `$setElementOrder/<field>`.
 //!
 //! JSON patches are capped as kube-apiserver caps them: 10,000 operations, and 3 MiB
-//! of values copied by `copy` operations.
+//! of values copied by `copy` operations; and they cannot nest the object deeper than
+//! a JSON body can be (128 levels).
 
 use serde_json::{Map, Value};
 
@@ -436,7 +437,34 @@ fn split(path: &str) -> Result<(&str, String), String> {
     Ok((&path[..at], token))
 }
 
+/// How deep a patched object may nest: as deep as serde_json reads a body. Each JSON
+/// patch operation can add that much below the last, and the code that diffs, stores
+/// and serializes objects recurses once per level, on a task's stack.
+const MAX_DEPTH: usize = 128;
+
+/// The levels of objects and arrays in `value`, counted without recursion.
+fn nesting(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 0)];
+    while let Some((value, above)) = pending.pop() {
+        match value {
+            Value::Object(map) => pending.extend(map.values().map(|v| (v, above + 1))),
+            Value::Array(items) => pending.extend(items.iter().map(|v| (v, above + 1))),
+            _ => continue,
+        }
+        deepest = deepest.max(above + 1);
+    }
+    deepest
+}
+
 fn add(target: &mut Value, path: &str, value: Value) -> Result<(), String> {
+    // The value lands below one level per token of the path.
+    let depth = path.matches('/').count() + nesting(&value);
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the patched object would nest {depth} levels deep, more than {MAX_DEPTH}"
+        ));
+    }
     if path.is_empty() {
         *target = value;
         return Ok(());
@@ -624,6 +652,28 @@ mod tests {
             err.message,
             "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
         );
+    }
+
+    #[test]
+    fn json_patches_cannot_nest_the_object_deeper_than_a_body_can() {
+        let mut nested = json!(1);
+        for _ in 0..100 {
+            nested = json!({ "a": nested });
+        }
+        let ops = json!([
+            {"op": "add", "path": "/spec/x", "value": nested},
+            {"op": "add", "path": format!("/spec/x{}", "/a".repeat(100)), "value": nested},
+        ]);
+        let mut doc = json!({"spec": {}});
+        let err = apply(PatchKind::Json, &mut doc, &ops).unwrap_err();
+        assert_eq!(
+            err,
+            PatchError::Invalid(
+                "the patched object would nest 202 levels deep, more than 128".into()
+            )
+        );
+        assert_eq!(nesting(&json!({"a": [1, {"b": {}}], "c": 2})), 4);
+        assert_eq!(nesting(&json!("x")), 0);
     }
 
     #[test]

@@ -613,6 +613,37 @@ mod tests {
         }
     }
 
+    /// Twenty operations, each adding 50 levels below the last: 1,000 levels, which
+    /// overflowed a test thread's stack in the diff of managed fields.
+    #[tokio::test]
+    async fn a_json_patch_cannot_nest_the_object_past_what_the_server_recurses_through() {
+        let s = MemoryStorage::new(100);
+        create(&s, &target(None), br#"{"metadata":{"name":"a"},"spec":{}}"#)
+            .await
+            .unwrap();
+        let mut nested = json!(1);
+        for _ in 0..50 {
+            nested = json!({ "a": nested });
+        }
+        let ops: Vec<Value> = (0..20)
+            .map(|k| {
+                let path = format!("/spec/x{}", "/a".repeat(k * 50));
+                json!({"op": "add", "path": path, "value": nested})
+            })
+            .collect();
+        let body = Value::Array(ops).to_string();
+        let err = patch(
+            &s,
+            &target(Some("a")),
+            "application/json-patch+json",
+            body.as_bytes(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, 422, "{}", err.message);
+        assert!(err.message.ends_with("more than 128"), "{}", err.message);
+    }
+
     /// A prefix past the 58 bytes kept, cut inside a character.
     #[tokio::test]
     async fn a_long_generate_name_is_cut_on_a_character_boundary() {
