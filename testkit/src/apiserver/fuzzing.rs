@@ -18,6 +18,10 @@
 //! The object named `a` was written by an apply of manager `seed` and a merge patch of
 //! manager `writer`, so it carries both kinds of `managedFields` entries; every
 //! request here is made by manager `fuzz`, in namespace `ns`.
+//!
+//! Requests run on the caller's thread. The fuzzer's main thread has an 8 MiB stack
+//! where a tokio worker has 2 MiB, so recursion that overflows only the smaller one
+//! passes here; the server's own depth caps are tested in its unit tests.
 
 use std::sync::LazyLock;
 
