@@ -16,8 +16,15 @@ fn check(text: &str) {
         }
         Err(e) => {
             assert!(e.text.len() <= 256, "quoted {} bytes", e.text.len());
-            assert!(text.starts_with(&e.text), "the quote is not the start of the text");
-            assert!(!e.reason.is_empty() && e.reason.len() <= 512, "reason of {} bytes", e.reason.len());
+            assert!(
+                text.starts_with(&e.text),
+                "the quote is not the start of the text"
+            );
+            assert!(
+                !e.reason.is_empty() && e.reason.len() <= 512,
+                "reason of {} bytes",
+                e.reason.len()
+            );
             // The message an operator reads is built from both: bounded too.
             assert!(e.to_string().len() <= 2048);
         }

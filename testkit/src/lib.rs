@@ -28,6 +28,7 @@
 //! | --- | --- | --- |
 //! | `kube` | yes | [`apiserver`], and the library's Kubernetes locks |
 //! | `etcd` | yes | the API test server's etcd storage, and the library's etcd locks (needs `protoc` to build) |
+//! | `fuzzing` | no | hidden and unstable: entry points for the repository's fuzz targets, not for use |
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "kube")]

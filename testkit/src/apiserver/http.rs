@@ -349,41 +349,12 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
                     ))
                 }
             };
-            let body = match request_body(&target, verb, &content_type, body, validation) {
-                Ok((body, mut found)) => {
+            write(storage, &target, verb, &content_type, body, validation)
+                .await
+                .map(|(code, obj, mut found)| {
                     warnings.append(&mut found);
-                    body
-                }
-                Err(e) => return error(e),
-            };
-            match verb {
-                "create" => rest::create(storage, &target, &body)
-                    .await
-                    .map(|obj| (StatusCode::CREATED, obj)),
-                "update" => rest::update(storage, &target, &body)
-                    .await
-                    .map(|(obj, created)| {
-                        let code = if created {
-                            StatusCode::CREATED
-                        } else {
-                            StatusCode::OK
-                        };
-                        (code, obj)
-                    }),
-                "patch" => rest::patch(storage, &target, &content_type, &body)
-                    .await
-                    .map(|(obj, created)| {
-                        let code = if created {
-                            StatusCode::CREATED
-                        } else {
-                            StatusCode::OK
-                        };
-                        (code, obj)
-                    }),
-                _ => rest::delete(storage, &target, &body)
-                    .await
-                    .map(|obj| (StatusCode::OK, obj)),
-            }
+                    (code, obj)
+                })
         }
         _ => Err(ApiError::method_not_allowed()),
     };
@@ -443,6 +414,44 @@ fn watch_request(
         table,
         bookmark_interval: state.bookmark_interval,
     })
+}
+
+/// A create, update, patch or delete of `target` with its body: the body decoded as
+/// its content type says, then the verb. The status to answer with, the object, and
+/// the warnings for fields the kind lacks.
+pub(crate) async fn write(
+    storage: &dyn Storage,
+    target: &Target,
+    verb: &str,
+    content_type: &str,
+    body: Bytes,
+    validation: FieldValidation,
+) -> Result<(StatusCode, Value, Vec<String>), ApiError> {
+    let (body, warnings) = request_body(target, verb, content_type, body, validation)?;
+    let created = |created: bool| {
+        if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        }
+    };
+    let (code, obj) = match verb {
+        "create" => (
+            StatusCode::CREATED,
+            rest::create(storage, target, &body).await?,
+        ),
+        "update" => {
+            let (obj, fresh) = rest::update(storage, target, &body).await?;
+            (created(fresh), obj)
+        }
+        "patch" => {
+            let (obj, fresh) = rest::patch(storage, target, content_type, &body).await?;
+            (created(fresh), obj)
+        }
+        "delete" => (StatusCode::OK, rest::delete(storage, target, &body).await?),
+        _ => return Err(ApiError::method_not_allowed()),
+    };
+    Ok((code, obj, warnings))
 }
 
 /// A create, update, patch or delete body as the verbs take it: JSON, from protobuf

@@ -112,6 +112,9 @@ mod discovery;
 #[cfg(feature = "etcd")]
 mod etcd_storage;
 mod faults;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod kubectl;
 mod openapi;

@@ -7,6 +7,10 @@
 //! apimachinery's directives: `$patch` (`replace`, `delete`, `merge`) on a map or in
 //! a list, `$retainKeys`, `$deleteFromPrimitiveList/<field>` and
 //! `$setElementOrder/<field>`.
+//!
+//! JSON patches are capped as kube-apiserver caps them: 10,000 operations, and 3 MiB
+//! of values copied by `copy` operations; and they cannot nest the object deeper than
+//! a JSON body can be (128 levels).
 
 use serde_json::{Map, Value};
 
@@ -44,6 +48,8 @@ pub(crate) enum PatchError {
     BadRequest(String),
     /// An unknown `$patch` value, which kube-apiserver answers with a 500.
     Unknown(String),
+    /// A JSON patch of more operations than kube-apiserver takes (413).
+    TooLarge(String),
 }
 
 impl PatchError {
@@ -56,6 +62,11 @@ impl PatchError {
             ),
             Self::BadRequest(why) => ApiError::bad_request(why),
             Self::Unknown(why) => ApiError::new(500, "", why),
+            Self::TooLarge(why) => ApiError::new(
+                413,
+                "RequestEntityTooLarge",
+                format!("Request entity too large: {why}"),
+            ),
         }
     }
 }
@@ -85,7 +96,15 @@ pub(crate) fn apply(kind: PatchKind, target: &mut Value, patch: &Value) -> Resul
             }
             Ok(())
         }
-        PatchKind::Json => json_patch(target, patch).map_err(PatchError::Invalid),
+        PatchKind::Json => {
+            let count = patch.as_array().map_or(0, Vec::len);
+            if count > MAX_OPERATIONS {
+                return Err(PatchError::TooLarge(format!(
+                    "The allowed maximum operations in a JSON patch is {MAX_OPERATIONS}, got {count}"
+                )));
+            }
+            json_patch(target, patch).map_err(PatchError::Invalid)
+        }
         PatchKind::Apply => Err(PatchError::Invalid(
             "an apply patch is not applied as a patch".into(),
         )),
@@ -342,10 +361,19 @@ fn reorder(items: &mut Vec<Value>, order: &[Value], shape: Shape) {
     items.extend(ranked.into_iter().map(|(_, _, item)| item));
 }
 
+/// kube-apiserver's `maxJSONPatchOperations`.
+const MAX_OPERATIONS: usize = 10_000;
+/// kube-apiserver's default `--json-patch-max-copy-bytes` (its largest request body):
+/// without a cap, each copy of an object into itself doubles it, and a patch of a
+/// few dozen copies takes all memory.
+const MAX_COPY_BYTES: usize = 3 * 1024 * 1024;
+
 fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
     let ops = ops
         .as_array()
         .ok_or("a JSON patch must be an array of operations")?;
+    // As evanphx/json-patch counts it: the JSON length of every value copied.
+    let mut copied_bytes = 0;
     for op in ops {
         let name = op.get("op").and_then(Value::as_str).ok_or("missing op")?;
         let path = op
@@ -377,10 +405,16 @@ fn json_patch(target: &mut Value, ops: &Value) -> Result<(), String> {
             }
             "copy" => {
                 let from = from()?;
-                let copied = target
+                let source = target
                     .pointer(from)
-                    .cloned()
                     .ok_or_else(|| format!("doc is missing from path: {from:?}"))?;
+                copied_bytes += serde_json::to_vec(source).map_or(usize::MAX, |b| b.len());
+                if copied_bytes > MAX_COPY_BYTES {
+                    return Err(format!(
+                        "Unable to complete the copy, the accumulated size increase of copy is {copied_bytes}, exceeding the limit {MAX_COPY_BYTES}"
+                    ));
+                }
+                let copied = source.clone();
                 add(target, path, copied)?;
             }
             "test" => {
@@ -403,7 +437,34 @@ fn split(path: &str) -> Result<(&str, String), String> {
     Ok((&path[..at], token))
 }
 
+/// How deep a patched object may nest: as deep as serde_json reads a body. Each JSON
+/// patch operation can add that much below the last, and the code that diffs, stores
+/// and serializes objects recurses once per level, on a task's stack.
+const MAX_DEPTH: usize = 128;
+
+/// The levels of objects and arrays in `value`, counted without recursion.
+fn nesting(value: &Value) -> usize {
+    let mut deepest = 0;
+    let mut pending = vec![(value, 0)];
+    while let Some((value, above)) = pending.pop() {
+        match value {
+            Value::Object(map) => pending.extend(map.values().map(|v| (v, above + 1))),
+            Value::Array(items) => pending.extend(items.iter().map(|v| (v, above + 1))),
+            _ => continue,
+        }
+        deepest = deepest.max(above + 1);
+    }
+    deepest
+}
+
 fn add(target: &mut Value, path: &str, value: Value) -> Result<(), String> {
+    // The value lands below one level per token of the path.
+    let depth = path.matches('/').count() + nesting(&value);
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the patched object would nest {depth} levels deep, more than {MAX_DEPTH}"
+        ));
+    }
     if path.is_empty() {
         *target = value;
         return Ok(());
@@ -546,6 +607,73 @@ mod tests {
             ),
             Err(PatchError::BadRequest(_))
         ));
+    }
+
+    /// Each copy doubles `spec`: 40 of them, about 2 KB of patch, would ask for
+    /// terabytes.
+    #[test]
+    fn json_patch_copies_are_capped_as_kube_apiserver_caps_them() {
+        let mut doc = json!({"spec": {"holderIdentity": "a"}});
+        let ops: Vec<Value> = (0..40)
+            .map(|i| json!({"op": "copy", "from": "/spec", "path": format!("/spec/x{i}")}))
+            .collect();
+        let err = apply(PatchKind::Json, &mut doc, &Value::Array(ops)).unwrap_err();
+        let PatchError::Invalid(why) = err else {
+            panic!("{err:?}")
+        };
+        assert!(
+            why.starts_with(
+                "Unable to complete the copy, the accumulated size increase of copy is "
+            ),
+            "{why}"
+        );
+        assert!(why.ends_with(", exceeding the limit 3145728"), "{why}");
+        let small = json!([{"op": "copy", "from": "/spec", "path": "/spec/x"}]);
+        let mut doc = json!({"spec": {"holderIdentity": "a"}});
+        apply(PatchKind::Json, &mut doc, &small).unwrap();
+        assert_eq!(doc["spec"]["x"], json!({"holderIdentity": "a"}));
+    }
+
+    #[test]
+    fn json_patches_of_more_than_ten_thousand_operations_are_too_large() {
+        let test = json!({"op": "test", "path": "/spec", "value": {}});
+        let mut doc = json!({"spec": {}});
+        apply(
+            PatchKind::Json,
+            &mut doc,
+            &Value::Array(vec![test.clone(); 10_000]),
+        )
+        .unwrap();
+        let err = apply(PatchKind::Json, &mut doc, &Value::Array(vec![test; 10_001]))
+            .unwrap_err()
+            .into_api_error();
+        assert_eq!((err.code, err.reason), (413, "RequestEntityTooLarge"));
+        assert_eq!(
+            err.message,
+            "Request entity too large: The allowed maximum operations in a JSON patch is 10000, got 10001"
+        );
+    }
+
+    #[test]
+    fn json_patches_cannot_nest_the_object_deeper_than_a_body_can() {
+        let mut nested = json!(1);
+        for _ in 0..100 {
+            nested = json!({ "a": nested });
+        }
+        let ops = json!([
+            {"op": "add", "path": "/spec/x", "value": nested},
+            {"op": "add", "path": format!("/spec/x{}", "/a".repeat(100)), "value": nested},
+        ]);
+        let mut doc = json!({"spec": {}});
+        let err = apply(PatchKind::Json, &mut doc, &ops).unwrap_err();
+        assert_eq!(
+            err,
+            PatchError::Invalid(
+                "the patched object would nest 202 levels deep, more than 128".into()
+            )
+        );
+        assert_eq!(nesting(&json!({"a": [1, {"b": {}}], "c": 2})), 4);
+        assert_eq!(nesting(&json!("x")), 0);
     }
 
     #[test]

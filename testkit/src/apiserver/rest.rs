@@ -588,7 +588,11 @@ fn generate_name(prefix: &str) -> String {
     let suffix: String = (0..5)
         .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
         .collect();
-    let keep = prefix.len().min(63 - 5);
+    // kube-apiserver cuts the bytes; a str can only be cut between characters.
+    let mut keep = prefix.len().min(63 - 5);
+    while !prefix.is_char_boundary(keep) {
+        keep -= 1;
+    }
     format!("{}{suffix}", &prefix[..keep])
 }
 
@@ -607,6 +611,49 @@ mod tests {
             force: None,
             user_agent: None,
         }
+    }
+
+    /// Twenty operations, each adding 50 levels below the last: 1,000 levels, which
+    /// overflowed a test thread's stack in the diff of managed fields.
+    #[tokio::test]
+    async fn a_json_patch_cannot_nest_the_object_past_what_the_server_recurses_through() {
+        let s = MemoryStorage::new(100);
+        create(&s, &target(None), br#"{"metadata":{"name":"a"},"spec":{}}"#)
+            .await
+            .unwrap();
+        let mut nested = json!(1);
+        for _ in 0..50 {
+            nested = json!({ "a": nested });
+        }
+        let ops: Vec<Value> = (0..20)
+            .map(|k| {
+                let path = format!("/spec/x{}", "/a".repeat(k * 50));
+                json!({"op": "add", "path": path, "value": nested})
+            })
+            .collect();
+        let body = Value::Array(ops).to_string();
+        let err = patch(
+            &s,
+            &target(Some("a")),
+            "application/json-patch+json",
+            body.as_bytes(),
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(err.code, 422, "{}", err.message);
+        assert!(err.message.ends_with("more than 128"), "{}", err.message);
+    }
+
+    /// A prefix past the 58 bytes kept, cut inside a character.
+    #[tokio::test]
+    async fn a_long_generate_name_is_cut_on_a_character_boundary() {
+        let s = MemoryStorage::new(100);
+        let prefix = format!("a{}", "\u{e9}".repeat(30));
+        let body = json!({"metadata": {"generateName": prefix}}).to_string();
+        let err = create(&s, &target(None), body.as_bytes())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, 422, "{}", err.message);
     }
 
     #[tokio::test]
