@@ -251,7 +251,11 @@ impl EtcdElection {
                     }
                 }
                 message = next_message(&mut watch) => match message {
-                    Ok(Some(resp)) if resp.canceled() => known = before.take().unwrap_or_default(),
+                    Ok(Some(resp)) if resp.canceled() => {
+                        // Read again and reopen the watch.
+                        watch = None;
+                        known = before.take().unwrap_or(known);
+                    }
                     Ok(Some(resp)) => {
                         if let Some(keys) = before.as_mut() {
                             for event in resp.events() {
@@ -277,8 +281,10 @@ impl EtcdElection {
                         }
                     }
                     Ok(None) | Err(_) => {
-                        // Read again and reopen the watch.
-                        known = before.take().unwrap_or_default();
+                        // Read again and reopen the watch. The broken stream goes now:
+                        // polled again, it would answer at once, every pass.
+                        watch = None;
+                        known = before.take().unwrap_or(known);
                         read_at = Instant::now() + config.jittered_retry();
                     }
                 },

@@ -299,3 +299,46 @@ async fn etcd_election_leader_with_a_stalled_watch_notices_a_delete_within_a_ret
     stalled.blackhole(false);
     a.stop().await;
 }
+
+/// A candidate whose watch on the election breaks (its connection reset) reads the
+/// keys again and follows on: once the leader resigns, it leads. A broken stream kept
+/// and polled again answers at once, every pass: the candidate then spun a core and
+/// never read again. Two workers, so that such a spin fails the test instead of
+/// stalling its clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_election_candidate_whose_watch_breaks_reads_again_and_leads() {
+    let cluster = start(1);
+    let (t, checker) = (Timing::short(), Checker::new());
+    let name = "rewatch";
+    let a = Replica::spawn(
+        "a",
+        new_election(&cluster, name, t.config(name, "a")).await,
+        Link::direct(),
+        &checker,
+        Work::polite(),
+        t.retry,
+    );
+    a.wait_leading(t.lease + t.slack).await;
+    let (proxy, b_election) = election_through_a_proxy(&cluster, name, t.config(name, "b")).await;
+    let b = Replica::spawn(
+        "b",
+        b_election,
+        Link::other(proxy.clone()),
+        &checker,
+        Work::polite(),
+        t.retry,
+    );
+    b.wait_following("a", Duration::from_secs(20)).await;
+    // Reset b's connections, then let it reconnect.
+    proxy.cut(true);
+    sleep(t.retry).await;
+    proxy.cut(false);
+    sleep(t.retry * 2).await;
+    let resigned = Instant::now();
+    a.stop().await;
+    b.wait_leading(t.lease + t.slack).await;
+    eprintln!("b led {:?} after a resigned", resigned.elapsed());
+    checker.close();
+    checker.report().assert_safe();
+    b.stop().await;
+}
