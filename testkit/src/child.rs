@@ -844,8 +844,11 @@ impl Child {
         })
     }
 
-    /// SIGSTOP: freezes it. Its open terms are first marked [stalled](Checker::stalled)
-    /// in the checker: they are judged by their accepted writes only.
+    /// SIGSTOP: freezes it, and returns once every thread of it has stopped (up to a
+    /// second): the signal only asks, and a thread running on another core would
+    /// otherwise act on what is sent to it next. Its open terms are first marked
+    /// [stalled](Checker::stalled) in the checker: they are judged by their accepted
+    /// writes only.
     ///
     /// # Errors
     ///
@@ -858,7 +861,12 @@ impl Child {
                 c.stalled(identity);
             }
         }
-        self.signal(libc::SIGSTOP, "SIGSTOP")
+        self.signal(libc::SIGSTOP, "SIGSTOP")?;
+        let until = std::time::Instant::now() + Duration::from_secs(1);
+        while !all_threads_stopped(self.pid) && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
     }
 
     /// SIGCONT: resumes it after [`stop`](Self::stop).
@@ -1138,4 +1146,20 @@ mod tests {
             r.explain()
         );
     }
+}
+
+/// True when every thread of process `pid` is stopped (state `T` in
+/// `/proc/<pid>/task/*/stat`); false where that cannot be read.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
 }
