@@ -1068,6 +1068,22 @@ impl Drop for Child {
     }
 }
 
+/// True when every thread of process `pid` is stopped (state `T` in
+/// `/proc/<pid>/task/*/stat`); false where that cannot be read.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().all(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
+            // The state follows the command name, which is in parentheses.
+            stat.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state == "T" || state == "t")
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1146,20 +1162,4 @@ mod tests {
             r.explain()
         );
     }
-}
-
-/// True when every thread of process `pid` is stopped (state `T` in
-/// `/proc/<pid>/task/*/stat`); false where that cannot be read.
-fn all_threads_stopped(pid: u32) -> bool {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return false;
-    };
-    tasks.flatten().all(|task| {
-        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| {
-            // The state follows the command name, which is in parentheses.
-            stat.rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state == "T" || state == "t")
-        })
-    })
 }
