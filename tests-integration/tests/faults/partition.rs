@@ -39,7 +39,7 @@ const NS: &str = "kube-system";
 /// The role of a leader process cut off by [`Slot::cut`].
 const ROLE: &str = "partition-leader";
 /// Scenarios run side by side, each with a Unix user and a connection mark of its own.
-const SLOTS: usize = 4;
+const SLOTS: usize = 2;
 
 /// Lease 3s, renew deadline 2s, retry 0.5s, as the other real-backend scenarios.
 fn timing() -> Timing {
