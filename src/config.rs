@@ -60,6 +60,9 @@ pub struct Config {
     pub release_on_cancel: bool,
     /// Whether the elector campaigns again after losing leadership.
     pub recampaign: bool,
+    /// client-go's `Coordinated`: whether the election is Kubernetes' coordinated
+    /// leader election, where kube-apiserver picks the holder.
+    pub coordinated: bool,
 }
 
 impl Default for Config {
@@ -80,6 +83,7 @@ impl Config {
             retry_period: Duration::from_secs(2),
             release_on_cancel: true,
             recampaign: true,
+            coordinated: false,
         }
     }
 
@@ -129,6 +133,33 @@ impl Config {
     #[must_use]
     pub fn recampaign(mut self, recampaign: bool) -> Self {
         self.recampaign = recampaign;
+        self
+    }
+
+    /// Takes part in Kubernetes' coordinated leader election (KEP-4355, client-go's
+    /// `Coordinated`). Default false.
+    ///
+    /// A coordinated elector never takes the Lease itself: kube-apiserver's
+    /// coordinated election controller (the `CoordinatedLeaderElection` gate) picks a
+    /// holder among the replicas' `LeaseCandidate`s and writes it into the Lease;
+    /// the replica it names renews from then on. It renews only while it is the
+    /// holder, keeps the Lease's `strategy`, and stops renewing as soon as
+    /// `preferredHolder` names another replica: its work is stopped, then it
+    /// releases the Lease so that the preferred one is named at once. A replica that
+    /// finds itself named by someone else first waits out the holder it last saw,
+    /// as any standby would before taking over.
+    ///
+    /// Publish this replica's candidacy beside the elector with
+    /// [`LeaseCandidate`](crate::lock::kube::LeaseCandidate); without a controller
+    /// serving the Lease, a coordinated elector never leads. Only the Lease lock
+    /// carries the fields; see `docs/kubernetes.md`.
+    ///
+    /// With it off (the default), a Lease that carries a `strategy` or a
+    /// `preferredHolder` is contended for as any other, and both fields are written
+    /// back as they were read, where client-go's plain update would clear them.
+    #[must_use]
+    pub fn coordinated(mut self, coordinated: bool) -> Self {
+        self.coordinated = coordinated;
         self
     }
 

@@ -96,6 +96,10 @@ struct Observation {
     /// True when the record seen directly before `seen` was `live` itself, so that a
     /// release can be told from a blank written later by someone else.
     follows_live: bool,
+    /// When the lease of the last holder other than this replica runs out, unless it
+    /// released: in a coordinated election someone else names this replica, and it
+    /// must not act beside the holder it replaces.
+    others_until: Option<Instant>,
 }
 
 /// A holder last seen alive: its lease as honoured, from when its record last changed.
@@ -322,6 +326,9 @@ impl LeaderElector {
     /// the holder's own release is taken at once; see [`is_release`].
     fn expiry(&self, o: &Observation) -> Option<Instant> {
         let config = &self.shared.core.config;
+        if config.coordinated {
+            return self.coordinated_expiry(o);
+        }
         let live_until = o.live.map(|l| l.until);
         let until = match &o.seen {
             Seen::Record(v) if v.record.holder_identity == config.identity => return None,
@@ -349,6 +356,22 @@ impl LeaderElector {
         (until > Instant::now()).then_some(until)
     }
 
+    /// [`expiry`](Self::expiry) in a coordinated election: the Lease is taken only
+    /// once someone else (kube-apiserver's controller) names this replica, not as the
+    /// preferred holder's predecessor, and only after the holder it last saw has run
+    /// out of lease or released. Otherwise it waits for the record to change, reading
+    /// it every retry period where it cannot watch.
+    fn coordinated_expiry(&self, o: &Observation) -> Option<Instant> {
+        let identity = &self.shared.core.config.identity;
+        let named = matches!(&o.seen, Seen::Record(v)
+            if v.record.holder_identity == *identity
+                && (v.record.preferred_holder.is_empty() || v.record.preferred_holder == *identity));
+        if !named {
+            return Some(Instant::now() + MAX_HONOURED_LEASE);
+        }
+        o.others_until.filter(|until| *until > Instant::now())
+    }
+
     async fn try_acquire(&self, o: &Observation) -> Result<Acquired, LockError> {
         let config = &self.shared.core.config;
         let now = jiff::Timestamp::now();
@@ -360,9 +383,16 @@ impl LeaderElector {
             ..Default::default()
         };
         if let Seen::Record(old) = &o.seen {
+            // Written back as read: they belong to kube-apiserver's coordinated
+            // election, which client-go's plain update would clear.
+            record.strategy.clone_from(&old.record.strategy);
+            record
+                .preferred_holder
+                .clone_from(&old.record.preferred_holder);
             let ours = old.record.holder_identity == config.identity;
             record.leader_transitions = if ours {
-                record.acquire_time = old.record.acquire_time;
+                // kube-apiserver names a coordinated holder without an acquire time.
+                record.acquire_time = old.record.acquire_time.or(record.acquire_time);
                 old.record.leader_transitions
             } else {
                 old.record.leader_transitions.saturating_add(1)
@@ -422,11 +452,25 @@ impl LeaderElector {
             }
             (_, None) => (None, false),
         };
+        let prev_others = obs.as_ref().and_then(|p| p.others_until);
+        let others_until = match &seen {
+            Seen::Record(v)
+                if !v.record.is_released() && v.record.holder_identity != config.identity =>
+            {
+                let until = now + honoured_lease(v.record.lease_duration_seconds, config);
+                Some(prev_others.map_or(until, |b| b.max(until)))
+            }
+            Seen::Record(v) if follows_live && live.is_some_and(|l| is_release(&v.record, l)) => {
+                None
+            }
+            _ => prev_others,
+        };
         *obs = Some(Observation {
             seen,
             since: now,
             live,
             follows_live,
+            others_until,
         });
         self.shared.core.report.set_leader(holder, false);
     }
@@ -450,6 +494,14 @@ impl LeaderElector {
                     false
                 })
             }
+            // In a coordinated election someone else names this replica: the holder
+            // it replaced may still be acting.
+            Seen::Record(v)
+                if self.shared.core.config.coordinated
+                    && v.record.holder_identity == self.shared.core.config.identity =>
+            {
+                true
+            }
             Seen::Record(_) => is_outside_blank(seen),
             Seen::Invalid { .. } => true,
         }
@@ -461,6 +513,7 @@ impl LeaderElector {
     fn suspect_a_hidden_holder(&self, obs: &mut Option<Observation>, since: Instant) {
         let Some(o) = obs.as_mut() else { return };
         let until = since + self.shared.core.config.lease_duration;
+        o.others_until = Some(o.others_until.map_or(until, |u| u.max(until)));
         o.live = Some(Live {
             until: o.live.map_or(until, |l| l.until.max(until)),
             // No transitions are known: no blank seen after this one reads as a
@@ -491,6 +544,7 @@ impl LeaderElector {
                 watch: None,
                 may_watch: true,
                 rewatched_at: None,
+                yielded: None,
             },
         }
     }
@@ -556,6 +610,9 @@ struct LeaseTerm<'a> {
     may_watch: bool,
     /// When the watch on our record was last reopened after it broke.
     rewatched_at: Option<Instant>,
+    /// The record that asked this coordinated leader to hand over to its
+    /// `preferredHolder`: released once the work has stopped.
+    yielded: Option<Versioned>,
 }
 
 impl LeaseTerm<'_> {
@@ -565,6 +622,18 @@ impl LeaseTerm<'_> {
     fn edited_under_us(&self, seen: &LeaderElectionRecord) -> bool {
         seen.lease_duration_seconds != self.record.lease_duration_seconds
             || seen.leader_transitions != self.record.leader_transitions
+    }
+
+    /// In a coordinated election, the replica a record naming us asks to hand over
+    /// to (client-go stops renewing then). Remembers the record, to release it.
+    fn asked_to_yield(&mut self, seen: &Versioned) -> Option<String> {
+        let preferred = &seen.record.preferred_holder;
+        if !self.config.coordinated || preferred.is_empty() || *preferred == self.config.identity {
+            return None;
+        }
+        info!(preferred_holder = %truncate(preferred, 256), "the coordinated election prefers another holder; stepping down");
+        self.yielded = Some(seen.clone());
+        Some(preferred.clone())
     }
 
     /// The verdict on a write that returned our version: one that answers with the
@@ -636,6 +705,12 @@ impl Term for LeaseTerm<'_> {
             info!("the record naming this replica was edited by someone else");
             return Err(Renewal::Lost(None));
         }
+        if let Some(preferred) = self.asked_to_yield(&current) {
+            return Err(Renewal::Lost(Some(preferred)));
+        }
+        // Fields this replica does not write are written back as they are now.
+        self.record.strategy = current.record.strategy;
+        self.record.preferred_holder = current.record.preferred_holder;
         self.version = by(
             self.config,
             deadline,
@@ -664,6 +739,9 @@ impl Term for LeaseTerm<'_> {
                             // Standbys may time the edited lease: stop acting now.
                             info!("the record naming this replica was edited by someone else");
                             return None;
+                        }
+                        if let Some(preferred) = self.asked_to_yield(&v) {
+                            return Some(preferred);
                         }
                         // Our own renewal, or a touch that kept us as holder (labels,
                         // a Go client's annotation rewrite): the next renewal's
@@ -705,23 +783,46 @@ impl Term for LeaseTerm<'_> {
     }
 
     async fn release(&mut self, last_success: Instant) {
-        let now = jiff::Timestamp::now();
-        // What client-go writes on release: no holder, a one-second lease.
-        let released = LeaderElectionRecord {
-            leader_transitions: self.record.leader_transitions,
-            lease_duration_seconds: 1,
-            acquire_time: Some(now),
-            renew_time: Some(now),
-            ..Default::default()
-        };
         let deadline = (last_success + self.config.renew_deadline).max(Instant::now());
-        match timeout_at(deadline, self.lock.update(&released, &self.version)).await {
-            Ok(Ok(_)) => info!("released lease"),
-            Ok(Err(e)) => {
-                warn!(error = %e, "failed to release lease; standbys take over when it expires")
-            }
-            Err(_) => warn!("timed out releasing lease; standbys take over when it expires"),
+        write_release(self.lock, &self.record, &self.version, deadline).await;
+    }
+
+    /// A coordinated leader asked to hand over releases once its work has stopped,
+    /// so that kube-apiserver names the preferred holder at once rather than after
+    /// the lease runs out. The compare-and-swap fails if anyone wrote since.
+    async fn abandon(&mut self) {
+        if let Some(seen) = self.yielded.take() {
+            let deadline = Instant::now() + self.config.renew_deadline;
+            write_release(self.lock, &seen.record, &seen.version, deadline).await;
         }
+    }
+}
+
+/// Writes client-go's released record over `last` (at `version`): no holder, a
+/// one-second lease, the transitions kept; `strategy` and `preferredHolder` stay.
+/// Not a method, for the reason [`by`] is not.
+async fn write_release(
+    lock: &dyn LeaseLock,
+    last: &LeaderElectionRecord,
+    version: &Version,
+    deadline: Instant,
+) {
+    let now = jiff::Timestamp::now();
+    let released = LeaderElectionRecord {
+        leader_transitions: last.leader_transitions,
+        lease_duration_seconds: 1,
+        acquire_time: Some(now),
+        renew_time: Some(now),
+        strategy: last.strategy.clone(),
+        preferred_holder: last.preferred_holder.clone(),
+        ..Default::default()
+    };
+    match timeout_at(deadline, lock.update(&released, version)).await {
+        Ok(Ok(_)) => info!("released lease"),
+        Ok(Err(e)) => {
+            warn!(error = %e, "failed to release lease; standbys take over when it expires")
+        }
+        Err(_) => warn!("timed out releasing lease; standbys take over when it expires"),
     }
 }
 

@@ -61,6 +61,7 @@ use crate::lock::{LeaseLock, Version, Versioned, WatchStream};
 use crate::record::LeaderElectionRecord;
 
 mod annotation;
+mod candidate;
 mod error;
 mod events;
 mod kind;
@@ -70,6 +71,9 @@ mod object;
 mod watch;
 
 pub use annotation::{ConfigMapLock, EndpointsLock, LEADER_ANNOTATION};
+pub use candidate::{
+    InvalidCandidate, LeaseCandidate, CANDIDATE_RENEW_INTERVAL, OLDEST_EMULATION_VERSION,
+};
 pub use error::ApiError;
 pub use events::EventRecorder;
 pub use kind::{ResourceLockKind, UnknownResourceLock};
