@@ -104,6 +104,19 @@ pub struct Options {
     /// How often the leader assigns a pending pod
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = positive_duration)]
     pub assign_interval: Duration,
+    /// Take part in Kubernetes' coordinated leader election (KEP-4355): publish a
+    /// LeaseCandidate and lead only when kube-apiserver names this replica; needs
+    /// --leader-elect-resource-lock=leases and an API server with the
+    /// CoordinatedLeaderElection gate
+    #[arg(long = "leader-elect-coordinated", value_name = "true|false", num_args = 0..=1, require_equals = true,
+          default_value = "false", default_missing_value = "true", value_parser = parse_bool)]
+    pub coordinated: bool,
+    /// This binary's version in the coordinated election (as 1.35 or 1.35.0)
+    #[arg(long, value_name = "VERSION", default_value = "1.33.0", value_parser = NonEmptyStringValueParser::new())]
+    pub binary_version: String,
+    /// The version this binary emulates in the coordinated election [default: --binary-version]
+    #[arg(long, value_name = "VERSION", value_parser = NonEmptyStringValueParser::new())]
+    pub emulation_version: Option<String>,
     /// Split the work into N shards, each a lease of its own (`<name>-shard-<i>`):
     /// each replica owns about N / replicas shards and assigns only the pods whose
     /// name hashes to one of them; 0 for active/standby
@@ -144,7 +157,40 @@ impl Options {
                     .exit();
             }
         }
+        if let Err(message) = o.check_coordinated() {
+            Self::command()
+                .error(ErrorKind::ArgumentConflict, message)
+                .exit();
+        }
         o
+    }
+
+    /// `--leader-elect-coordinated` runs only on a Lease, in active/standby.
+    pub fn check_coordinated(&self) -> Result<(), String> {
+        if !self.coordinated {
+            return Ok(());
+        }
+        let flag = "--leader-elect-coordinated";
+        if !self.leader_elect {
+            return Err(format!("{flag} needs --leader-elect"));
+        }
+        if self.resource_lock != LockKind::Leases {
+            return Err(format!(
+                "{flag} needs --leader-elect-resource-lock=leases (not {}): only a Lease carries the coordinated election",
+                self.resource_lock.name()
+            ));
+        }
+        if self.shards > 0 {
+            return Err(format!("{flag} cannot be combined with --shards"));
+        }
+        Ok(())
+    }
+
+    /// The `--emulation-version`, defaulting to `--binary-version`.
+    pub fn emulation_version(&self) -> &str {
+        self.emulation_version
+            .as_deref()
+            .unwrap_or(&self.binary_version)
     }
 
     /// The elector's configuration these options describe.
@@ -152,7 +198,8 @@ impl Options {
         let mut config = Config::new(self.resource_name.clone())
             .lease_duration(self.lease_duration)
             .renew_deadline(self.renew_deadline)
-            .retry_period(self.retry_period);
+            .retry_period(self.retry_period)
+            .coordinated(self.coordinated);
         if let Some(identity) = &self.identity {
             config = config.identity(identity.clone());
         }
@@ -465,6 +512,47 @@ mod tests {
             assert_eq!(go(d), want);
             assert_eq!(parse_go_duration(want), Ok(d), "{want} round-trips");
         }
+    }
+
+    #[test]
+    fn coordinated_runs_only_on_a_lease_in_active_standby() {
+        let o = run(&[
+            "--leader-elect-coordinated",
+            "--leader-elect-resource-lock=leases",
+        ])
+        .unwrap();
+        assert!(o.config().coordinated);
+        assert_eq!(o.check_coordinated(), Ok(()));
+        assert_eq!(o.emulation_version(), "1.33.0");
+        let o = run(&[
+            "--leader-elect-coordinated=true",
+            "--leader-elect-resource-lock=leases",
+            "--binary-version=1.35",
+            "--emulation-version=1.34",
+        ])
+        .unwrap();
+        assert_eq!(
+            (o.binary_version.as_str(), o.emulation_version()),
+            ("1.35", "1.34")
+        );
+        let e = run(&["--leader-elect-coordinated"])
+            .unwrap()
+            .check_coordinated()
+            .unwrap_err();
+        assert!(
+            e.contains("--leader-elect-resource-lock=leases (not file)"),
+            "{e}"
+        );
+        let e = run(&[
+            "--leader-elect-coordinated",
+            "--leader-elect-resource-lock=leases",
+            "--shards=4",
+        ])
+        .unwrap()
+        .check_coordinated()
+        .unwrap_err();
+        assert!(e.contains("--shards"), "{e}");
+        assert!(!run(&[]).unwrap().config().coordinated);
     }
 
     fn run(args: &[&str]) -> Result<Options, clap::Error> {

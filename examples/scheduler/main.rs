@@ -115,12 +115,27 @@ async fn replica(opts: Options) -> ExitCode {
             go(opts.renew_deadline),
             go(opts.retry_period)
         );
-        match LeaderElector::new(lock, config) {
+        if opts.coordinated {
+            lock_description += &format!(
+                ", coordinated (binary version {}, emulation version {})",
+                opts.binary_version,
+                opts.emulation_version()
+            );
+        }
+        match LeaderElector::new(lock, config.clone()) {
             Ok(elector) => Some(elector),
             Err(e) => return usage_error(e),
         }
     } else {
         None
+    };
+    let candidacy = match candidacy(&opts, &config.identity, &shutdown).await {
+        Ok(c) => c,
+        Err(SetupError::Usage(message)) => return usage_error(message),
+        Err(SetupError::Failed(message)) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
     };
 
     let mut registry = Registry::default();
@@ -184,6 +199,10 @@ async fn replica(opts: Options) -> ExitCode {
             // once every handle on the elector is gone its events end, and the
             // recorder returns after posting what it was sent.
             leaders.abort();
+            if let Some(candidacy) = candidacy {
+                // It deletes the LeaseCandidate once shutdown is cancelled.
+                let _ = candidacy.await;
+            }
             let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
             drop(elector);
             if let Some(events) = events {
@@ -616,6 +635,54 @@ async fn kube_client(opts: &Options) -> Result<kube::Client, SetupError> {
     config.default_retry = false;
     kube::Client::try_from(config)
         .map_err(|e| SetupError::Failed(format!("cannot build a Kubernetes client: {e}")))
+}
+
+/// With `--leader-elect-coordinated`, this replica's LeaseCandidate, kept until
+/// shutdown, then deleted.
+#[cfg(feature = "kube")]
+async fn candidacy(
+    opts: &Options,
+    identity: &str,
+    shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, SetupError> {
+    use leaderelection::lock::kube::LeaseCandidate;
+
+    if !opts.coordinated {
+        return Ok(None);
+    }
+    let client = kube_client(opts).await?;
+    let candidate = LeaseCandidate::new(
+        client,
+        &opts.resource_namespace,
+        identity,
+        opts.resource_name.clone(),
+        &opts.binary_version,
+        opts.emulation_version(),
+    )
+    .map_err(|e| {
+        let flag = if e.field == "binaryVersion" {
+            "--binary-version"
+        } else {
+            "--emulation-version"
+        };
+        SetupError::Usage(format!("{flag}: {}", e.message))
+    })?;
+    let shutdown = shutdown.clone();
+    Ok(Some(tokio::spawn(
+        async move { candidate.run(shutdown).await },
+    )))
+}
+
+#[cfg(not(feature = "kube"))]
+async fn candidacy(
+    opts: &Options,
+    _identity: &str,
+    _shutdown: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, SetupError> {
+    if opts.coordinated {
+        return Err(not_built("leases", "kube", ""));
+    }
+    Ok(None)
 }
 
 #[cfg(not(feature = "kube"))]
