@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run -p leaderelection-examples --bin apiserver --features testkit -- [--port 6443] [--auth] [--tls]
 //!     [--kubeconfig /tmp/apiserver.kubeconfig] [--etcd http://127.0.0.1:2379,... [--prefix /registry]]
+//!     [--feature-gates CoordinatedLeaderElection=true]
 //! ```
 //!
 //! It prints its URL and the path of a kubeconfig for it, then serves until Ctrl-C:
@@ -14,7 +15,9 @@
 //! With `--auth`, only the admin token of the kubeconfig is let in; kubectl sends it
 //! only over TLS, so add `--tls` (a fixed test certificate, which the kubeconfig
 //! trusts). `--etcd` needs the `etcd` feature; with it, several of these servers over one etcd
-//! cluster serve the same objects, active/active.
+//! cluster serve the same objects, active/active. `--feature-gates
+//! CoordinatedLeaderElection=true`, kube-apiserver's flag, runs its coordinated leader
+//! election controller, which picks the holder of a Lease among its LeaseCandidates.
 
 use std::path::PathBuf;
 
@@ -23,7 +26,7 @@ use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions};
 fn usage(problem: &str) -> ! {
     eprintln!("{problem}");
     eprintln!(
-        "usage: apiserver [--port PORT] [--auth] [--tls] [--kubeconfig PATH] [--etcd URL,URL,... [--prefix PREFIX]]"
+        "usage: apiserver [--port PORT] [--auth] [--tls] [--kubeconfig PATH] [--etcd URL,URL,... [--prefix PREFIX]] [--feature-gates CoordinatedLeaderElection=true]"
     );
     std::process::exit(2)
 }
@@ -57,6 +60,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--kubeconfig" => kubeconfig = PathBuf::from(value("--kubeconfig")),
             "--etcd" => etcd = Some(value("--etcd")),
             "--prefix" => prefix = value("--prefix"),
+            "--feature-gates" => {
+                for gate in value("--feature-gates").split(',') {
+                    match gate.trim() {
+                        "CoordinatedLeaderElection=true" => {
+                            options = options.coordinated_leader_election();
+                        }
+                        "CoordinatedLeaderElection=false" => {}
+                        other => usage(&format!(
+                            "--feature-gates: unknown gate {other:?}; this server knows CoordinatedLeaderElection=true|false"
+                        )),
+                    }
+                }
+            }
             "-h" | "--help" => usage("serves the Kubernetes API for tests"),
             other => usage(&format!("unknown argument {other:?}")),
         }
