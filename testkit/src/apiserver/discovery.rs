@@ -9,11 +9,12 @@ use std::net::SocketAddr;
 
 use serde_json::{json, Value};
 
-use super::resources::{groups, Resource, RESOURCES};
+use super::resources::{groups, versions, Resource, RESOURCES};
 
-/// The Kubernetes version the server presents itself as.
+/// The Kubernetes version the server presents itself as: 1.33, the first to serve
+/// `coordination.k8s.io/v1beta1` LeaseCandidates (kubectl 1.32 is within one minor).
 pub(crate) const MAJOR: &str = "1";
-pub(crate) const MINOR: &str = "32";
+pub(crate) const MINOR: &str = "33";
 
 /// The discovery document at `path`, or None when `path` is not one.
 pub(crate) fn document(path: &str, addr: SocketAddr) -> Option<Value> {
@@ -56,13 +57,14 @@ pub(crate) fn document(path: &str, addr: SocketAddr) -> Option<Value> {
     }
 }
 
+/// An APIGroup: every served version, preferred first, as kube-apiserver lists them.
 fn group(name: &str) -> Value {
-    let version = RESOURCES
-        .iter()
-        .find(|r| r.group == name)
-        .map_or("v1", |r| r.version);
-    let gv = json!({"groupVersion": format!("{name}/{version}"), "version": version});
-    json!({"name": name, "versions": [gv.clone()], "preferredVersion": gv})
+    let versions: Vec<Value> = versions(name)
+        .into_iter()
+        .map(|v| json!({"groupVersion": format!("{name}/{v}"), "version": v}))
+        .collect();
+    let preferred = versions.first().cloned().unwrap_or(Value::Null);
+    json!({"name": name, "versions": versions, "preferredVersion": preferred})
 }
 
 fn resource_list(group: &str, version: &str) -> Value {
@@ -125,5 +127,42 @@ mod tests {
             "APIGroup"
         );
         assert!(document("/apis/apps/v1", addr).is_none());
+    }
+
+    #[test]
+    fn coordination_serves_v1_preferred_and_v1beta1() {
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let group = document("/apis/coordination.k8s.io", addr).unwrap();
+        assert_eq!(
+            group["versions"],
+            json!([
+                {"groupVersion": "coordination.k8s.io/v1", "version": "v1"},
+                {"groupVersion": "coordination.k8s.io/v1beta1", "version": "v1beta1"},
+            ])
+        );
+        assert_eq!(group["preferredVersion"]["version"], "v1");
+        let apis = document("/apis", addr).unwrap();
+        assert_eq!(apis["groups"][0], {
+            let mut g = group.clone();
+            g.as_object_mut().unwrap().remove("kind");
+            g.as_object_mut().unwrap().remove("apiVersion");
+            g
+        });
+        let beta = document("/apis/coordination.k8s.io/v1beta1", addr).unwrap();
+        assert_eq!(beta["groupVersion"], "coordination.k8s.io/v1beta1");
+        assert_eq!(
+            beta["resources"],
+            json!([{
+                "name": "leasecandidates", "singularName": "leasecandidate",
+                "namespaced": true, "kind": "LeaseCandidate",
+                "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"],
+            }])
+        );
+        let version = document("/version", addr).unwrap();
+        assert_eq!(
+            (version["major"].as_str(), version["minor"].as_str()),
+            (Some("1"), Some("33"))
+        );
+        assert_eq!(version["gitVersion"], "v1.33.0");
     }
 }

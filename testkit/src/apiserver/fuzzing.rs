@@ -219,6 +219,14 @@ fn config(resource: &Resource) -> Value {
             "renewTime": "2024-01-01T00:00:10.000000Z",
             "leaseTransitions": 1,
         }}),
+        (_, "LeaseCandidate") => json!({"spec": {
+            "leaseName": "kube-scheduler",
+            "pingTime": "2024-01-01T00:00:00.000000Z",
+            "renewTime": "2024-01-01T00:00:01.000000Z",
+            "binaryVersion": "1.33.0",
+            "emulationVersion": "1.32.0",
+            "strategy": "OldestEmulationVersion",
+        }}),
         (_, "ConfigMap") => json!({"data": {"k": "v"}, "binaryData": {"b": "AAE="}}),
         (_, "Endpoints") => json!({"subsets": [{
             "addresses": [{"ip": "10.0.0.1", "targetRef": {"kind": "Pod", "name": "p"}}],

@@ -1,13 +1,15 @@
-//! A Kubernetes API server for tests: the real REST paths for Leases, Endpoints,
-//! ConfigMaps and Events, served over HTTP on a loopback port, so that `kube::Client`
-//! and `kubectl` work against it unchanged.
+//! A Kubernetes API server for tests: the real REST paths for Leases, LeaseCandidates,
+//! Endpoints, ConfigMaps and Events, served over HTTP on a loopback port, so that
+//! `kube::Client` and `kubectl` work against it unchanged. It presents itself as
+//! Kubernetes 1.33.
 //!
 //! What it serves, as kube-apiserver does:
 //!
 //! - discovery: `/api`, `/api/v1`, `/apis`, `/apis/<group>`, `/apis/<group>/<version>`,
 //!   `/version` (aggregated discovery is not offered; clients fall back);
 //! - OpenAPI v3: `/openapi/v3` and a document per group version (`/openapi/v3/api/v1`,
-//!   `/openapi/v3/apis/coordination.k8s.io/v1`, `/openapi/v3/apis/events.k8s.io/v1`)
+//!   `/openapi/v3/apis/coordination.k8s.io/v1`, `.../coordination.k8s.io/v1beta1`,
+//!   `/openapi/v3/apis/events.k8s.io/v1`)
 //!   with the kinds' schemas and operations, so `kubectl create -f` and `kubectl apply
 //!   -f` run with no flags;
 //! - JSON and protobuf (`application/vnd.kubernetes.protobuf`, as kubectl's typed
@@ -17,7 +19,8 @@
 //!   JSON body or merge patch are a 400 (`strict decoding error: unknown field
 //!   "..."`), a `Warning` header (the default) or dropped, and are not stored (a JSON
 //!   patch is not checked);
-//! - `coordination.k8s.io/v1` leases, `v1` endpoints, configmaps and events, and
+//! - `coordination.k8s.io/v1` leases, `coordination.k8s.io/v1beta1` leasecandidates,
+//!   `v1` endpoints, configmaps and events, and
 //!   `events.k8s.io/v1` events (stored as core events, as kube-apiserver stores
 //!   them), in any namespace: get, list, watch, create, update (PUT), patch (merge,
 //!   strategic merge, JSON patch, server-side apply) and delete, with `dryRun`;
@@ -38,11 +41,16 @@
 //!   revision with etcd storage); `uid` and `creationTimestamp` set on create and kept;
 //!   a stale PUT is a 409 Conflict; a write that changes nothing is not made;
 //! - metav1.Status failures worded like kube-apiserver's: 404 NotFound, 409 Conflict
-//!   and AlreadyExists, 422 Invalid (names, Lease and ConfigMap validation), 400
+//!   and AlreadyExists, 422 Invalid (names, Lease, LeaseCandidate and ConfigMap
+//!   validation), 400
 //!   BadRequest for fields of the wrong type, 401, 403;
 //! - watches from a resourceVersion with field and label selectors, bookmarks,
 //!   `timeoutSeconds`, and 410 Expired (an ERROR event) past the kept history;
 //! - server-side printing (the Table `kubectl get` asks for);
+//! - optionally coordinated leader election (KEP-4355): the controller kube-apiserver
+//!   runs with the `CoordinatedLeaderElection` gate, which elects the holder of each
+//!   Lease from its LeaseCandidates (see
+//!   [`ApiServerOptions::coordinated_leader_election`]);
 //! - optionally bearer tokens with RBAC-like rules, HTTPS with a fixed test
 //!   certificate, and storage in etcd shared by several servers.
 //!
@@ -108,6 +116,7 @@
 
 mod apply;
 mod auth;
+mod coordination;
 mod discovery;
 #[cfg(feature = "etcd")]
 mod etcd_storage;
@@ -124,6 +133,7 @@ mod resources;
 mod rest;
 mod schema;
 mod selector;
+mod semver;
 mod stats;
 mod status;
 mod storage;
@@ -205,6 +215,7 @@ pub struct ApiServerOptions {
     watch_history: usize,
     bookmark_interval: Duration,
     tls: bool,
+    coordinated: Option<coordination::Timing>,
 }
 
 impl Default for ApiServerOptions {
@@ -216,6 +227,7 @@ impl Default for ApiServerOptions {
             watch_history: 1000,
             bookmark_interval: Duration::from_secs(60),
             tls: false,
+            coordinated: None,
         }
     }
 }
@@ -297,6 +309,54 @@ impl ApiServerOptions {
         self.bookmark_interval = interval.max(Duration::from_millis(10));
         self
     }
+
+    /// Runs coordinated leader election (KEP-4355), as kube-apiserver does with the
+    /// `CoordinatedLeaderElection` feature gate on (default: off, as the gate): for
+    /// each Lease that `coordination.k8s.io/v1beta1` LeaseCandidates name, the server
+    /// pings the candidates, waits 5 seconds for their acks, and writes the best one
+    /// (strategy `OldestEmulationVersion`: lowest emulation version, then lowest
+    /// binary version, then oldest) as the Lease's holder, or as its
+    /// `preferredHolder` while another holds it unexpired. The Leases it writes last
+    /// 5 seconds (`leaseDurationSeconds: 5`), as kube-apiserver's; Leases are looked
+    /// at again every 5 seconds, and candidates that have not renewed for 30 minutes
+    /// are deleted.
+    ///
+    /// The controller runs while the server serves (a [`restart`](ApiServer::restart)
+    /// restarts it), writes through the server's own handlers (watches see its
+    /// writes as any client's; [`ApiServer::requests`] does not count them), and is
+    /// not leader-elected: over shared etcd storage, turn it on in one server only.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use leaderelection_testkit::apiserver::ApiServerOptions;
+    ///
+    /// let options = ApiServerOptions::new()
+    ///     .coordinated_leader_election()
+    ///     .coordinated_election_duration(Duration::from_millis(500));
+    /// ```
+    #[must_use]
+    pub fn coordinated_leader_election(mut self) -> Self {
+        self.coordinated
+            .get_or_insert_with(coordination::Timing::default);
+        self
+    }
+
+    /// Shortens (or lengthens) how long a coordinated election waits for candidates
+    /// to ack a ping, and how often the controller looks at each Lease again (both 5
+    /// seconds in kube-apiserver, the default), for tests that cannot wait. The Leases
+    /// written still last 5 seconds. Turns coordinated leader election on, as
+    /// [`coordinated_leader_election`](Self::coordinated_leader_election).
+    #[must_use]
+    pub fn coordinated_election_duration(mut self, duration: Duration) -> Self {
+        let duration = duration.max(Duration::from_millis(10));
+        self.coordinated = Some(coordination::Timing {
+            election: duration,
+            requeue: duration,
+        });
+        self
+    }
 }
 
 /// A running test API server; see the [module docs](self).
@@ -307,6 +367,7 @@ pub struct ApiServer {
     state: Arc<State>,
     auth: bool,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    coordinated: Option<coordination::Timing>,
     running: Option<Running>,
 }
 
@@ -314,6 +375,8 @@ pub struct ApiServer {
 struct Running {
     stop: CancellationToken,
     task: JoinHandle<()>,
+    /// The coordinated leader election controller, when turned on.
+    controller: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for ApiServer {
@@ -392,6 +455,7 @@ impl ApiServer {
             state,
             auth,
             tls,
+            coordinated: options.coordinated,
             running: None,
         };
         server.serve(listener);
@@ -406,7 +470,18 @@ impl ApiServer {
             self.tls.clone(),
             stop.clone(),
         ));
-        self.running = Some(Running { stop, task });
+        let controller = self.coordinated.map(|timing| {
+            tokio::spawn(coordination::run(
+                self.state.storage.clone(),
+                timing,
+                stop.clone(),
+            ))
+        });
+        self.running = Some(Running {
+            stop,
+            task,
+            controller,
+        });
     }
 
     /// `http://127.0.0.1:PORT`, or `https://` with [`ApiServerOptions::tls`].
@@ -535,8 +610,11 @@ impl ApiServer {
     pub async fn stop_serving(&mut self) {
         if let Some(running) = self.running.take() {
             running.stop.cancel();
-            // The task only ends by that cancel; a panic in it has been logged.
+            // The tasks only end by that cancel; a panic in them has been logged.
             let _ = running.task.await;
+            if let Some(controller) = running.controller {
+                let _ = controller.await;
+            }
         }
     }
 

@@ -400,6 +400,7 @@ mod tests {
             [
                 "api/v1",
                 "apis/coordination.k8s.io/v1",
+                "apis/coordination.k8s.io/v1beta1",
                 "apis/events.k8s.io/v1"
             ]
         );
@@ -418,9 +419,9 @@ mod tests {
     fn each_kind_has_a_patch_that_takes_field_validation() {
         for r in RESOURCES {
             let gv = if r.group.is_empty() {
-                "api/v1".to_string()
+                format!("api/{}", r.version)
             } else {
-                format!("apis/{}/v1", r.group)
+                format!("apis/{}/{}", r.group, r.version)
             };
             let doc = document(&format!("/openapi/v3/{gv}")).unwrap();
             let patch = doc["paths"]
@@ -447,6 +448,55 @@ mod tests {
                 assert!(doc["components"]["schemas"].get(name).is_some(), "{name}");
             }
         }
+    }
+
+    /// What `kubectl explain leasecandidate.spec` and strict validation read.
+    #[test]
+    fn lease_candidates_have_their_document() {
+        let doc = document("/openapi/v3/apis/coordination.k8s.io/v1beta1").unwrap();
+        let schemas = &doc["components"]["schemas"];
+        let candidate = &schemas["io.k8s.api.coordination.v1beta1.LeaseCandidate"];
+        assert_eq!(
+            candidate["x-kubernetes-group-version-kind"],
+            json!([{"group": "coordination.k8s.io", "version": "v1beta1", "kind": "LeaseCandidate"}])
+        );
+        let spec = &schemas["io.k8s.api.coordination.v1beta1.LeaseCandidateSpec"]["properties"];
+        let fields: Vec<&str> = spec
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "binaryVersion",
+                "emulationVersion",
+                "leaseName",
+                "pingTime",
+                "renewTime",
+                "strategy"
+            ]
+        );
+        assert_eq!(spec["pingTime"]["format"], "date-time");
+        assert!(doc["paths"]
+            .get("/apis/coordination.k8s.io/v1beta1/namespaces/{namespace}/leasecandidates/{name}")
+            .is_some());
+        // The Lease keeps the fields of coordinated leader election.
+        let lease = document("/openapi/v3/apis/coordination.k8s.io/v1").unwrap();
+        let spec = &lease["components"]["schemas"]["io.k8s.api.coordination.v1.LeaseSpec"];
+        assert_eq!(spec["properties"]["strategy"]["type"], "string");
+        assert_eq!(spec["properties"]["preferredHolder"]["type"], "string");
+
+        let candidates =
+            Resource::find("coordination.k8s.io", "v1beta1", "leasecandidates").unwrap();
+        let body = br#"{"metadata":{"name":"a"},"spec":{"leaseName":"l","pingtime":"x"}}"#;
+        let err = check(candidates, body, FieldValidation::Strict, Payload::Object).unwrap_err();
+        assert!(
+            err.message.ends_with("unknown field \"spec.pingtime\""),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -171,6 +171,28 @@ const LEASE: Message = Message {
     ],
 };
 
+/// coordination.k8s.io/v1beta1 LeaseCandidateSpec. `leaseName` and `binaryVersion`
+/// are required in Go (values, no `omitempty`); the times are pointers.
+const LEASE_CANDIDATE_SPEC: Message = Message {
+    name: "io.k8s.api.coordination.v1beta1.LeaseCandidateSpec",
+    fields: &[
+        value(1, "leaseName", Str),
+        pointer(2, "pingTime", MicroTime),
+        pointer(3, "renewTime", MicroTime),
+        value(4, "binaryVersion", Str),
+        value(5, "emulationVersion", Str),
+        value(6, "strategy", Str),
+    ],
+};
+
+const LEASE_CANDIDATE: Message = Message {
+    name: "io.k8s.api.coordination.v1beta1.LeaseCandidate",
+    fields: &[
+        pointer(1, "metadata", Msg(&OBJECT_META)),
+        pointer(2, "spec", Msg(&LEASE_CANDIDATE_SPEC)),
+    ],
+};
+
 const CONFIG_MAP: Message = Message {
     name: "io.k8s.api.core.v1.ConfigMap",
     fields: &[
@@ -363,6 +385,10 @@ macro_rules! list {
 }
 
 const LEASE_LIST: Message = list!("io.k8s.api.coordination.v1.LeaseList", &LEASE);
+const LEASE_CANDIDATE_LIST: Message = list!(
+    "io.k8s.api.coordination.v1beta1.LeaseCandidateList",
+    &LEASE_CANDIDATE
+);
 const CONFIG_MAP_LIST: Message = list!("io.k8s.api.core.v1.ConfigMapList", &CONFIG_MAP);
 const ENDPOINTS_LIST: Message = list!("io.k8s.api.core.v1.EndpointsList", &ENDPOINTS);
 const CORE_EVENT_LIST: Message = list!("io.k8s.api.core.v1.EventList", &CORE_EVENT);
@@ -373,6 +399,8 @@ pub(crate) fn message(api_version: &str, kind: &str) -> Option<&'static Message>
     Some(match (api_version, kind) {
         ("coordination.k8s.io/v1", "Lease") => &LEASE,
         ("coordination.k8s.io/v1", "LeaseList") => &LEASE_LIST,
+        ("coordination.k8s.io/v1beta1", "LeaseCandidate") => &LEASE_CANDIDATE,
+        ("coordination.k8s.io/v1beta1", "LeaseCandidateList") => &LEASE_CANDIDATE_LIST,
         ("v1", "ConfigMap") => &CONFIG_MAP,
         ("v1", "ConfigMapList") => &CONFIG_MAP_LIST,
         ("v1", "Endpoints") => &ENDPOINTS,
@@ -776,6 +804,7 @@ mod tests {
     use std::fmt::Debug;
 
     use k8s_pb::api::coordination::v1 as coordination;
+    use k8s_pb::api::coordination::v1beta1 as coordination_beta;
     use k8s_pb::api::core::v1 as core;
     use k8s_pb::api::events::v1 as events;
     use k8s_pb::apimachinery::pkg::apis::meta::v1 as meta;
@@ -951,6 +980,53 @@ mod tests {
             serde_json::from_value(json["metadata"].clone()).unwrap();
         assert_eq!(serde_json::to_value(list_meta).unwrap(), json["metadata"]);
         assert!(json["items"][1].get("kind").is_none(), "as Go lists them");
+    }
+
+    /// The field numbers of k8s.io/api coordination/v1beta1 `generated.proto`.
+    #[test]
+    fn lease_candidates_round_trip() {
+        let candidate = coordination_beta::LeaseCandidate {
+            metadata: object_meta(),
+            spec: Some(coordination_beta::LeaseCandidateSpec {
+                lease_name: s("kube-scheduler"),
+                ping_time: micro_time(),
+                renew_time: Some(meta::MicroTime {
+                    seconds: Some(1_700_000_002),
+                    nanos: Some(5_000),
+                }),
+                binary_version: s("1.33.0"),
+                emulation_version: s("1.32.0"),
+                strategy: s("OldestEmulationVersion"),
+            }),
+        };
+        let json = round_trip::<_, k8s_openapi::api::coordination::v1beta1::LeaseCandidate>(
+            "coordination.k8s.io/v1beta1",
+            "LeaseCandidate",
+            candidate.clone(),
+        );
+        assert_eq!(
+            json["spec"],
+            serde_json::json!({
+                "leaseName": "kube-scheduler",
+                "pingTime": "2023-11-14T22:13:21.123456Z",
+                "renewTime": "2023-11-14T22:13:22.000005Z",
+                "binaryVersion": "1.33.0",
+                "emulationVersion": "1.32.0",
+                "strategy": "OldestEmulationVersion",
+            })
+        );
+        let list = coordination_beta::LeaseCandidateList {
+            metadata: Some(meta::ListMeta {
+                self_link: None,
+                resource_version: s("9"),
+                r#continue: None,
+                remaining_item_count: None,
+            }),
+            items: vec![candidate.clone(), candidate],
+        };
+        let json =
+            round_trip::<_, Value>("coordination.k8s.io/v1beta1", "LeaseCandidateList", list);
+        assert_eq!(json["items"][1]["spec"]["binaryVersion"], "1.33.0");
     }
 
     #[test]

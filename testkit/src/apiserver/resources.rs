@@ -93,17 +93,44 @@ pub(crate) const RESOURCES: &[Resource] = &[
         create_on_update: true,
         renames: EVENT_RENAMES,
     },
+    // Coordinated leader election's candidates (KEP-4355), served in v1beta1 from
+    // Kubernetes 1.33. Listed last: a group's first version (Lease's v1) is its
+    // preferred one, and the fuzz targets pick kinds by their index here.
+    Resource {
+        group: "coordination.k8s.io",
+        version: "v1beta1",
+        plural: "leasecandidates",
+        singular: "leasecandidate",
+        kind: "LeaseCandidate",
+        short_names: &[],
+        storage: "leasecandidates",
+        // kube-apiserver's leasecandidate strategy does not allow create on update.
+        create_on_update: false,
+        renames: &[],
+    },
 ];
 
-/// The API groups other than core, with their one version each.
+/// The API groups other than core, in the order of the table.
 pub(crate) fn groups() -> Vec<&'static str> {
-    let mut groups: Vec<&'static str> = RESOURCES
-        .iter()
-        .map(|r| r.group)
-        .filter(|g| !g.is_empty())
-        .collect();
-    groups.dedup();
+    let mut groups: Vec<&'static str> = Vec::new();
+    for r in RESOURCES {
+        if !r.group.is_empty() && !groups.contains(&r.group) {
+            groups.push(r.group);
+        }
+    }
     groups
+}
+
+/// The versions served of `group`, preferred first: in the order of the table, where
+/// each group lists its GA version before its beta, as kube-apiserver prefers them.
+pub(crate) fn versions(group: &str) -> Vec<&'static str> {
+    let mut versions: Vec<&'static str> = Vec::new();
+    for r in RESOURCES.iter().filter(|r| r.group == group) {
+        if !versions.contains(&r.version) {
+            versions.push(r.version);
+        }
+    }
+    versions
 }
 
 impl Resource {
@@ -191,6 +218,22 @@ fn rename<'a>(map: &mut Map<String, Value>, pairs: impl Iterator<Item = (&'a str
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn groups_list_their_versions_preferred_first() {
+        assert_eq!(groups(), ["coordination.k8s.io", "events.k8s.io"]);
+        assert_eq!(versions("coordination.k8s.io"), ["v1", "v1beta1"]);
+        assert_eq!(versions("events.k8s.io"), ["v1"]);
+        assert!(versions("apps").is_empty());
+        let candidates =
+            Resource::find("coordination.k8s.io", "v1beta1", "leasecandidates").expect("served");
+        assert_eq!(candidates.api_version(), "coordination.k8s.io/v1beta1");
+        assert_eq!(
+            candidates.key("kube-system", "a"),
+            "leasecandidates/kube-system/a"
+        );
+        assert!(Resource::find("coordination.k8s.io", "v1", "leasecandidates").is_none());
+    }
 
     #[test]
     fn events_v1_round_trip_through_the_core_form() {

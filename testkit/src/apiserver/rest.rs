@@ -135,7 +135,7 @@ pub(crate) async fn create(
     }
     prepare_create(&mut obj);
     apply::record_update(target.resource, None, &mut obj, &target.manager());
-    validation::validate(target.resource, &obj)?;
+    validation::validate(target.resource, &obj, None)?;
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
     if target.dry_run {
         return Ok(target.resource.served(obj));
@@ -394,7 +394,7 @@ async fn guaranteed_update(
             }
             meta_mut(&mut obj).remove("resourceVersion");
             prepare_create(&mut obj);
-            validation::validate(resource, &obj)?;
+            validation::validate(resource, &obj, None)?;
             if target.dry_run {
                 return Ok((resource.served(obj), true));
             }
@@ -425,7 +425,7 @@ async fn guaranteed_update(
             };
         }
         meta_mut(&mut obj).insert("resourceVersion".into(), Value::from(current.to_string()));
-        validation::validate(resource, &obj)?;
+        validation::validate(resource, &obj, Some(&existing))?;
         // A write that changes nothing is not made, and the resourceVersion stays.
         if obj == existing || target.dry_run {
             return Ok((resource.served(obj), false));

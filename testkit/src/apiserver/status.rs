@@ -25,11 +25,17 @@ impl Cause {
         }
     }
 
+    /// `field.Required`; an empty `detail` is Go's bare `Required value`.
     pub fn required(field: impl Into<String>, detail: &str) -> Self {
+        let message = if detail.is_empty() {
+            "Required value".to_string()
+        } else {
+            format!("Required value: {detail}")
+        };
         Self {
             reason: "FieldValueRequired",
             field: field.into(),
-            message: format!("Required value: {detail}"),
+            message,
         }
     }
 

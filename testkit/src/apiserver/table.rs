@@ -83,6 +83,19 @@ fn columns(resource: &Resource) -> &'static [(&'static str, &'static str, &'stat
     const AGE: (&str, &str, &str) = ("Age", "string", "CreationTimestamp is a timestamp representing the server time when this object was created.");
     match resource.kind {
         "Lease" => &[NAME, ("Holder", "string", "The holder of the lease."), AGE],
+        // pkg/printers/internalversion/printers.go `leaseCandidateColumnDefinitions`;
+        // the two version columns take their (empty) description from ObjectMeta there.
+        "LeaseCandidate" => &[
+            NAME,
+            (
+                "LeaseName",
+                "string",
+                "LeaseName is the name of the lease for which this candidate is contending. The limits on this field are the same as on Lease.name. Multiple lease candidates may reference the same Lease.name. This field is immutable.",
+            ),
+            ("BinaryVersion", "string", ""),
+            ("EmulationVersion", "string", ""),
+            AGE,
+        ],
         "ConfigMap" => &[NAME, ("Data", "string", "The number of keys."), AGE],
         "Endpoints" => &[
             NAME,
@@ -114,6 +127,13 @@ fn cells(resource: &Resource, obj: &Value) -> Vec<Value> {
         "Lease" => vec![
             name,
             Value::from(text(obj, "/spec/holderIdentity")),
+            created,
+        ],
+        "LeaseCandidate" => vec![
+            name,
+            Value::from(text(obj, "/spec/leaseName")),
+            Value::from(text(obj, "/spec/binaryVersion")),
+            Value::from(text(obj, "/spec/emulationVersion")),
             created,
         ],
         "ConfigMap" => {
@@ -242,6 +262,47 @@ mod tests {
         assert_eq!(t["rows"][0]["cells"][0], "a");
         assert_eq!(t["rows"][0]["cells"][1], "h");
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
+    }
+
+    #[test]
+    fn lease_candidate_rows_show_the_lease_and_versions() {
+        let candidates =
+            Resource::find("coordination.k8s.io", "v1beta1", "leasecandidates").expect("served");
+        let t = render(
+            candidates,
+            &[
+                json!({"metadata": {"name": "node-a", "creationTimestamp": "2020-01-01T00:00:00Z"},
+                     "spec": {"leaseName": "kube-scheduler", "binaryVersion": "1.33.0",
+                              "emulationVersion": "1.32.0"}}),
+            ],
+            7,
+            true,
+        );
+        let names: Vec<&str> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "Name",
+                "LeaseName",
+                "BinaryVersion",
+                "EmulationVersion",
+                "Age"
+            ]
+        );
+        assert_eq!(
+            t["rows"][0]["cells"].as_array().unwrap()[..4],
+            [
+                json!("node-a"),
+                json!("kube-scheduler"),
+                json!("1.33.0"),
+                json!("1.32.0")
+            ]
+        );
     }
 
     #[test]

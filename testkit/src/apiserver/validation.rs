@@ -8,6 +8,7 @@
 use serde_json::Value;
 
 use super::resources::Resource;
+use super::semver::Version;
 use super::status::{ApiError, Cause};
 
 #[derive(Debug, Clone, Copy)]
@@ -48,6 +49,15 @@ fn fields(resource: &Resource) -> &'static [(&'static str, Type)] {
             ("spec.leaseTransitions", Type::Int32),
             ("spec.strategy", Type::Str),
             ("spec.preferredHolder", Type::Str),
+        ],
+        "LeaseCandidate" => &[
+            ("spec", Type::Object),
+            ("spec.leaseName", Type::Str),
+            ("spec.pingTime", Type::MicroTime),
+            ("spec.renewTime", Type::MicroTime),
+            ("spec.binaryVersion", Type::Str),
+            ("spec.emulationVersion", Type::Str),
+            ("spec.strategy", Type::Str),
         ],
         "ConfigMap" => &[
             ("data", Type::StrMap),
@@ -215,8 +225,13 @@ fn is_label_value(s: &str) -> bool {
     s.is_empty() || is_qualified_name(s) && !s.contains('/')
 }
 
-/// Validates an object (in stored form) about to be stored.
-pub(crate) fn validate(resource: &Resource, obj: &Value) -> Result<(), ApiError> {
+/// Validates an object (in stored form) about to be stored: created when `old` is
+/// None, else replacing `old`.
+pub(crate) fn validate(
+    resource: &Resource,
+    obj: &Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
     let name = obj
         .pointer("/metadata/name")
         .and_then(Value::as_str)
@@ -227,6 +242,15 @@ pub(crate) fn validate(resource: &Resource, obj: &Value) -> Result<(), ApiError>
             "metadata.name",
             "name or generateName is required",
         ));
+    } else if resource.kind == "LeaseCandidate" {
+        // `ValidLeaseCandidateName`: a ConfigMap key, so `node_a` and `Node.A` pass.
+        for message in config_map_key_errors(name) {
+            causes.push(Cause::invalid(
+                "metadata.name",
+                &Value::from(name),
+                &message,
+            ));
+        }
     } else if !is_dns_subdomain(name) {
         causes.push(Cause::invalid(
             "metadata.name",
@@ -286,6 +310,7 @@ pub(crate) fn validate(resource: &Resource, obj: &Value) -> Result<(), ApiError>
     }
     match resource.kind {
         "Lease" => validate_lease(obj, &mut causes),
+        "LeaseCandidate" => validate_lease_candidate(obj, old, &mut causes),
         "ConfigMap" => validate_configmap(obj, &mut causes),
         _ => {}
     }
@@ -318,14 +343,12 @@ fn validate_lease(obj: &Value, causes: &mut Vec<Cause>) {
             ));
         }
     }
-    let strategy = spec.get("strategy").and_then(Value::as_str).unwrap_or("");
-    if !strategy.is_empty() && strategy != "OldestEmulationVersion" {
-        causes.push(Cause::not_supported(
-            "spec.strategy",
-            &Value::from(strategy),
-            &["OldestEmulationVersion"],
-        ));
+    // Go's `*string`: a strategy that is present is validated, even when empty.
+    let strategy = spec.get("strategy").and_then(Value::as_str);
+    if let Some(strategy) = strategy {
+        validate_strategy(strategy, causes);
     }
+    let strategy = strategy.unwrap_or("");
     let preferred = spec
         .get("preferredHolder")
         .and_then(Value::as_str)
@@ -337,6 +360,126 @@ fn validate_lease(obj: &Value, causes: &mut Vec<Cause>) {
         ));
     }
 }
+
+/// The coordinated leader election strategies kube-apiserver knows.
+const LEASE_STRATEGIES: &[&str] = &["OldestEmulationVersion"];
+
+/// `ValidateCoordinatedLeaseStrategy` of kube-apiserver's
+/// `pkg/apis/coordination/validation/validation.go`: a name without `/` is one of
+/// Kubernetes' own strategies, a name with one is a qualified name (a third party's).
+///
+/// The field is `spec.strategy.strategy`, as kube-apiserver names it: its caller
+/// passes the path of `strategy` and the function adds `strategy` again.
+fn validate_strategy(strategy: &str, causes: &mut Vec<Cause>) {
+    const FIELD: &str = "spec.strategy.strategy";
+    if !strategy.contains('/') {
+        if !LEASE_STRATEGIES.contains(&strategy) {
+            causes.push(Cause::not_supported(
+                FIELD,
+                &Value::from(strategy),
+                LEASE_STRATEGIES,
+            ));
+        }
+    } else if !is_qualified_name(strategy) {
+        causes.push(Cause::invalid(FIELD, &Value::from(strategy), QUALIFIED_MSG));
+    }
+}
+
+/// `ValidateLeaseCandidateSpec` and, on update, `ValidateLeaseCandidateSpecUpdate` of
+/// kube-apiserver's `pkg/apis/coordination/validation/validation.go` (coordination
+/// v1beta1, one `strategy` per candidate): the Lease is named, the versions are strict
+/// semantic versions with the binary one not below the emulated one, the strategy is
+/// known, and the Lease a candidate runs for never changes.
+fn validate_lease_candidate(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec_str = |obj: &Value, field: &str| {
+        obj.get("spec")
+            .and_then(|spec| spec.get(field))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    let lease_name = spec_str(obj, "leaseName");
+    if lease_name.is_empty() {
+        causes.push(Cause::required("spec.leaseName", ""));
+    }
+    // An absent or invalid version is Go's zero version.
+    let mut version = |field: &str, required: bool| {
+        let text = spec_str(obj, field);
+        let path = format!("spec.{field}");
+        if text.is_empty() {
+            if required {
+                causes.push(Cause::required(path, ""));
+            }
+            return (text, Version::default());
+        }
+        match Version::parse(&text) {
+            Some(v) => (text, v),
+            None => {
+                causes.push(Cause::invalid(
+                    path,
+                    &Value::from(text.as_str()),
+                    "must be a valid semantic version",
+                ));
+                (text, Version::default())
+            }
+        }
+    };
+    let (emulation_text, emulation) = version("emulationVersion", false);
+    let (binary_text, binary) = version("binaryVersion", true);
+    if !binary_text.is_empty() && !emulation_text.is_empty() && binary < emulation {
+        causes.push(Cause::invalid(
+            "spec.binaryVersion",
+            &Value::from(binary_text),
+            "must be greater than or equal to `emulationVersion`",
+        ));
+    }
+    let strategy = spec_str(obj, "strategy");
+    if strategy.is_empty() {
+        causes.push(Cause::required("spec.strategy", ""));
+    } else {
+        if strategy == "OldestEmulationVersion" && emulation.is_zero() {
+            causes.push(Cause::required(
+                "spec.emulationVersion",
+                "must be specified when `strategy` is 'OldestEmulationVersion'",
+            ));
+        }
+        validate_strategy(&strategy, causes);
+    }
+    if let Some(old) = old {
+        let was = spec_str(old, "leaseName");
+        if was != lease_name {
+            causes.push(Cause::invalid(
+                "spec.leaseName",
+                &Value::from(lease_name),
+                "field is immutable",
+            ));
+        }
+    }
+}
+
+/// `IsConfigMapKey`: the messages for a name that is not one.
+fn config_map_key_errors(key: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    if key.len() > 253 {
+        errors.push("must be no more than 253 characters".to_string());
+    }
+    if key.is_empty()
+        || !key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        errors.push(CONFIG_KEY_MSG.to_string());
+    }
+    match key {
+        "." => errors.push("must not be '.'".to_string()),
+        ".." => errors.push("must not be '..'".to_string()),
+        _ if key.starts_with("..") => errors.push("must not start with '..'".to_string()),
+        _ => {}
+    }
+    errors
+}
+
+const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')";
 
 fn validate_configmap(obj: &Value, causes: &mut Vec<Cause>) {
     let mut size = 0;
@@ -355,7 +498,7 @@ fn validate_configmap(obj: &Value, causes: &mut Vec<Cause>) {
                 causes.push(Cause::invalid(
                     format!("{field}[{key}]"),
                     &Value::from(key.as_str()),
-                    "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')",
+                    CONFIG_KEY_MSG,
                 ));
             }
             if field == "binaryData" && obj.pointer(&format!("/data/{key}")).is_some() {
@@ -409,7 +552,7 @@ mod tests {
     fn invalid_values_are_listed() {
         let obj = json!({"metadata": {"name": "Bad_Name", "namespace": "ns"},
                          "spec": {"leaseDurationSeconds": -1, "preferredHolder": "x"}});
-        let err = validate(leases(), &obj).unwrap_err();
+        let err = validate(leases(), &obj, None).unwrap_err();
         assert_eq!(err.code, 422);
         let causes = err.to_json()["details"]["causes"].clone();
         let fields: Vec<_> = causes
@@ -429,6 +572,189 @@ mod tests {
         let ok = json!({"metadata": {"name": "kube-scheduler", "namespace": "kube-system",
                         "annotations": {"control-plane.alpha.kubernetes.io/leader": "{}"}},
                         "spec": {"leaseDurationSeconds": 15}});
-        assert!(validate(leases(), &ok).is_ok());
+        assert!(validate(leases(), &ok, None).is_ok());
+    }
+
+    fn candidates() -> &'static Resource {
+        Resource::find("coordination.k8s.io", "v1beta1", "leasecandidates").expect("served")
+    }
+
+    fn candidate(spec: Value) -> Value {
+        json!({"metadata": {"name": "node-a", "namespace": "kube-system"}, "spec": spec})
+    }
+
+    /// Each cause's field and message.
+    fn causes(err: &ApiError) -> Vec<(String, String)> {
+        err.to_json()["details"]["causes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                let text = |k: &str| c[k].as_str().unwrap().to_string();
+                (text("field"), text("message"))
+            })
+            .collect()
+    }
+
+    fn pairs(expected: &[(&str, &str)]) -> Vec<(String, String)> {
+        expected
+            .iter()
+            .map(|(f, m)| (f.to_string(), m.to_string()))
+            .collect()
+    }
+
+    /// As `ValidateLeaseCandidate` and `ValidateLeaseCandidateUpdate` of kube-apiserver's
+    /// `pkg/apis/coordination/validation/validation.go` (coordination v1beta1).
+    #[test]
+    fn lease_candidates_are_validated_as_kube_apiserver_does() {
+        let good = json!({"leaseName": "kube-scheduler", "binaryVersion": "1.33.0",
+                          "emulationVersion": "1.32.0", "strategy": "OldestEmulationVersion"});
+        assert!(validate(candidates(), &candidate(good.clone()), None).is_ok());
+        // A third party's strategy needs no emulation version.
+        let third = json!({"leaseName": "l", "binaryVersion": "1.33.0",
+                           "strategy": "example.com/Newest"});
+        assert!(validate(candidates(), &candidate(third), None).is_ok());
+
+        let err = validate(candidates(), &candidate(json!({})), None).unwrap_err();
+        assert_eq!(err.code, 422);
+        assert_eq!(
+            causes(&err),
+            pairs(&[
+                ("spec.leaseName", "Required value"),
+                ("spec.binaryVersion", "Required value"),
+                ("spec.strategy", "Required value"),
+            ])
+        );
+        assert!(
+            err.message.starts_with(
+                "LeaseCandidate.coordination.k8s.io \"node-a\" is invalid: [spec.leaseName: Required value"
+            ),
+            "{}",
+            err.message
+        );
+
+        let bad = json!({"leaseName": "l", "binaryVersion": "1.33", "emulationVersion": "v1.32.0",
+                         "strategy": "Newest"});
+        let err = validate(candidates(), &candidate(bad), None).unwrap_err();
+        assert_eq!(
+            causes(&err),
+            pairs(&[
+                (
+                    "spec.emulationVersion",
+                    "Invalid value: \"v1.32.0\": must be a valid semantic version"
+                ),
+                (
+                    "spec.binaryVersion",
+                    "Invalid value: \"1.33\": must be a valid semantic version"
+                ),
+                (
+                    "spec.strategy.strategy",
+                    "Unsupported value: \"Newest\": supported values: \"OldestEmulationVersion\""
+                ),
+            ])
+        );
+
+        let older = json!({"leaseName": "l", "binaryVersion": "1.31.0", "emulationVersion": "1.32.0",
+                           "strategy": "OldestEmulationVersion"});
+        let err = validate(candidates(), &candidate(older), None).unwrap_err();
+        assert_eq!(
+            causes(&err),
+            pairs(&[(
+                "spec.binaryVersion",
+                "Invalid value: \"1.31.0\": must be greater than or equal to `emulationVersion`"
+            )])
+        );
+
+        let no_emulation = json!({"leaseName": "l", "binaryVersion": "1.33.0",
+                                  "strategy": "OldestEmulationVersion"});
+        let err = validate(candidates(), &candidate(no_emulation), None).unwrap_err();
+        assert_eq!(
+            causes(&err),
+            pairs(&[(
+                "spec.emulationVersion",
+                "Required value: must be specified when `strategy` is 'OldestEmulationVersion'"
+            )])
+        );
+        let bad_qualified = json!({"leaseName": "l", "binaryVersion": "1.33.0",
+                                   "strategy": "example.com/-x"});
+        let err = validate(candidates(), &candidate(bad_qualified), None).unwrap_err();
+        assert_eq!(causes(&err)[0].0, "spec.strategy.strategy");
+
+        // Names are ConfigMap keys.
+        let mut named = candidate(good.clone());
+        named["metadata"]["name"] = json!("Node_A.1");
+        assert!(validate(candidates(), &named, None).is_ok());
+        named["metadata"]["name"] = json!("..a");
+        let err = validate(candidates(), &named, None).unwrap_err();
+        assert_eq!(
+            causes(&err),
+            pairs(&[(
+                "metadata.name",
+                "Invalid value: \"..a\": must not start with '..'"
+            )])
+        );
+        named["metadata"]["name"] = json!("a/b");
+        assert_eq!(
+            causes(&validate(candidates(), &named, None).unwrap_err())[0].0,
+            "metadata.name"
+        );
+
+        // The Lease a candidate runs for is immutable.
+        let mut moved = good.clone();
+        moved["leaseName"] = json!("kube-controller-manager");
+        let err = validate(
+            candidates(),
+            &candidate(moved),
+            Some(&candidate(good.clone())),
+        )
+        .unwrap_err();
+        assert_eq!(
+            causes(&err),
+            pairs(&[(
+                "spec.leaseName",
+                "Invalid value: \"kube-controller-manager\": field is immutable"
+            )])
+        );
+        assert!(validate(
+            candidates(),
+            &candidate(good.clone()),
+            Some(&candidate(good))
+        )
+        .is_ok());
+    }
+
+    /// As `ValidateLeaseSpec` of kube-apiserver's
+    /// `pkg/apis/coordination/validation/validation.go`.
+    #[test]
+    fn lease_strategies_are_validated_when_set() {
+        let lease = |spec: Value| json!({"metadata": {"name": "l"}, "spec": spec});
+        let ok = lease(json!({"strategy": "OldestEmulationVersion", "preferredHolder": "node-b"}));
+        assert!(validate(leases(), &ok, None).is_ok());
+        assert!(validate(
+            leases(),
+            &lease(json!({"strategy": "example.com/mine"})),
+            None
+        )
+        .is_ok());
+        let err = validate(leases(), &lease(json!({"strategy": "Newest"})), None).unwrap_err();
+        assert_eq!(
+            causes(&err),
+            pairs(&[(
+                "spec.strategy.strategy",
+                "Unsupported value: \"Newest\": supported values: \"OldestEmulationVersion\""
+            )])
+        );
+        // Go's `*string`: an empty strategy that is present is not a known one.
+        let err = validate(leases(), &lease(json!({"strategy": ""})), None).unwrap_err();
+        assert_eq!(causes(&err)[0].0, "spec.strategy.strategy");
+        let err =
+            validate(leases(), &lease(json!({"preferredHolder": "node-b"})), None).unwrap_err();
+        assert_eq!(
+            causes(&err),
+            pairs(&[(
+                "spec.preferredHolder",
+                "Forbidden: may only be specified if `strategy` is defined"
+            )])
+        );
     }
 }
