@@ -254,3 +254,237 @@ async fn an_uncoordinated_replica_keeps_the_strategy_and_preferred_holder() {
     }
     checker.report().assert_safe();
 }
+
+/// On the test kit's API server with kube-apiserver's coordinated election controller
+/// (`testkit/src/apiserver/coordination.rs`), through the real `kube` client.
+#[cfg(feature = "kube")]
+mod on_the_api_server {
+    use std::time::Duration;
+
+    use k8s_openapi::api::coordination::v1::Lease;
+    use leaderelection::lock::kube::{KubeLeaseLock, LeaseCandidate};
+    use leaderelection::Config;
+    use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions};
+    use leaderelection_testkit::checker::Checker;
+    use leaderelection_testkit::replica::{Link, Replica, Timing, Work};
+    use tokio::task::JoinHandle;
+    use tokio::time::{sleep, Instant};
+    use tokio_util::sync::CancellationToken;
+
+    const NS: &str = "kube-system";
+    const LEASE: &str = "kube-scheduler";
+    /// The controller's wait for answers to its pings, shortened from 5 s.
+    const ELECTION: Duration = Duration::from_millis(500);
+    /// Long enough for a ping, the wait for answers and a write, on a loaded machine.
+    const ELECTED_WITHIN: Duration = Duration::from_secs(20);
+
+    async fn server() -> ApiServer {
+        ApiServer::start_with(
+            ApiServerOptions::new()
+                .coordinated_leader_election()
+                .coordinated_election_duration(ELECTION),
+        )
+        .await
+        .expect("start the API test server")
+    }
+
+    /// One control-plane replica: an elector and its LeaseCandidate.
+    struct Member {
+        emulation: &'static str,
+        replica: Replica,
+        candidacy: CancellationToken,
+        candidate: JoinHandle<()>,
+    }
+
+    impl Member {
+        fn start(
+            server: &ApiServer,
+            checker: &Checker,
+            id: &str,
+            binary: &'static str,
+            emulation: &'static str,
+        ) -> Self {
+            let config = Timing::short().config(LEASE, id).coordinated(true);
+            Self::with_config(server, checker, config, binary, emulation)
+        }
+
+        fn with_config(
+            server: &ApiServer,
+            checker: &Checker,
+            config: Config,
+            binary: &'static str,
+            emulation: &'static str,
+        ) -> Self {
+            let lock = KubeLeaseLock::new(server.client(), NS, LEASE);
+            let candidate =
+                LeaseCandidate::for_lock(&lock, &config.identity, binary, emulation).unwrap();
+            let candidacy = CancellationToken::new();
+            let token = candidacy.clone();
+            let candidate = tokio::spawn(async move { candidate.run(token).await });
+            let replica = Replica::new(lock, Link::direct(), config, checker, Work::polite());
+            Self {
+                emulation,
+                replica,
+                candidacy,
+                candidate,
+            }
+        }
+
+        async fn stop(self) {
+            self.replica.stop().await;
+            self.candidacy.cancel();
+            self.candidate.await.unwrap();
+        }
+    }
+
+    async fn holder(server: &ApiServer) -> Option<String> {
+        let leases: kube::Api<Lease> = kube::Api::namespaced(server.client(), NS);
+        leases
+            .get_opt(LEASE)
+            .await
+            .unwrap()
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty())
+    }
+
+    /// Waits until one of `members` leads, and returns it.
+    async fn leader(members: &[Member]) -> &Member {
+        let until = Instant::now() + ELECTED_WITHIN;
+        loop {
+            if let Some(m) = members.iter().find(|m| m.replica.is_leader()) {
+                return m;
+            }
+            assert!(Instant::now() < until, "nobody was elected");
+            sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Three replicas on 1.34 are replaced one at a time by 1.35 ones, as a rolling
+    /// upgrade of a control plane: while any replica emulates 1.34 one of them leads,
+    /// and every hand-over is judged by the checker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rolling_upgrade_keeps_the_oldest_emulation_version_leading() {
+        let server = server().await;
+        let checker = Checker::new();
+        let mut members: Vec<Member> = ["a", "b", "c"]
+            .iter()
+            .map(|id| Member::start(&server, &checker, id, "1.34.0", "1.34.0"))
+            .collect();
+        let first = leader(&members).await.replica.id.clone();
+        for (step, old) in ["a", "b", "c"].iter().enumerate() {
+            let i = members.iter().position(|m| m.replica.id == *old).unwrap();
+            members.remove(i).stop().await;
+            let new = format!("{old}-1.35");
+            members.push(Member::start(&server, &checker, &new, "1.35.0", "1.35.0"));
+            // Give the controller its ping round, then check who leads.
+            sleep(ELECTION * 4).await;
+            let led = leader(&members).await;
+            let oldest = members.iter().map(|m| m.emulation).min().unwrap();
+            assert_eq!(
+                led.emulation, oldest,
+                "step {step}: {} ({}) leads beside an older emulation version",
+                led.replica.id, led.emulation
+            );
+        }
+        let last = leader(&members).await.replica.id.clone();
+        assert!(last.ends_with("-1.35"), "{last}");
+        assert_ne!(first, last);
+        for m in members {
+            m.stop().await;
+        }
+        checker.report().assert_safe();
+        let intervals = checker.intervals();
+        assert!(intervals.len() >= 2, "no hand-over happened: {intervals:?}");
+    }
+
+    /// A newer replica leads while it is the only candidate; an older one joining is
+    /// preferred, and the leader hands over to it once its own work has stopped.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_older_candidate_joining_is_handed_the_lease() {
+        let server = server().await;
+        let checker = Checker::new();
+        let new = Member::start(&server, &checker, "new", "1.35.0", "1.35.0");
+        new.replica.wait_leading(ELECTED_WITHIN).await;
+        let old = Member::start(&server, &checker, "old", "1.35.0", "1.34.0");
+        old.replica.wait_leading(ELECTED_WITHIN).await;
+        assert!(!new.replica.is_leader());
+        assert_eq!(holder(&server).await.as_deref(), Some("old"));
+        new.stop().await;
+        old.stop().await;
+        checker.report().assert_safe();
+        assert_eq!(checker.intervals().len(), 2);
+    }
+
+    /// An uncoordinated replica takes the free Lease at once and keeps it; the
+    /// controller can only mark the coordinated one preferred. When the uncoordinated
+    /// one stops and releases, the coordinated one is named.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_coordinated_replica_beside_an_uncoordinated_one() {
+        let server = server().await;
+        let checker = Checker::new();
+        let lock = KubeLeaseLock::new(server.client(), NS, LEASE);
+        let plain = Replica::new(
+            lock,
+            Link::direct(),
+            Timing::short().config(LEASE, "plain"),
+            &checker,
+            Work::polite(),
+        );
+        plain.wait_leading(ELECTED_WITHIN).await;
+        let coordinated = Member::start(&server, &checker, "coordinated", "1.34.0", "1.34.0");
+        sleep(ELECTION * 6).await;
+        assert!(
+            plain.is_leader(),
+            "the uncoordinated replica keeps its lease"
+        );
+        assert!(!coordinated.replica.is_leader());
+        plain.stop().await;
+        coordinated.replica.wait_leading(ELECTED_WITHIN).await;
+        coordinated.stop().await;
+        checker.report().assert_safe();
+    }
+
+    /// A candidate that does not answer pings (its process is gone, its
+    /// LeaseCandidate left behind and renewed a minute ago) is not picked, even with
+    /// the older emulation version.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_candidate_that_stops_answering_pings_is_not_picked() {
+        use k8s_openapi::api::coordination::v1beta1::{
+            LeaseCandidate as Object, LeaseCandidateSpec,
+        };
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+
+        let server = server().await;
+        let checker = Checker::new();
+        let candidates: kube::Api<Object> = kube::Api::namespaced(server.client(), NS);
+        let a_minute_ago = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+        let silent = Object {
+            metadata: ObjectMeta {
+                name: Some("silent".into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseCandidateSpec {
+                lease_name: LEASE.into(),
+                binary_version: "1.34.0".into(),
+                emulation_version: Some("1.34.0".into()),
+                strategy: "OldestEmulationVersion".into(),
+                renew_time: Some(MicroTime(a_minute_ago)),
+                ping_time: None,
+            }),
+        };
+        candidates
+            .create(&Default::default(), &silent)
+            .await
+            .unwrap();
+        let answering = Member::start(&server, &checker, "answering", "1.35.0", "1.35.0");
+        answering.replica.wait_leading(ELECTED_WITHIN).await;
+        assert_eq!(holder(&server).await.as_deref(), Some("answering"));
+        let pinged = candidates.get("silent").await.unwrap().spec.unwrap();
+        assert!(
+            pinged.ping_time.is_some(),
+            "the silent candidate was never pinged"
+        );
+        answering.stop().await;
+        checker.report().assert_safe();
+    }
+}
