@@ -426,3 +426,81 @@ fn on_a_lease_it_records_its_leader_election_events() {
         .as_ref()
         .is_some_and(|r| r.kind.as_deref() == Some("Lease"))));
 }
+
+/// With `--leader-elect-coordinated` the scheduler publishes its LeaseCandidate, leads
+/// once the API server's coordinated election controller names it, and deletes the
+/// candidate when it stops; a bad version exits 2 naming the flag.
+#[cfg(feature = "testkit")]
+#[test]
+fn coordinated_it_leads_when_named_and_deletes_its_candidate_on_exit() {
+    use k8s_openapi::api::coordination::v1beta1::LeaseCandidate;
+    use leaderelection_testkit::apiserver::{ApiServer, ApiServerOptions};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let options = ApiServerOptions::new()
+        .coordinated_leader_election()
+        .coordinated_election_duration(Duration::from_millis(500));
+    let server = rt
+        .block_on(ApiServer::start_with(options))
+        .expect("start the API test server");
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).unwrap();
+    let scheduler_with = |extra: &[&str]| {
+        let mut command = Command::new(scheduler());
+        command
+            .args(["--leader-elect-resource-lock=leases", "--identity=sched-a"])
+            .args(["--leader-elect-lease-duration", "3s"])
+            .args(["--leader-elect-renew-deadline", "2s"])
+            .args(["--leader-elect-retry-period", "1s", "--port", "0"])
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .args(extra)
+            .stdin(Stdio::null());
+        command
+    };
+
+    let bad = scheduler_with(&["--leader-elect-coordinated", "--binary-version=1.x"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--binary-version: \"1.x\" is not a version"),
+        "{stderr}"
+    );
+
+    let mut child = scheduler_with(&[
+        "--leader-elect-coordinated",
+        "--binary-version=1.35",
+        "--emulation-version=1.34",
+    ])
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("start the scheduler");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let assigned = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains("ASSIGN"));
+    assert!(assigned, "the scheduler never led");
+    // The client's buffer task needs the runtime.
+    let _runtime = rt.enter();
+    let candidates: kube::Api<LeaseCandidate> =
+        kube::Api::namespaced(server.client(), "kube-system");
+    let spec = rt
+        .block_on(candidates.get("sched-a"))
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!(spec.lease_name, "kube-scheduler");
+    assert_eq!(spec.binary_version, "1.35.0");
+    assert_eq!(spec.emulation_version.as_deref(), Some("1.34.0"));
+    assert_eq!(spec.strategy, "OldestEmulationVersion");
+    send_sigterm(&child);
+    assert!(child.wait().unwrap().success());
+    assert!(rt
+        .block_on(candidates.get_opt("sched-a"))
+        .unwrap()
+        .is_none());
+}
