@@ -7,6 +7,7 @@
 
 mod balance;
 mod membership;
+mod range;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 pub use balance::shard_for_key;
+pub use range::ShardRange;
 
 use crate::config::Config;
 use crate::elector::LeaderElector;
@@ -162,6 +164,57 @@ impl ShardedElector {
     /// The shard of `key` (see [`shard_for_key`]).
     pub fn shard_for_key(&self, key: impl AsRef<[u8]>) -> u32 {
         shard_for_key(key, self.shared.shards)
+    }
+
+    /// The part of the 64-bit FNV-1a hash space that shard `shard` covers, in the
+    /// mapping the Kubernetes API server can filter lists and watches by (KEP-5866):
+    /// shard `i` of `n` covers `[floor(i * 2^64 / n), floor((i + 1) * 2^64 / n))`.
+    ///
+    /// A second mapping besides [`shard_for_key`](Self::shard_for_key): for a
+    /// controller whose shard owner should list and watch only its own objects, pass
+    /// `shard_range(shard).selector("object.metadata.uid")` as the request's
+    /// `shardSelector`, and keep only the objects for which
+    /// [`owns_uid`](Self::owns_uid) holds (servers without the selector ignore it and
+    /// send every object). See `docs/sharding.md`.
+    ///
+    /// # Panics
+    ///
+    /// When `shard` is not less than [`shards`](Self::shards).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use leaderelection::{Config, LeaseLock, MemoryStore, ShardedElector};
+    ///
+    /// # fn main() -> Result<(), leaderelection::ConfigError> {
+    /// let store = MemoryStore::new();
+    /// let elector = ShardedElector::new(Config::new("controller"), 2, move |name: &str| {
+    ///     Box::new(store.lock(name)) as Box<dyn LeaseLock>
+    /// })?;
+    /// assert_eq!(
+    ///     elector.shard_range(1).selector("object.metadata.uid"),
+    ///     "shardRange(object.metadata.uid, '0x8000000000000000', '0x10000000000000000')",
+    /// );
+    /// # Ok(()) }
+    /// ```
+    pub fn shard_range(&self, shard: u32) -> ShardRange {
+        ShardRange::of(shard, self.shared.shards)
+    }
+
+    /// The shard whose [`shard_range`](Self::shard_range) holds the FNV-1a hash of
+    /// `key` (for API objects, their UID): the range mapping's counterpart of
+    /// [`shard_for_key`](Self::shard_for_key), with which it mostly disagrees.
+    pub fn range_shard_for_key(&self, key: impl AsRef<[u8]>) -> u32 {
+        ShardRange::shard_for_key(key, self.shared.shards)
+    }
+
+    /// Whether the object with UID `uid` belongs to a shard this replica owns now, in
+    /// the range mapping: the client-side filter of a shard owner's lists and watches,
+    /// which servers without KEP-5866's `shardSelector` need (they return every
+    /// object) and which costs nothing on servers that filter. For an action on the
+    /// object, use the shard's [`Leadership`] (its fencing token and validity).
+    pub fn owns_uid(&self, uid: impl AsRef<[u8]>) -> bool {
+        self.owns(self.range_shard_for_key(uid))
     }
 
     /// The shards whose work runs on this replica now.
