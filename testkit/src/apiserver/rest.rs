@@ -101,10 +101,16 @@ pub(crate) async fn list(
             obj
         })
         .collect();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    // KEP-5866: a list filtered by a shard selector says so, echoing the selector,
+    // which is how a client tells it from the full list of a server without them.
+    if let Some(shards) = fields.shards().or(labels.shards()) {
+        metadata["shardInfo"] = json!({"selector": shards.text()});
+    }
     Ok(json!({
         "kind": format!("{}List", target.resource.kind),
         "apiVersion": target.resource.api_version(),
-        "metadata": {"resourceVersion": rv.to_string()},
+        "metadata": metadata,
         "items": items,
     }))
 }
