@@ -13,13 +13,13 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher;
 use kube::{Api, Client, ResourceExt};
+use leaderelection::controller::{run_controller, Leading};
 use leaderelection::lock::kube::KubeLeaseLock;
-use leaderelection::{Config, LeaderElector, Leadership};
+use leaderelection::{Config, LeaderElector};
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -45,28 +45,27 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     });
 
-    elector
-        .run(shutdown, move |leadership| {
-            let api = Api::<ConfigMap>::default_namespaced(client.clone());
-            async move {
-                let lost = leadership.token();
-                Controller::new(api, watcher::Config::default())
-                    .graceful_shutdown_on(lost.cancelled_owned())
-                    .run(
-                        reconcile,
-                        |_, e: &Infallible, _| match *e {},
-                        Arc::new(leadership),
-                    )
-                    .for_each(|_| async {})
-                    .await;
-                tracing::info!("controller stopped");
-            }
-        })
-        .await;
+    // A fresh Controller every term, shut down gracefully when the term ends; its
+    // reconcilers get the term's Leadership beside the context.
+    run_controller(
+        &elector,
+        shutdown,
+        move |_| {
+            Controller::new(
+                Api::<ConfigMap>::default_namespaced(client.clone()),
+                watcher::Config::default(),
+            )
+        },
+        reconcile,
+        |_, e: &Infallible, _| match *e {},
+        Arc::new(()),
+    )
+    .await;
     Ok(())
 }
 
-async fn reconcile(cm: Arc<ConfigMap>, leadership: Arc<Leadership>) -> Result<Action, Infallible> {
+async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Leading<()>>) -> Result<Action, Infallible> {
+    let leadership = &ctx.leadership;
     // Act only while the lease is surely ours, and pass the fencing token along with
     // every write so that a deposed leader's late writes can be refused.
     if !leadership.is_valid() {

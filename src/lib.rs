@@ -57,6 +57,9 @@
 
 mod compat;
 mod config;
+#[cfg(feature = "kube")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kube")))]
+pub mod controller;
 mod elector;
 mod error;
 #[cfg(feature = "etcd")]

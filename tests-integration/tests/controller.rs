@@ -1,0 +1,184 @@
+//! `leaderelection::controller::run_controller`: a kube-runtime Controller on the test
+//! kit's API server that reconciles only within its replica's terms. Every reconcile
+//! is judged by the checker as the term's work: one interval per reconcile, with the
+//! term's fencing token and validity, and a write to the fenced store.
+#![cfg(feature = "kube")]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use kube::runtime::controller::{self, Action, Controller};
+use kube::runtime::watcher;
+use leaderelection::controller::{run_controller, Leading};
+use leaderelection::lock::kube::KubeLeaseLock;
+use leaderelection::LeaderElector;
+use leaderelection_testkit::apiserver::ApiServer;
+use leaderelection_testkit::checker::{Checker, Interval};
+use leaderelection_testkit::faults::{Faults, FaultyLock};
+use leaderelection_testkit::replica::Timing;
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, Instant};
+use tokio_util::sync::CancellationToken;
+
+const NS: &str = "default";
+
+/// What every reconcile reports to.
+struct Judge {
+    checker: Checker,
+    /// Each term as its reconciles saw it, by fencing token: from the term's start to
+    /// the end of its last reconcile.
+    terms: Mutex<BTreeMap<u64, Interval>>,
+    /// Reconciles that began when their term was already lost or no longer valid.
+    outside: AtomicUsize,
+    /// Reconciles per replica.
+    reconciles: Mutex<Vec<String>>,
+}
+
+impl Judge {
+    /// The terms, recorded in the checker for it to judge.
+    fn report(&self) -> leaderelection_testkit::checker::Report {
+        for interval in self.terms.lock().unwrap().values() {
+            self.checker.record(interval.clone());
+        }
+        self.checker.report()
+    }
+}
+
+async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Leading<Judge>>) -> Result<Action, Infallible> {
+    let leadership = &ctx.leadership;
+    let judge = &ctx.context;
+    if leadership.token().is_cancelled() || !leadership.is_valid() {
+        judge.outside.fetch_add(1, Ordering::SeqCst);
+    }
+    let (identity, token) = (leadership.identity(), leadership.fencing_token());
+    let _ = judge.checker.store().write(identity, token);
+    // Some work per object, so that a loss can arrive mid-reconcile.
+    sleep(Duration::from_millis(20)).await;
+    let ended = Instant::now();
+    {
+        let mut terms = judge.terms.lock().unwrap();
+        let term = terms
+            .entry(token)
+            .or_insert_with(|| Interval::new(identity, token, leadership.acquired_at()));
+        term.valid_until = Some(leadership.valid_until());
+        *term = term.clone().ended(ended);
+    }
+    judge.reconciles.lock().unwrap().push(identity.to_owned());
+    let _ = cm;
+    Ok(Action::requeue(Duration::from_millis(200)))
+}
+
+struct Member {
+    shutdown: CancellationToken,
+    faults: Faults,
+    run: JoinHandle<()>,
+    elector: LeaderElector,
+}
+
+fn start(server: &ApiServer, judge: &Arc<Judge>, id: &str) -> Member {
+    let client = server.client();
+    let lock = FaultyLock::new(KubeLeaseLock::new(client.clone(), NS, "controller"));
+    let faults = lock.faults();
+    let elector =
+        LeaderElector::new(lock, Timing::short().config("controller", id)).expect("a valid config");
+    let shutdown = CancellationToken::new();
+    let run = tokio::spawn({
+        let (elector, shutdown, judge) = (elector.clone(), shutdown.clone(), Arc::clone(judge));
+        async move {
+            run_controller(
+                &elector,
+                shutdown,
+                move |_| {
+                    // One reconcile at a time per replica: each is one interval.
+                    Controller::new(
+                        Api::<ConfigMap>::namespaced(client.clone(), NS),
+                        watcher::Config::default(),
+                    )
+                    .with_config(controller::Config::default().concurrency(1))
+                },
+                reconcile,
+                |_, e: &Infallible, _| match *e {},
+                judge,
+            )
+            .await
+        }
+    });
+    Member {
+        shutdown,
+        faults,
+        run,
+        elector,
+    }
+}
+
+async fn wait_leading(member: &Member) {
+    let until = Instant::now() + Duration::from_secs(20);
+    while !member.elector.is_leader() {
+        assert!(Instant::now() < until, "not elected");
+        sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Two replicas; objects keep arriving. The leader is cut off from the Lease (its
+/// controller's own client still works, so only the elector can stop it), then the
+/// next one is stopped gracefully: no reconcile begins outside a term, and the
+/// checker finds the reconciles of the terms never overlapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_reconcile_runs_outside_a_term() {
+    let server = ApiServer::start().await.expect("start the API test server");
+    let judge = Arc::new(Judge {
+        checker: Checker::new(),
+        terms: Mutex::new(BTreeMap::new()),
+        outside: AtomicUsize::new(0),
+        reconciles: Mutex::new(Vec::new()),
+    });
+    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), NS);
+    let creating = tokio::spawn(async move {
+        for i in 0.. {
+            let cm = ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(format!("cm-{i}")),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let _ = configmaps.create(&PostParams::default(), &cm).await;
+            sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let a = start(&server, &judge, "a");
+    wait_leading(&a).await;
+    let b = start(&server, &judge, "b");
+    sleep(Duration::from_secs(2)).await;
+
+    a.faults.set_unavailable(true);
+    wait_leading(&b).await;
+    sleep(Duration::from_secs(2)).await;
+    b.shutdown.cancel();
+    b.run.await.unwrap();
+    a.faults.set_unavailable(false);
+    wait_leading(&a).await;
+    sleep(Duration::from_secs(2)).await;
+    a.shutdown.cancel();
+    a.run.await.unwrap();
+    creating.abort();
+
+    let reconciles = judge.reconciles.lock().unwrap().clone();
+    for id in ["a", "b"] {
+        assert!(
+            reconciles.iter().any(|r| r == id),
+            "{id} never reconciled: {reconciles:?}"
+        );
+    }
+    assert_eq!(
+        judge.outside.load(Ordering::SeqCst),
+        0,
+        "reconciles began outside a term"
+    );
+    judge.report().assert_safe();
+}
