@@ -99,7 +99,7 @@ pub use lock::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use metrics::Metrics;
 pub use record::{InvalidRecord, LeaderElectionRecord};
-pub use sharded::{shard_for_key, LockFactory, ShardStatus, ShardedElector};
+pub use sharded::{shard_for_key, LockFactory, ShardRange, ShardStatus, ShardedElector};
 pub use status::{ElectionEvent, Status};
 
 /// The annotation under which Endpoints and ConfigMap locks keep the record.

@@ -94,7 +94,6 @@ async fn create(api: &Api<ConfigMap>, names: impl Iterator<Item = String>) -> Ve
 }
 
 #[tokio::test]
-#[ignore = "the API test server does not yet pass the shardSelector query parameter to its list and watch selectors"]
 async fn shard_selectors_partition_a_list_as_the_client_side_filter_does() {
     let server = ApiServer::start().await.unwrap();
     let client = server.client();
@@ -163,7 +162,6 @@ async fn shard_selectors_partition_a_list_as_the_client_side_filter_does() {
 }
 
 #[tokio::test]
-#[ignore = "the API test server does not yet pass the shardSelector query parameter to its list and watch selectors"]
 async fn a_malformed_shard_selector_is_a_bad_request() {
     let server = ApiServer::start().await.unwrap();
     let client = server.client();
@@ -187,7 +185,6 @@ async fn a_malformed_shard_selector_is_a_bad_request() {
 }
 
 #[tokio::test]
-#[ignore = "the API test server does not yet pass the shardSelector query parameter to its list and watch selectors"]
 async fn a_watch_with_a_shard_selector_sees_only_its_range() {
     let server = ApiServer::start().await.unwrap();
     let client = server.client();

@@ -279,6 +279,10 @@ async fn handle(state: &State, request: Request<Incoming>) -> Response<Body> {
         (Ok(f), Ok(l)) => (f, l),
         (Err(e), _) | (_, Err(e)) => return error(e),
     };
+    let fields = match fields.with_shards(query.get("shardSelector").map_or("", String::as_str)) {
+        Ok(fields) => fields,
+        Err(e) => return error(e),
+    };
     // RBAC sees a list or watch pinned to one name as a request for that object.
     let auth_name = target
         .name

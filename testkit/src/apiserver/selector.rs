@@ -112,13 +112,6 @@ impl Selector {
 
     /// This selector and, when `text` is not empty, the `shardSelector` `text` too
     /// (both must hold).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "the request handler does not read the shardSelector parameter yet"
-        )
-    )]
     pub fn with_shards(mut self, text: &str) -> Result<Self, ApiError> {
         self.shards = ShardSelector::parse(text)?;
         Ok(self)
