@@ -13,14 +13,15 @@ use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use futures::{StreamExt, TryFuture};
+use futures::{future, Stream, StreamExt, TryFuture};
 use kube::runtime::controller::{Action, Controller};
-use kube::Resource;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::{Api, Resource};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::{LeaderElector, Leadership};
+use crate::{LeaderElector, Leadership, ShardRange, ShardedElector};
 
 /// What a reconciler run by [`run_controller`] is given beside the object: the term it
 /// runs in and the caller's context.
@@ -32,6 +33,25 @@ pub struct Leading<Ctx> {
     pub leadership: Leadership,
     /// The context given to [`run_controller`], shared by every term.
     pub context: Arc<Ctx>,
+    /// The shard the term is for, and its range of object uids, under
+    /// [`run_sharded_controller`]; `None` under [`run_controller`].
+    pub shard: Option<(u32, ShardRange)>,
+}
+
+impl<Ctx> Leading<Ctx> {
+    /// Whether `object` belongs to this term: always without shards; with them, when
+    /// its `metadata.uid` falls in the shard's range (an object without a uid, not
+    /// yet stored, belongs to no shard).
+    pub fn owns<K: Resource>(&self, object: &K) -> bool {
+        match &self.shard {
+            None => true,
+            Some((_, range)) => object
+                .meta()
+                .uid
+                .as_deref()
+                .is_some_and(|uid| range.contains_key(uid)),
+        }
+    }
 }
 
 /// Runs a kube-runtime [`Controller`] in every term `elector` wins, until `shutdown`
@@ -106,18 +126,134 @@ pub async fn run_controller<K, Ctx, Make, Rec, RecFut, Policy>(
                     Arc::new(Leading {
                         leadership,
                         context: Arc::clone(&context),
+                        shard: None,
                     }),
                 );
-            async move {
-                stream
-                    .for_each(|result| async move {
-                        if let Err(e) = result {
-                            debug!(error = %e, "controller");
-                        }
-                    })
-                    .await;
-                debug!("the controller stopped with the term");
-            }
+            drain(stream)
         })
         .await
+}
+
+/// Like [`run_controller`], on a [`ShardedElector`]: a controller per shard this
+/// replica owns, each in the shard's own term. `controller` is given the shard, its
+/// [`ShardRange`] and the term.
+///
+/// Each shard's controller must act only on the shard's objects. The simplest way is
+/// to skip the others in the reconciler with [`Leading::owns`], as below; every
+/// shard's controller then caches every object. To cache only the shard's objects,
+/// build the controller on [`shard_events`] with kube-runtime's
+/// `Controller::for_stream` (its `unstable-runtime-stream-control` feature):
+/// `Controller::for_stream(reflector(writer, shard_events(api, config, range)).applied_objects(), reader)`.
+///
+/// ```no_run
+/// use std::convert::Infallible;
+/// use std::sync::Arc;
+/// use k8s_openapi::api::core::v1::ConfigMap;
+/// use kube::runtime::controller::{Action, Controller};
+/// use kube::runtime::watcher;
+/// use kube::Api;
+/// use leaderelection::controller::{run_sharded_controller, Leading};
+/// use leaderelection::lock::kube::KubeLeaseLock;
+/// use leaderelection::{Config, LeaseLock, ShardedElector};
+/// use tokio_util::sync::CancellationToken;
+///
+/// async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Leading<()>>) -> Result<Action, Infallible> {
+///     if !ctx.owns(&*cm) {
+///         return Ok(Action::await_change()); // another shard's object
+///     }
+///     Ok(Action::await_change())
+/// }
+///
+/// # async fn run(client: kube::Client) -> Result<(), Box<dyn std::error::Error>> {
+/// let locks = client.clone();
+/// let elector = ShardedElector::new(Config::new("cm-controller"), 8, move |name: &str| {
+///     Box::new(KubeLeaseLock::new(locks.clone(), "default", name)) as Box<dyn LeaseLock>
+/// })?;
+/// run_sharded_controller(
+///     &elector,
+///     CancellationToken::new(),
+///     move |_shard, _range, _| {
+///         Controller::new(Api::<ConfigMap>::default_namespaced(client.clone()), watcher::Config::default())
+///     },
+///     reconcile,
+///     |_, e: &Infallible, _| match *e {},
+///     Arc::new(()),
+/// )
+/// .await;
+/// # Ok(()) }
+/// ```
+pub async fn run_sharded_controller<K, Ctx, Make, Rec, RecFut, Policy>(
+    elector: &ShardedElector,
+    shutdown: CancellationToken,
+    controller: Make,
+    reconcile: Rec,
+    error_policy: Policy,
+    context: Arc<Ctx>,
+) where
+    K: Clone + Resource + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Debug + Eq + Hash + Clone + Unpin + Send + Sync,
+    Ctx: Send + Sync + 'static,
+    Make: Fn(u32, ShardRange, &Leadership) -> Controller<K> + Send + Sync + 'static,
+    Rec: FnMut(Arc<K>, Arc<Leading<Ctx>>) -> RecFut + Clone + Send + Sync + 'static,
+    RecFut: TryFuture<Ok = Action> + Send + 'static,
+    RecFut::Error: std::error::Error + Send + 'static,
+    Policy: Fn(Arc<K>, &RecFut::Error, Arc<Leading<Ctx>>) -> Action + Clone + Send + Sync + 'static,
+{
+    let shards = elector.shards();
+    elector
+        .run(shutdown, move |shard, leadership| {
+            let range = ShardRange::of(shard, shards);
+            let stop = leadership.token();
+            let stream = controller(shard, range, &leadership)
+                .graceful_shutdown_on(stop.cancelled_owned())
+                .run(
+                    reconcile.clone(),
+                    error_policy.clone(),
+                    Arc::new(Leading {
+                        leadership,
+                        context: Arc::clone(&context),
+                        shard: Some((shard, range)),
+                    }),
+                );
+            drain(stream)
+        })
+        .await
+}
+
+/// kube-runtime's [`watcher`] of `api`, keeping only the objects whose
+/// `metadata.uid` falls in `range`: the client-side form of the API server's
+/// `shardSelector` (KEP-5866), which kube's watcher cannot send. Objects that move out
+/// of the range cannot: a uid never changes.
+pub fn shard_events<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    range: ShardRange,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    let ours = move |o: &K| {
+        o.meta()
+            .uid
+            .as_deref()
+            .is_some_and(|uid| range.contains_key(uid))
+    };
+    watcher(api, config).filter(move |event| {
+        future::ready(match event {
+            Ok(Event::Apply(o) | Event::InitApply(o) | Event::Delete(o)) => ours(o),
+            _ => true,
+        })
+    })
+}
+
+/// Runs a controller's stream to its end: the term's work.
+async fn drain<T, E: std::fmt::Display>(stream: impl Stream<Item = Result<T, E>>) {
+    stream
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                debug!(error = %e, "controller");
+            }
+        })
+        .await;
+    debug!("the controller stopped with the term");
 }

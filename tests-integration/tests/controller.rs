@@ -182,3 +182,162 @@ async fn no_reconcile_runs_outside_a_term() {
     );
     judge.report().assert_safe();
 }
+
+/// Two sharded replicas, four shards, each shard's controller built on the shard's
+/// objects only (`shard_events`): every reconcile is of an object in its term's
+/// range, none begins outside its term, and each shard's terms are judged apart. One
+/// replica leaves gracefully; its shards move to the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_per_owned_shard_sees_only_its_range() {
+    use kube::runtime::{reflector, WatchStreamExt};
+    use leaderelection::controller::{run_sharded_controller, shard_events};
+    use leaderelection::{LeaseLock, ShardedElector};
+
+    const SHARDS: u32 = 4;
+    let server = ApiServer::start().await.expect("start the API test server");
+    let judges: Vec<Arc<ShardJudge>> = (0..SHARDS)
+        .map(|_| Arc::new(ShardJudge::default()))
+        .collect();
+    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), NS);
+    let creating = tokio::spawn(async move {
+        for i in 0.. {
+            let cm = ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(format!("cm-{i}")),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let _ = configmaps.create(&PostParams::default(), &cm).await;
+            sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let start = |id: &str| {
+        let client = server.client();
+        let locks = client.clone();
+        let elector = ShardedElector::new(
+            Timing::short().config("sharded-controller", id),
+            SHARDS,
+            move |name: &str| {
+                Box::new(KubeLeaseLock::new(locks.clone(), NS, name)) as Box<dyn LeaseLock>
+            },
+        )
+        .expect("a valid config");
+        let shutdown = CancellationToken::new();
+        let judges = judges.clone();
+        let run = tokio::spawn({
+            let (elector, shutdown) = (elector.clone(), shutdown.clone());
+            async move {
+                run_sharded_controller(
+                    &elector,
+                    shutdown,
+                    move |_, range, _| {
+                        let api = Api::<ConfigMap>::namespaced(client.clone(), NS);
+                        let (reader, writer) = reflector::store();
+                        let events = shard_events(api, watcher::Config::default(), range);
+                        Controller::for_stream(reflector(writer, events).applied_objects(), reader)
+                            .with_config(controller::Config::default().concurrency(1))
+                    },
+                    reconcile_shard,
+                    |_, e: &Infallible, _| match *e {},
+                    Arc::new(judges),
+                )
+                .await
+            }
+        });
+        (elector, shutdown, run)
+    };
+    let (a, a_stop, a_run) = start("a");
+    let (b, b_stop, b_run) = start("b");
+    let until = Instant::now() + Duration::from_secs(30);
+    while !(a.owned().len() == 2 && b.owned().len() == 2) {
+        assert!(
+            Instant::now() < until,
+            "shards never balanced: a {:?}, b {:?}",
+            a.owned(),
+            b.owned()
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    sleep(Duration::from_secs(2)).await;
+    b_stop.cancel();
+    b_run.await.unwrap();
+    while a.owned().len() < SHARDS as usize {
+        assert!(
+            Instant::now() < until + Duration::from_secs(30),
+            "a never took b's shards: {:?}",
+            a.owned()
+        );
+        sleep(Duration::from_millis(50)).await;
+    }
+    sleep(Duration::from_secs(2)).await;
+    a_stop.cancel();
+    a_run.await.unwrap();
+    creating.abort();
+
+    for (shard, judge) in judges.iter().enumerate() {
+        assert_eq!(
+            judge.outside.load(Ordering::SeqCst),
+            0,
+            "shard {shard}: reconciles outside a term"
+        );
+        assert_eq!(
+            judge.foreign.load(Ordering::SeqCst),
+            0,
+            "shard {shard}: another shard's objects"
+        );
+        assert!(
+            judge.reconciles.load(Ordering::SeqCst) > 0,
+            "shard {shard} never reconciled"
+        );
+        judge.report().assert_safe();
+    }
+}
+
+/// One shard's judge: its terms, and what its reconciles saw.
+#[derive(Default)]
+struct ShardJudge {
+    checker: Checker,
+    terms: Mutex<BTreeMap<u64, Interval>>,
+    outside: AtomicUsize,
+    foreign: AtomicUsize,
+    reconciles: AtomicUsize,
+}
+
+impl ShardJudge {
+    fn report(&self) -> leaderelection_testkit::checker::Report {
+        for interval in self.terms.lock().unwrap().values() {
+            self.checker.record(interval.clone());
+        }
+        self.checker.report()
+    }
+}
+
+async fn reconcile_shard(
+    cm: Arc<ConfigMap>,
+    ctx: Arc<Leading<Vec<Arc<ShardJudge>>>>,
+) -> Result<Action, Infallible> {
+    let leadership = &ctx.leadership;
+    let (shard, _) = ctx.shard.expect("a shard's term");
+    let judge = &ctx.context[shard as usize];
+    if leadership.token().is_cancelled() || !leadership.is_valid() {
+        judge.outside.fetch_add(1, Ordering::SeqCst);
+    }
+    if !ctx.owns(&*cm) {
+        judge.foreign.fetch_add(1, Ordering::SeqCst);
+    }
+    let (identity, token) = (leadership.identity(), leadership.fencing_token());
+    let _ = judge.checker.store().write(identity, token);
+    sleep(Duration::from_millis(10)).await;
+    let ended = Instant::now();
+    {
+        let mut terms = judge.terms.lock().unwrap();
+        let term = terms
+            .entry(token)
+            .or_insert_with(|| Interval::new(identity, token, leadership.acquired_at()));
+        term.valid_until = Some(leadership.valid_until());
+        *term = term.clone().ended(ended);
+    }
+    judge.reconciles.fetch_add(1, Ordering::SeqCst);
+    Ok(Action::requeue(Duration::from_millis(300)))
+}

@@ -25,9 +25,12 @@ fn coordinated(id: &str) -> Config {
     Config::new(NAME).identity(id).coordinated(true)
 }
 
+/// When a write happened and what it stored (`None`: deleted).
+type Write = (Instant, Option<LeaderElectionRecord>);
+
 /// Every record written, with the virtual instant of the write.
 #[derive(Clone, Default)]
-struct Writes(Arc<Mutex<Vec<(Instant, Option<LeaderElectionRecord>)>>>);
+struct Writes(Arc<Mutex<Vec<Write>>>);
 
 impl Writes {
     fn follow(store: &MemoryStore) -> Self {
