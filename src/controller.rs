@@ -10,6 +10,7 @@
 //! (see [`LeaderElector::run`]).
 
 use std::fmt::Debug;
+use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
@@ -117,19 +118,13 @@ pub async fn run_controller<K, Ctx, Make, Rec, RecFut, Policy>(
 {
     elector
         .run(shutdown, move |leadership| {
-            let stop = leadership.token();
-            let stream = controller(&leadership)
-                .graceful_shutdown_on(stop.cancelled_owned())
-                .run(
-                    reconcile.clone(),
-                    error_policy.clone(),
-                    Arc::new(Leading {
-                        leadership,
-                        context: Arc::clone(&context),
-                        shard: None,
-                    }),
-                );
-            drain(stream)
+            let controller = controller(&leadership);
+            let leading = Leading {
+                leadership,
+                context: Arc::clone(&context),
+                shard: None,
+            };
+            lead(controller, leading, reconcile.clone(), error_policy.clone())
         })
         .await
 }
@@ -203,27 +198,56 @@ pub async fn run_sharded_controller<K, Ctx, Make, Rec, RecFut, Policy>(
     elector
         .run(shutdown, move |shard, leadership| {
             let range = ShardRange::of(shard, shards);
-            let stop = leadership.token();
-            let stream = controller(shard, range, &leadership)
-                .graceful_shutdown_on(stop.cancelled_owned())
-                .run(
-                    reconcile.clone(),
-                    error_policy.clone(),
-                    Arc::new(Leading {
-                        leadership,
-                        context: Arc::clone(&context),
-                        shard: Some((shard, range)),
-                    }),
-                );
-            drain(stream)
+            let controller = controller(shard, range, &leadership);
+            let leading = Leading {
+                leadership,
+                context: Arc::clone(&context),
+                shard: Some((shard, range)),
+            };
+            lead(controller, leading, reconcile.clone(), error_policy.clone())
         })
         .await
 }
 
-/// kube-runtime's [`watcher`] of `api`, keeping only the objects whose
+/// One term's work: `controller`, shut down gracefully when the term ends, run to its
+/// end.
+fn lead<K, Ctx, Rec, RecFut, Policy>(
+    controller: Controller<K>,
+    leading: Leading<Ctx>,
+    reconcile: Rec,
+    error_policy: Policy,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    K: Clone + Resource + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Debug + Eq + Hash + Clone + Unpin + Send + Sync,
+    Ctx: Send + Sync + 'static,
+    Rec: FnMut(Arc<K>, Arc<Leading<Ctx>>) -> RecFut + Send + 'static,
+    RecFut: TryFuture<Ok = Action> + Send + 'static,
+    RecFut::Error: std::error::Error + Send + 'static,
+    Policy: Fn(Arc<K>, &RecFut::Error, Arc<Leading<Ctx>>) -> Action + Send + Sync + 'static,
+{
+    let stop = leading.leadership.token();
+    let stream = controller.graceful_shutdown_on(stop.cancelled_owned()).run(
+        reconcile,
+        error_policy,
+        Arc::new(leading),
+    );
+    async move {
+        stream
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    debug!(error = %e, "controller");
+                }
+            })
+            .await;
+        debug!("the controller stopped with the term");
+    }
+}
+
+/// kube-runtime's [`watcher()`] of `api`, keeping only the objects whose
 /// `metadata.uid` falls in `range`: the client-side form of the API server's
-/// `shardSelector` (KEP-5866), which kube's watcher cannot send. Objects that move out
-/// of the range cannot: a uid never changes.
+/// `shardSelector` (KEP-5866), which kube's watcher cannot send. An object never
+/// moves between ranges: its uid never changes.
 pub fn shard_events<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -244,16 +268,4 @@ where
             _ => true,
         })
     })
-}
-
-/// Runs a controller's stream to its end: the term's work.
-async fn drain<T, E: std::fmt::Display>(stream: impl Stream<Item = Result<T, E>>) {
-    stream
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                debug!(error = %e, "controller");
-            }
-        })
-        .await;
-    debug!("the controller stopped with the term");
 }

@@ -20,7 +20,8 @@
 //!   faketime or as another user), reported as the checker's lines;
 //! - [`proxy`]: a TCP fault proxy in front of any server: cut, delay, drop, count;
 //! - [`replica`]: the harness every election test runs on: replicas of any elector in
-//!   tasks, their work judged by the checker, crashed, stopped, paused and cut off.
+//!   tasks, their work judged by the checker, crashed, stopped, paused and cut off;
+//! - [`writes`]: every write to a record, timed, to measure takeovers from the writes.
 //!
 //! # Feature flags
 //!
@@ -42,3 +43,4 @@ pub mod faults;
 pub mod fenced;
 pub mod proxy;
 pub mod replica;
+pub mod writes;

@@ -27,7 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 const NS: &str = "default";
 
-/// What every reconcile reports to.
+/// What the reconciles of one election (or of one shard) report to.
+#[derive(Default)]
 struct Judge {
     checker: Checker,
     /// Each term as its reconciles saw it, by fencing token: from the term's start to
@@ -35,7 +36,9 @@ struct Judge {
     terms: Mutex<BTreeMap<u64, Interval>>,
     /// Reconciles that began when their term was already lost or no longer valid.
     outside: AtomicUsize,
-    /// Reconciles per replica.
+    /// Reconciles of objects outside the term's shard range.
+    foreign: AtomicUsize,
+    /// Who reconciled, one entry a reconcile.
     reconciles: Mutex<Vec<String>>,
 }
 
@@ -49,16 +52,22 @@ impl Judge {
     }
 }
 
-async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Leading<Judge>>) -> Result<Action, Infallible> {
+/// The judges, one per shard (one in all without shards).
+type Judges = Vec<Arc<Judge>>;
+
+async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Leading<Judges>>) -> Result<Action, Infallible> {
     let leadership = &ctx.leadership;
-    let judge = &ctx.context;
+    let judge = &ctx.context[ctx.shard.map_or(0, |(shard, _)| shard as usize)];
     if leadership.token().is_cancelled() || !leadership.is_valid() {
         judge.outside.fetch_add(1, Ordering::SeqCst);
+    }
+    if !ctx.owns(&*cm) {
+        judge.foreign.fetch_add(1, Ordering::SeqCst);
     }
     let (identity, token) = (leadership.identity(), leadership.fencing_token());
     let _ = judge.checker.store().write(identity, token);
     // Some work per object, so that a loss can arrive mid-reconcile.
-    sleep(Duration::from_millis(20)).await;
+    sleep(Duration::from_millis(10)).await;
     let ended = Instant::now();
     {
         let mut terms = judge.terms.lock().unwrap();
@@ -69,8 +78,39 @@ async fn reconcile(cm: Arc<ConfigMap>, ctx: Arc<Leading<Judge>>) -> Result<Actio
         *term = term.clone().ended(ended);
     }
     judge.reconciles.lock().unwrap().push(identity.to_owned());
-    let _ = cm;
     Ok(Action::requeue(Duration::from_millis(200)))
+}
+
+/// Asserts what every judge saw: reconciles, none outside a term or a shard's
+/// range, and terms that never overlap.
+fn assert_judged(judges: &Judges) {
+    for (shard, judge) in judges.iter().enumerate() {
+        let reconciles = judge.reconciles.lock().unwrap().clone();
+        assert!(!reconciles.is_empty(), "shard {shard} never reconciled");
+        let outside = judge.outside.load(Ordering::SeqCst);
+        assert_eq!(outside, 0, "shard {shard}: reconciles began outside a term");
+        let foreign = judge.foreign.load(Ordering::SeqCst);
+        assert_eq!(foreign, 0, "shard {shard}: another shard's objects");
+        judge.report().assert_safe();
+    }
+}
+
+/// Creates a ConfigMap every `every`, until aborted.
+fn keep_creating(server: &ApiServer, every: Duration) -> JoinHandle<()> {
+    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), NS);
+    tokio::spawn(async move {
+        for i in 0.. {
+            let cm = ConfigMap {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(format!("cm-{i}")),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let _ = configmaps.create(&PostParams::default(), &cm).await;
+            sleep(every).await;
+        }
+    })
 }
 
 struct Member {
@@ -80,7 +120,7 @@ struct Member {
     elector: LeaderElector,
 }
 
-fn start(server: &ApiServer, judge: &Arc<Judge>, id: &str) -> Member {
+fn start(server: &ApiServer, judges: &Judges, id: &str) -> Member {
     let client = server.client();
     let lock = FaultyLock::new(KubeLeaseLock::new(client.clone(), NS, "controller"));
     let faults = lock.faults();
@@ -88,13 +128,14 @@ fn start(server: &ApiServer, judge: &Arc<Judge>, id: &str) -> Member {
         LeaderElector::new(lock, Timing::short().config("controller", id)).expect("a valid config");
     let shutdown = CancellationToken::new();
     let run = tokio::spawn({
-        let (elector, shutdown, judge) = (elector.clone(), shutdown.clone(), Arc::clone(judge));
+        let (elector, shutdown, judges) = (elector.clone(), shutdown.clone(), judges.clone());
         async move {
             run_controller(
                 &elector,
                 shutdown,
                 move |_| {
-                    // One reconcile at a time per replica: each is one interval.
+                    // One reconcile at a time per replica, so that a term's
+                    // reconciles follow each other.
                     Controller::new(
                         Api::<ConfigMap>::namespaced(client.clone(), NS),
                         watcher::Config::default(),
@@ -103,7 +144,7 @@ fn start(server: &ApiServer, judge: &Arc<Judge>, id: &str) -> Member {
                 },
                 reconcile,
                 |_, e: &Infallible, _| match *e {},
-                judge,
+                Arc::new(judges),
             )
             .await
         }
@@ -131,29 +172,11 @@ async fn wait_leading(member: &Member) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_reconcile_runs_outside_a_term() {
     let server = ApiServer::start().await.expect("start the API test server");
-    let judge = Arc::new(Judge {
-        checker: Checker::new(),
-        terms: Mutex::new(BTreeMap::new()),
-        outside: AtomicUsize::new(0),
-        reconciles: Mutex::new(Vec::new()),
-    });
-    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), NS);
-    let creating = tokio::spawn(async move {
-        for i in 0.. {
-            let cm = ConfigMap {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(format!("cm-{i}")),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let _ = configmaps.create(&PostParams::default(), &cm).await;
-            sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let a = start(&server, &judge, "a");
+    let judges: Judges = vec![Arc::default()];
+    let creating = keep_creating(&server, Duration::from_millis(50));
+    let a = start(&server, &judges, "a");
     wait_leading(&a).await;
-    let b = start(&server, &judge, "b");
+    let b = start(&server, &judges, "b");
     sleep(Duration::from_secs(2)).await;
 
     a.faults.set_unavailable(true);
@@ -168,19 +191,14 @@ async fn no_reconcile_runs_outside_a_term() {
     a.run.await.unwrap();
     creating.abort();
 
-    let reconciles = judge.reconciles.lock().unwrap().clone();
+    let reconciles = judges[0].reconciles.lock().unwrap().clone();
     for id in ["a", "b"] {
         assert!(
             reconciles.iter().any(|r| r == id),
             "{id} never reconciled: {reconciles:?}"
         );
     }
-    assert_eq!(
-        judge.outside.load(Ordering::SeqCst),
-        0,
-        "reconciles began outside a term"
-    );
-    judge.report().assert_safe();
+    assert_judged(&judges);
 }
 
 /// Two sharded replicas, four shards, each shard's controller built on the shard's
@@ -195,23 +213,8 @@ async fn a_controller_per_owned_shard_sees_only_its_range() {
 
     const SHARDS: u32 = 4;
     let server = ApiServer::start().await.expect("start the API test server");
-    let judges: Vec<Arc<ShardJudge>> = (0..SHARDS)
-        .map(|_| Arc::new(ShardJudge::default()))
-        .collect();
-    let configmaps: Api<ConfigMap> = Api::namespaced(server.client(), NS);
-    let creating = tokio::spawn(async move {
-        for i in 0.. {
-            let cm = ConfigMap {
-                metadata: kube::api::ObjectMeta {
-                    name: Some(format!("cm-{i}")),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let _ = configmaps.create(&PostParams::default(), &cm).await;
-            sleep(Duration::from_millis(20)).await;
-        }
-    });
+    let judges: Judges = (0..SHARDS).map(|_| Arc::default()).collect();
+    let creating = keep_creating(&server, Duration::from_millis(20));
     let start = |id: &str| {
         let client = server.client();
         let locks = client.clone();
@@ -238,7 +241,7 @@ async fn a_controller_per_owned_shard_sees_only_its_range() {
                         Controller::for_stream(reflector(writer, events).applied_objects(), reader)
                             .with_config(controller::Config::default().concurrency(1))
                     },
-                    reconcile_shard,
+                    reconcile,
                     |_, e: &Infallible, _| match *e {},
                     Arc::new(judges),
                 )
@@ -251,20 +254,20 @@ async fn a_controller_per_owned_shard_sees_only_its_range() {
     let (b, b_stop, b_run) = start("b");
     let until = Instant::now() + Duration::from_secs(30);
     while !(a.owned().len() == 2 && b.owned().len() == 2) {
+        let (a, b) = (a.owned(), b.owned());
         assert!(
             Instant::now() < until,
-            "shards never balanced: a {:?}, b {:?}",
-            a.owned(),
-            b.owned()
+            "shards never balanced: a {a:?}, b {b:?}"
         );
         sleep(Duration::from_millis(50)).await;
     }
     sleep(Duration::from_secs(2)).await;
     b_stop.cancel();
     b_run.await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
     while a.owned().len() < SHARDS as usize {
         assert!(
-            Instant::now() < until + Duration::from_secs(30),
+            Instant::now() < until,
             "a never took b's shards: {:?}",
             a.owned()
         );
@@ -274,70 +277,5 @@ async fn a_controller_per_owned_shard_sees_only_its_range() {
     a_stop.cancel();
     a_run.await.unwrap();
     creating.abort();
-
-    for (shard, judge) in judges.iter().enumerate() {
-        assert_eq!(
-            judge.outside.load(Ordering::SeqCst),
-            0,
-            "shard {shard}: reconciles outside a term"
-        );
-        assert_eq!(
-            judge.foreign.load(Ordering::SeqCst),
-            0,
-            "shard {shard}: another shard's objects"
-        );
-        assert!(
-            judge.reconciles.load(Ordering::SeqCst) > 0,
-            "shard {shard} never reconciled"
-        );
-        judge.report().assert_safe();
-    }
-}
-
-/// One shard's judge: its terms, and what its reconciles saw.
-#[derive(Default)]
-struct ShardJudge {
-    checker: Checker,
-    terms: Mutex<BTreeMap<u64, Interval>>,
-    outside: AtomicUsize,
-    foreign: AtomicUsize,
-    reconciles: AtomicUsize,
-}
-
-impl ShardJudge {
-    fn report(&self) -> leaderelection_testkit::checker::Report {
-        for interval in self.terms.lock().unwrap().values() {
-            self.checker.record(interval.clone());
-        }
-        self.checker.report()
-    }
-}
-
-async fn reconcile_shard(
-    cm: Arc<ConfigMap>,
-    ctx: Arc<Leading<Vec<Arc<ShardJudge>>>>,
-) -> Result<Action, Infallible> {
-    let leadership = &ctx.leadership;
-    let (shard, _) = ctx.shard.expect("a shard's term");
-    let judge = &ctx.context[shard as usize];
-    if leadership.token().is_cancelled() || !leadership.is_valid() {
-        judge.outside.fetch_add(1, Ordering::SeqCst);
-    }
-    if !ctx.owns(&*cm) {
-        judge.foreign.fetch_add(1, Ordering::SeqCst);
-    }
-    let (identity, token) = (leadership.identity(), leadership.fencing_token());
-    let _ = judge.checker.store().write(identity, token);
-    sleep(Duration::from_millis(10)).await;
-    let ended = Instant::now();
-    {
-        let mut terms = judge.terms.lock().unwrap();
-        let term = terms
-            .entry(token)
-            .or_insert_with(|| Interval::new(identity, token, leadership.acquired_at()));
-        term.valid_until = Some(leadership.valid_until());
-        *term = term.clone().ended(ended);
-    }
-    judge.reconciles.fetch_add(1, Ordering::SeqCst);
-    Ok(Action::requeue(Duration::from_millis(300)))
+    assert_judged(&judges);
 }

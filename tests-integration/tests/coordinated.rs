@@ -8,14 +8,13 @@
 //! test kit's API server with its coordinated election controller on, which follows
 //! kube-apiserver's own.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
-use leaderelection::{Config, LeaderElectionRecord, LeaseLock, LockEvent, MemoryStore};
+use leaderelection::{Config, LeaderElectionRecord, LeaseLock, MemoryStore};
 use leaderelection_testkit::checker::Checker;
 use leaderelection_testkit::faults::FaultyLock;
 use leaderelection_testkit::replica::{Link, Replica, Work};
+use leaderelection_testkit::writes::Writes;
 use tokio::time::{sleep, Instant};
 
 const NAME: &str = "scheduler";
@@ -23,48 +22,6 @@ const STRATEGY: &str = "OldestEmulationVersion";
 
 fn coordinated(id: &str) -> Config {
     Config::new(NAME).identity(id).coordinated(true)
-}
-
-/// When a write happened and what it stored (`None`: deleted).
-type Write = (Instant, Option<LeaderElectionRecord>);
-
-/// Every record written, with the virtual instant of the write.
-#[derive(Clone, Default)]
-struct Writes(Arc<Mutex<Vec<Write>>>);
-
-impl Writes {
-    fn follow(store: &MemoryStore) -> Self {
-        let writes = Self::default();
-        let mut stream = store.lock(NAME).watch().unwrap();
-        let w = writes.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(event)) = stream.next().await {
-                let record = match event {
-                    LockEvent::Changed(v) => Some(v.record),
-                    _ => None,
-                };
-                w.0.lock().unwrap().push((Instant::now(), record));
-            }
-        });
-        writes
-    }
-
-    fn records(&self) -> Vec<LeaderElectionRecord> {
-        self.0
-            .lock()
-            .unwrap()
-            .iter()
-            .filter_map(|(_, r)| r.clone())
-            .collect()
-    }
-
-    fn first_released(&self) -> Option<(Instant, LeaderElectionRecord)> {
-        self.0.lock().unwrap().iter().find_map(|(t, r)| {
-            r.as_ref()
-                .filter(|r| r.holder_identity.is_empty())
-                .map(|r| (*t, r.clone()))
-        })
-    }
 }
 
 /// What kube-apiserver's controller writes when it elects `holder`: a five-second
@@ -130,7 +87,7 @@ async fn a_coordinated_replica_never_takes_the_lease_itself() {
 async fn the_named_replica_leads_and_hands_over_when_another_is_preferred() {
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let writes = Writes::follow(&store);
+    let writes = Writes::follow(&store.lock(NAME));
     let a = start(&store, coordinated("a"), &checker);
     let b = start(&store, coordinated("b"), &checker);
     sleep(Duration::from_secs(1)).await;
@@ -240,7 +197,7 @@ async fn an_uncoordinated_replica_keeps_the_strategy_and_preferred_holder() {
     let checker = Checker::new();
     name_holder(&store, "gone").await;
     prefer(&store, "x").await;
-    let writes = Writes::follow(&store);
+    let writes = Writes::follow(&store.lock(NAME));
     let plain = start(&store, Config::new(NAME).identity("plain"), &checker);
     plain.wait_leading(Duration::from_secs(30)).await;
     sleep(Duration::from_secs(10)).await;

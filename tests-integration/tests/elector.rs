@@ -5,18 +5,18 @@
 //! by a [`Checker`], which judges every run (no overlap, growing fencing tokens, no
 //! stale token accepted).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use leaderelection::{
     Config, ConfigError, ElectionEvent, LeaderElectionRecord, LeaderElector, LeaseLock, LockError,
-    LockEvent, MemoryLock, MemoryStore, Version, Versioned,
+    MemoryLock, MemoryStore, Version, Versioned,
 };
 use leaderelection_testkit::checker::{Checker, Interval};
 use leaderelection_testkit::faults::{Faults, FaultyLock, WriteFault};
 use leaderelection_testkit::replica::{wait_until, Link, Replica, Work};
+use leaderelection_testkit::writes::Writes;
 use rand::{Rng, SeedableRng};
 use tokio::time::{sleep, Instant};
 
@@ -53,53 +53,6 @@ fn term_of(checker: &Checker, identity: &str) -> Option<Interval> {
         .intervals()
         .into_iter()
         .find(|t| t.identity == identity)
-}
-
-/// Every write to the record, with the virtual instant it happened.
-#[derive(Clone, Default)]
-struct Writes(Arc<Mutex<Vec<Write>>>);
-
-/// When a write happened and what it stored (`None`: deleted).
-type Write = (Instant, Option<LeaderElectionRecord>);
-
-impl Writes {
-    fn follow(store: &MemoryStore) -> Self {
-        let writes = Self::default();
-        let mut stream = store.lock(NAME).watch().unwrap();
-        let w = writes.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(event)) = stream.next().await {
-                let record = match event {
-                    LockEvent::Changed(v) => Some(v.record),
-                    _ => None,
-                };
-                w.0.lock().unwrap().push((Instant::now(), record));
-            }
-        });
-        writes
-    }
-
-    fn all(&self) -> Vec<Write> {
-        self.0.lock().unwrap().clone()
-    }
-
-    /// The last write by `holder` as holder, and the first by anyone else after it.
-    fn last_by(&self, holder: &str) -> Instant {
-        self.all()
-            .iter()
-            .filter(|(_, r)| r.as_ref().is_some_and(|r| r.holder_identity == holder))
-            .map(|(t, _)| *t)
-            .next_back()
-            .expect("no write by holder")
-    }
-
-    fn first_by(&self, holder: &str) -> Instant {
-        self.all()
-            .iter()
-            .find(|(_, r)| r.as_ref().is_some_and(|r| r.holder_identity == holder))
-            .map(|(t, _)| *t)
-            .expect("no write by holder")
-    }
 }
 
 /// Starts `a` and, once it leads, `b`: a leader and its standby.
@@ -170,7 +123,7 @@ async fn of_two_candidates_exactly_one_leads_and_keeps_leading() {
 async fn crashed_leader_is_replaced_at_lease_expiry_not_before() {
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let writes = Writes::follow(&store);
+    let writes = Writes::follow(&store.lock(NAME));
     let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(7)).await;
     a.crash();
@@ -196,7 +149,7 @@ async fn crashed_leader_is_replaced_at_lease_expiry_not_before() {
 async fn released_lease_is_taken_within_10ms() {
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let writes = Writes::follow(&store);
+    let writes = Writes::follow(&store.lock(NAME));
     let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(5)).await;
     a.stop().await;
@@ -222,7 +175,7 @@ async fn released_lease_is_taken_within_10ms() {
 async fn release_waits_for_the_work_to_stop() {
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let writes = Writes::follow(&store);
+    let writes = Writes::follow(&store.lock(NAME));
     let slow = Work::polite().stopping_in(Duration::from_secs(3));
     let a = Replica::memory(&store, config("a"), &checker, slow);
     sleep(Duration::from_millis(10)).await;
@@ -244,7 +197,7 @@ async fn release_waits_for_the_work_to_stop() {
 async fn leader_whose_renewals_fail_steps_down_before_others_may_take_over() {
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let writes = Writes::follow(&store);
+    let writes = Writes::follow(&store.lock(NAME));
     let (a, b) = leader_and_standby(&store, &checker).await;
     sleep(Duration::from_secs(5)).await;
     a.link.cut(true);
@@ -378,7 +331,7 @@ async fn transitions_count_holder_changes_only() {
 async fn standby_honours_the_holders_lease_duration_not_its_own() {
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let writes = Writes::follow(&store);
+    let writes = Writes::follow(&store.lock(NAME));
     let long = config("a")
         .lease_duration(Duration::from_secs(60))
         .renew_deadline(Duration::from_secs(40));
@@ -459,7 +412,7 @@ impl LeaseLock for Polling {
 async fn polling_standby_retries_every_jittered_retry_period() {
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let writes = Writes::follow(&store);
+    let writes = Writes::follow(&store.lock(NAME));
     let a = start(&store, config("a"), &checker);
     sleep(Duration::from_millis(10)).await;
     let b = start_polling(&store, config("b"), &checker);
@@ -801,7 +754,7 @@ async fn tampered_record(how: Tamper, seed: u64, polling: bool) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let store = MemoryStore::new();
     let checker = Checker::new();
-    let writes = Writes::follow(&store);
+    let writes = Writes::follow(&store.lock(NAME));
     let start = |cfg: Config| {
         if polling {
             start_polling(&store, cfg, &checker)
