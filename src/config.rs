@@ -208,6 +208,16 @@ impl Config {
         Ok(())
     }
 
+    /// The limit of one backend request: half the renew deadline, at least a second,
+    /// never past the renew deadline (client-go's `NewFromKubeconfig` sets its client's
+    /// timeout so). A request stuck on a failed backend member then leaves the term
+    /// time for another attempt, which reaches a member that answers.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        (self.renew_deadline / 2)
+            .max(Duration::from_secs(1))
+            .min(self.renew_deadline)
+    }
+
     /// client-go's `wait.JitterUntil(retryPeriod, 1.2)`: a standby's pause between
     /// attempts, the retry period plus up to 1.2 retry periods.
     pub(crate) fn jittered_retry(&self) -> Duration {

@@ -454,6 +454,8 @@ impl LeaderElector {
         };
         let prev_others = obs.as_ref().and_then(|p| p.others_until);
         let others_until = match &seen {
+            // Only a coordinated election is named by someone else and needs this.
+            _ if !config.coordinated => None,
             Seen::Record(v)
                 if !v.record.is_released() && v.record.holder_identity != config.identity =>
             {
@@ -654,17 +656,23 @@ impl LeaseTerm<'_> {
     }
 }
 
-/// One lock call of a term, finished by `deadline`. Not a method: the term holds a
-/// watch stream, which is not `Sync`, so it cannot be borrowed across an await.
+/// One lock call of a term, finished by `deadline` and within the request timeout,
+/// so that one stuck request does not spend the whole renew deadline. Not a method:
+/// the term holds a watch stream, which is not `Sync`, so it cannot be borrowed
+/// across an await.
 async fn by<T>(
     config: &Config,
     deadline: Instant,
     fut: impl Future<Output = Result<T, LockError>>,
 ) -> Result<T, Renewal> {
-    match timeout_at(deadline, fut).await {
+    let (limit, waited) = match Instant::now() + config.request_timeout() {
+        by_request if by_request < deadline => (by_request, config.request_timeout()),
+        _ => (deadline, config.renew_deadline),
+    };
+    match timeout_at(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Renewal::Failed(e)),
-        Err(_) => Err(Renewal::Failed(LockError::Timeout(config.renew_deadline))),
+        Err(_) => Err(Renewal::Failed(LockError::Timeout(waited))),
     }
 }
 

@@ -296,12 +296,12 @@ impl Core {
         *lock_unpoisoned(&self.last_renewal) = at;
     }
 
-    /// One backend call, bounded by the renew deadline.
+    /// One backend call, bounded by [`Config::request_timeout`].
     pub(crate) async fn call<T, E: From<LockError>>(
         &self,
         fut: impl Future<Output = Result<T, E>>,
     ) -> Result<T, E> {
-        let limit = self.config.renew_deadline;
+        let limit = self.config.request_timeout();
         tokio::time::timeout(limit, fut)
             .await
             .unwrap_or(Err(E::from(LockError::Timeout(limit))))

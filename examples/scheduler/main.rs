@@ -610,9 +610,16 @@ async fn kube_lock(kind: LockKind, opts: &Options) -> Result<Box<dyn LeaseLock>,
 }
 
 /// A client through `--kubeconfig` (or the in-cluster configuration), without the
-/// client's own retries.
+/// client's own retries. One per process: the lock, the Events and the LeaseCandidate
+/// share its connections.
 #[cfg(feature = "kube")]
 async fn kube_client(opts: &Options) -> Result<kube::Client, SetupError> {
+    static CLIENT: tokio::sync::OnceCell<kube::Client> = tokio::sync::OnceCell::const_new();
+    CLIENT.get_or_try_init(|| new_kube_client(opts)).await.cloned()
+}
+
+#[cfg(feature = "kube")]
+async fn new_kube_client(opts: &Options) -> Result<kube::Client, SetupError> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
 
     let mut config = match &opts.kubeconfig {

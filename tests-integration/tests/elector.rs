@@ -299,6 +299,28 @@ async fn slow_backend_past_the_renew_deadline_costs_leadership() {
     checker.report().assert_safe();
 }
 
+/// One renewal stuck on a backend that stopped answering (a request to an etcd member
+/// that died with it, a dropped packet) is abandoned after half the renew deadline, as
+/// client-go's request timeout does, so the renewal after it, to a backend that answers
+/// again, keeps the leadership.
+#[tokio::test(start_paused = true)]
+async fn a_stuck_renewal_is_abandoned_in_time_for_another_attempt() {
+    let store = MemoryStore::new();
+    let checker = Checker::new();
+    let a = start(&store, config("a"), &checker);
+    sleep(Duration::from_secs(1)).await;
+    // The renewal due at 2 s hangs; the ones after it are answered at once.
+    a.link.delay(Duration::from_secs(60));
+    sleep(Duration::from_millis(1_500)).await;
+    a.link.delay(Duration::ZERO);
+    sleep(Duration::from_secs(20)).await;
+    assert!(a.is_leader());
+    assert_eq!(a.terms().len(), 1, "one term throughout");
+    assert_eq!(a.terms()[0].end, None, "its work never stopped");
+    a.stop().await;
+    checker.report().assert_safe();
+}
+
 #[tokio::test(start_paused = true)]
 async fn transitions_count_holder_changes_only() {
     let store = MemoryStore::new();

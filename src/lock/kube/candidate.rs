@@ -254,8 +254,19 @@ impl LeaseCandidate {
     }
 
     /// Creates the candidate, or renews it: `renewTime` now, the versions and the
-    /// strategy as configured, every other field as read.
+    /// strategy as configured, every other field as read. A write that loses to
+    /// another (the controller's ping) is read and tried once more; a second loss is
+    /// left to the next renewal.
     async fn ensure(&self) -> Result<(), LockError> {
+        if self.write().await? || self.write().await? {
+            Ok(())
+        } else {
+            Err(LockError::Conflict)
+        }
+    }
+
+    /// One read and write of the candidate: false when another write came between.
+    async fn write(&self) -> Result<bool, LockError> {
         let object = self.describe();
         let now = MicroTime(jiff::Timestamp::now());
         let current = match self.api.get_opt(&self.name).await {
@@ -308,12 +319,10 @@ impl LeaseCandidate {
         match result {
             Ok(_) => {
                 debug!("renewed the LeaseCandidate");
-                Ok(())
+                Ok(true)
             }
             Err((verb, e)) => match classify(verb, &object, e) {
-                // Someone wrote between our read and write (the controller's ping):
-                // read again at once.
-                Failure::Conflict | Failure::AlreadyExists => Box::pin(self.ensure()).await,
+                Failure::Conflict | Failure::AlreadyExists => Ok(false),
                 other => Err(other.into_error()),
             },
         }
