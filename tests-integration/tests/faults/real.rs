@@ -611,7 +611,8 @@ async fn control_plane() -> Report {
     assert_eq!(
         terms(),
         1,
-        "killing a standby's API server changed the leader"
+        "killing a standby's API server changed the leader\n{}",
+        checker.report().explain()
     );
     assert!(replicas[l].is_leader());
 
@@ -619,7 +620,12 @@ async fn control_plane() -> Report {
     checker.fault("kill etcd member 0");
     tokio::task::block_in_place(|| cluster.kill(0)).expect("kill etcd member 0");
     sleep(t.lease * 2).await;
-    assert_eq!(terms(), 1, "killing one etcd member changed the leader");
+    assert_eq!(
+        terms(),
+        1,
+        "killing one etcd member changed the leader\n{}",
+        checker.report().explain()
+    );
     assert!(replicas[l].is_leader());
 
     // 3. The leader replica dies: exactly one takeover, by the replica whose API server
