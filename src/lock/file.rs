@@ -12,7 +12,8 @@
 //! A watch follows `<path>` through file events on its directory (`notify`: inotify on
 //! Linux) and falls back to polling the file's metadata when there are none.
 
-use std::ffi::OsStr;
+mod events;
+
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -24,6 +25,7 @@ use async_trait::async_trait;
 use serde_json::Value;
 use tracing::{debug, warn};
 
+use self::events::Events;
 use super::{LeaseLock, LockEvent, Version, Versioned, WatchStream};
 use crate::error::LockError;
 use crate::record::{InvalidRecord, LeaderElectionRecord};
@@ -66,8 +68,9 @@ static WARNED_NO_EVENTS: AtomicBool = AtomicBool::new(false);
 /// moved or removed under it, the watch falls back to polling the file's metadata
 /// (a `stat` call every [`poll_interval`](Self::poll_interval), 50 ms by default) and
 /// reads the file when it changed; [`file_events(false)`](Self::file_events) asks for
-/// polling from the start. Either way the load stays on this host. A watch holds its
-/// watcher (on Linux, an inotify instance and a thread) until the stream is dropped.
+/// polling from the start. Either way the load stays on this host. The watches of one
+/// process share one watcher per directory (on Linux, one inotify instance and one
+/// thread, whatever the number of elections), which stops with the last of them.
 ///
 /// The advisory lock only binds processes that use it: do not edit the file by hand
 /// while replicas run. A damaged file is reported as
@@ -166,7 +169,8 @@ impl FileLock {
     /// Whether a [`watch`](LeaseLock::watch) wakes on file events (default `true`).
     /// With `false` it polls every [`poll_interval`](Self::poll_interval) from the
     /// start, as it does when events are unavailable: for a filesystem that reports
-    /// no events, or to spare the system's inotify instances (one per watch).
+    /// no events, or to spare the system's inotify instances (one per directory and
+    /// process).
     ///
     /// # Examples
     ///
@@ -601,7 +605,7 @@ async fn watch_step(mut s: WatchState) -> Option<(Result<LockEvent, LockError>, 
         let previous = s.meta.clone();
         let (events, polled) = tokio::task::spawn_blocking(move || {
             // Watch before the first read: a change after the read is then reported.
-            let events = start_events.then(|| Events::start(&paths));
+            let events = start_events.then(|| Events::start(&paths.path, &paths.dir));
             let polled = (|| {
                 let meta = meta_key(&paths.path)?;
                 if !force && meta == previous {
@@ -648,77 +652,6 @@ async fn watch_step(mut s: WatchState) -> Option<(Result<LockEvent, LockError>, 
             }
         }
     }
-}
-
-/// File events about the lock's file: a watcher on its directory that signals a tokio
-/// channel from its own thread. Dropping it stops that thread and closes its
-/// descriptor.
-struct Events {
-    // Kept for its `Drop`, which stops the watcher.
-    _watcher: notify::RecommendedWatcher,
-    /// Marked changed on every event about the file; holds why, once events stopped.
-    signal: tokio::sync::watch::Receiver<Option<String>>,
-}
-
-impl Events {
-    /// Watches the lock's directory. Blocking: the watcher confirms its watch.
-    fn start(paths: &Paths) -> Result<Self, notify::Error> {
-        let name = paths
-            .path
-            .file_name()
-            .ok_or_else(|| notify::Error::generic("the lock's path has no file name"))?
-            .to_owned();
-        // Absolute, as the watcher names its events: to recognise the directory's own.
-        let dir = std::path::absolute(&paths.dir).map_err(notify::Error::io)?;
-        let (tx, signal) = tokio::sync::watch::channel(None);
-        let watched = dir.clone();
-        let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
-                Ok(e) if lost(&e, &watched) => {
-                    let why = format!("{} was moved or removed", watched.display());
-                    tx.send_replace(Some(why));
-                }
-                // A rescan means events were dropped: one of them may have been ours.
-                Ok(e) if e.need_rescan() || about(&e, &name) => tx.send_modify(|_| {}),
-                Ok(_) => {}
-                Err(e) => {
-                    tx.send_replace(Some(e.to_string()));
-                }
-            })?;
-        notify::Watcher::watch(&mut watcher, &dir, notify::RecursiveMode::NonRecursive)?;
-        Ok(Self {
-            _watcher: watcher,
-            signal,
-        })
-    }
-
-    /// Waits for an event about the file, or `timeout`; `Err` with the reason once
-    /// events stopped.
-    async fn wait(&mut self, timeout: Duration) -> Result<(), String> {
-        tokio::select! {
-            changed = self.signal.changed() => match changed {
-                Ok(()) => self.signal.borrow_and_update().clone().map_or(Ok(()), Err),
-                Err(_) => Err("the file watcher stopped".into()),
-            },
-            () = tokio::time::sleep(timeout) => Ok(()),
-        }
-    }
-}
-
-/// Whether `event` may have changed the lock's file. Reads (`Access`) are not changes:
-/// waking on them would have every standby's read wake all the others.
-fn about(event: &notify::Event, name: &OsStr) -> bool {
-    use notify::EventKind::*;
-    matches!(event.kind, Any | Create(_) | Modify(_) | Remove(_) | Other)
-        && event.paths.iter().any(|p| p.file_name() == Some(name))
-}
-
-/// Whether the watched directory itself went away: its watch then reports nothing more.
-fn lost(event: &notify::Event, dir: &Path) -> bool {
-    use notify::event::ModifyKind;
-    use notify::EventKind::*;
-    matches!(event.kind, Remove(_) | Modify(ModifyKind::Name(_)))
-        && event.paths.iter().any(|p| p == dir)
 }
 
 #[cfg(test)]

@@ -296,6 +296,58 @@ async fn watch_wakes_on_file_events_long_before_a_poll() {
     }
 }
 
+/// The watches of many locks in one directory share one watcher: one inotify instance
+/// and one thread for the process, not one each. With one each, the watches past
+/// Linux's default limit of 128 instances per user polled (here every 10 s, so they
+/// would miss the 2 s bound), and every watcher woke for every write in the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_of_many_locks_in_one_directory_share_one_watcher() {
+    const LOCKS: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let before = inotify_instances();
+    let mut watches = Vec::new();
+    for i in 0..LOCKS {
+        let path = dir.path().join(format!("e{i}.json"));
+        let mut watch = FileLock::new(&path)
+            .poll_interval(SLOW_POLL)
+            .watch()
+            .expect("the file lock can watch");
+        match tokio::time::timeout(Duration::from_secs(30), watch.next()).await {
+            Ok(Some(Ok(LockEvent::Deleted))) => {}
+            other => panic!("watch {i}: {other:?}"),
+        }
+        watches.push((FileLock::new(&path), watch));
+    }
+    if let (Some(before), Some(after)) = (before, inotify_instances()) {
+        // Other tests of this binary may hold a watcher or two meanwhile.
+        let grew = after.saturating_sub(before);
+        assert!(
+            grew <= 10,
+            "{grew} more inotify instances for {LOCKS} watches"
+        );
+    }
+    for (i, (writer, watch)) in watches.iter_mut().enumerate() {
+        let version = writer.create(&rec("a")).await.unwrap();
+        match next_by_event(watch).await {
+            Ok(LockEvent::Changed(v)) => assert_eq!(v.version, version, "watch {i}"),
+            other => panic!("watch {i}: {other:?}"),
+        }
+    }
+}
+
+/// The inotify instances this process holds (Linux: its descriptors that are one).
+fn inotify_instances() -> Option<usize> {
+    let fds = std::fs::read_dir("/proc/self/fd").ok()?;
+    Some(
+        fds.filter_map(Result::ok)
+            .filter(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| target.as_os_str() == "anon_inode:inotify")
+            })
+            .count(),
+    )
+}
+
 #[tokio::test]
 async fn watch_polls_when_file_events_are_unavailable() {
     let dir = tempfile::tempdir().unwrap();
