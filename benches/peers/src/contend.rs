@@ -12,7 +12,7 @@
 //! kills it with SIGKILL meanwhile.
 //!
 //! ```text
-//! leaderelection-bench-peers contend kube-leader-election|kube-coordinate|kubert URL TOKEN ELECTION IDENTITY
+//! leaderelection-bench-peers contend kube-leader-election|kube-coordinate|kubert|kunobi-ha URL TOKEN ELECTION IDENTITY
 //! ```
 
 use std::future::Future;
@@ -39,7 +39,7 @@ const TIMINGS: Timings = Timings::SHORT;
 pub async fn run(args: &[String]) -> Result<(), String> {
     let [peer, url, token, election, identity] = args else {
         return Err(format!(
-            "usage: contend kube-leader-election|kube-coordinate|kubert URL TOKEN ELECTION IDENTITY (got {} arguments)",
+            "usage: contend kube-leader-election|kube-coordinate|kubert|kunobi-ha URL TOKEN ELECTION IDENTITY (got {} arguments)",
             args.len()
         ));
     };
@@ -65,6 +65,7 @@ pub async fn run(args: &[String]) -> Result<(), String> {
             let client = kube_client_1::Client::try_from(config).map_err(|e| e.to_string())?;
             kubert(client, election, identity).await?
         }
+        "kunobi-ha" => kunobi(crate::kunobi::client(url, token, None)?, election, identity),
         other => return Err(format!("unknown peer {other:?}")),
     };
     work(campaign.leading, campaign.may_act, identity).await;
@@ -228,6 +229,41 @@ async fn kubert(
         let _ = manager_task.await;
     });
     Ok(campaign(rx, may_act, stop_tx, task))
+}
+
+/// kunobi-ha as its README says: `acquire().await` for a guard, `guard.lost()` watched
+/// beside the work, `guard.step_down()` to stop, and the election rejoined when
+/// leadership is lost; the work acts while its `LeaderState` says it leads (the handle
+/// its README gates readiness on). It exposes no token.
+fn kunobi(client: kube::Client, election: &str, identity: &str) -> Campaign {
+    let le = crate::kunobi::election(client, election, identity, TIMINGS);
+    let state = le.state();
+    let (tx, rx) = watch::channel(None);
+    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        loop {
+            let mut guard = tokio::select! {
+                _ = &mut stop_rx => return,
+                acquired = le.acquire() => match acquired {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        eprintln!("kunobi-ha: acquire failed: {e}");
+                        return;
+                    }
+                },
+            };
+            publish(&tx, Some(0));
+            tokio::select! {
+                _ = &mut stop_rx => {
+                    publish(&tx, None);
+                    guard.step_down().await;
+                    return;
+                }
+                _ = guard.lost() => publish(&tx, None),
+            }
+        }
+    });
+    campaign(rx, Box::new(move || state.is_leader()), stop_tx, task)
 }
 
 /// The leader's work: a term per stretch of `Some(token)`, an action every

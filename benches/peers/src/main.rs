@@ -9,7 +9,7 @@
 //! leaderelection-bench-peers contend PEER URL TOKEN ELECTION IDENTITY
 //! ```
 //!
-//! PEER is `kube-leader-election`, `kube-coordinate` or `kubert`. `renew` times the
+//! PEER is `kube-leader-election`, `kube-coordinate`, `kubert` or `kunobi-ha`. `renew` times the
 //! renewals of a leader over SECONDS. `steady` starts one candidate per token at the
 //! default timings (the first leads), prints `ready` when the first leads, and releases
 //! when its standard input closes. `contend` runs one replica of the contention
@@ -19,6 +19,7 @@ mod contend;
 mod coordinate;
 mod kle;
 mod kubert_lease;
+mod kunobi;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +34,12 @@ const NAMESPACE: &str = "default";
 /// the same rate.
 const RENEW_PERIOD: Duration = Duration::from_millis(50);
 
-const PEERS: [&str; 3] = ["kube-leader-election", "kube-coordinate", "kubert"];
+const PEERS: [&str; 4] = [
+    "kube-leader-election",
+    "kube-coordinate",
+    "kubert",
+    "kunobi-ha",
+];
 
 fn library(peer: &str, url: &str, token: &str, timings: Timings) -> Arc<dyn Library> {
     let (url, token) = (url.to_string(), token.to_string());
@@ -48,6 +54,12 @@ fn library(peer: &str, url: &str, token: &str, timings: Timings) -> Arc<dyn Libr
             url,
             token,
             timings,
+        }),
+        "kunobi-ha" => Arc::new(kunobi::Kunobi {
+            url,
+            token,
+            timings,
+            logs: Arc::default(),
         }),
         _ => Arc::new(kle::KubeLeaderElection {
             url,
@@ -111,6 +123,11 @@ async fn run(args: &[String]) -> Result<(), String> {
                 }
                 "kubert" => {
                     kubert_lease::renewals(url, token, prefix, window, RENEW_PERIOD).await?
+                }
+                "kunobi-ha" => {
+                    // It renews every retry period.
+                    let leaders = Timings::SHORT.retry.as_millis() / RENEW_PERIOD.as_millis();
+                    kunobi::renewals(url, token, prefix, window, leaders as usize).await?
                 }
                 _ => kle::renewals(url, token, prefix, window, RENEW_PERIOD).await?,
             };
