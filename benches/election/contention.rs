@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use tokio::time::{sleep, sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::k8s::{KLM, NAMESPACE, PEER_KC, PEER_KLE, PEER_KUBERT};
+use crate::k8s::{KLM, NAMESPACE, PEER_KC, PEER_KLE, PEER_KUBERT, PEER_KUNOBI};
 use crate::{Env, Plan};
 use leaderelection_bench_driver::scenario::Timings;
 use leaderelection_bench_driver::stats::{fmt_secs, Table};
@@ -360,6 +360,7 @@ fn specs(env: &Env) -> (Vec<Spec>, Vec<String>) {
         ),
         (PEER_KC, None),
         (PEER_KUBERT, None),
+        (PEER_KUNOBI, None),
     ];
     for (peer, token) in peers {
         match env.kube.as_ref().map(|k| &k.peers) {

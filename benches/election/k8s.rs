@@ -1,7 +1,7 @@
 //! The Kubernetes side: our Lease lock against the crate's API test server, beside
-//! kube-lease-manager (in this process) and kube-leader-election, kube-coordinate and
-//! kubert (in a process of their own, see `benches/peers`), with the same server, the
-//! same timings, and requests counted at the server per user.
+//! kube-lease-manager (in this process) and kube-leader-election, kube-coordinate,
+//! kubert and kunobi-ha (in a process of their own, see `benches/peers`), with the same
+//! server, the same timings, and requests counted at the server per user.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -28,6 +28,7 @@ pub const KLE: &str = "kube-leader-election 0.44";
 pub const KLM: &str = "kube-lease-manager 0.13";
 pub const KC: &str = "kube-coordinate 2.0.0-rc.0";
 pub const KUBERT: &str = "kubert 0.25 (lease)";
+pub const KUNOBI: &str = "kunobi-ha 0.6.1 (leader)";
 
 /// A peer in the peer program: its name there (and the prefix of its users) and its
 /// name in the tables.
@@ -49,8 +50,12 @@ pub const PEER_KUBERT: Peer = Peer {
     arg: "kubert",
     label: KUBERT,
 };
+pub const PEER_KUNOBI: Peer = Peer {
+    arg: "kunobi-ha",
+    label: KUNOBI,
+};
 /// The peers the peer program runs.
-pub const PROGRAM_PEERS: [Peer; 3] = [PEER_KLE, PEER_KC, PEER_KUBERT];
+pub const PROGRAM_PEERS: [Peer; 4] = [PEER_KLE, PEER_KC, PEER_KUBERT, PEER_KUNOBI];
 
 /// What kube-lease-manager's handover row must say, read from its source.
 pub const KLM_HANDOVER: &str = "releases, but its standby learns of it only when the lease it last read expires: it sleeps until then (src/manager.rs, `watcher_step`)";
@@ -64,6 +69,14 @@ pub fn handover_note(p: Peer) -> Option<&'static str> {
     }
 }
 
+/// What a program peer's crash failover row must say, read from its source.
+pub fn crash_note(p: Peer) -> Option<&'static str> {
+    match p.arg {
+        "kunobi-ha" => Some("can take over before the lease ran out since the last renewal (a negative sample): it writes renewTime in whole seconds (`chrono_to_timestamp`, `Timestamp::from_second`), and its standby takes the Lease once its wall clock passes renewTime + leaseDurationSeconds (src/leader.rs, `try_acquire`), up to 1 s early"),
+        _ => None,
+    }
+}
+
 /// What a renewal of a program peer is, and how it is timed.
 pub fn renew_description(p: Peer) -> (&'static str, &'static str) {
     match p.arg {
@@ -72,6 +85,10 @@ pub fn renew_description(p: Peer) -> (&'static str, &'static str) {
             "30 leaders renewing every 1.5 s (its renew deadline, on its own timer), the same rate; timed in its client, PATCH sent to answered",
         ),
         "kubert" => ("strategic merge PATCH (`ensure_claimed`)", ""),
+        "kunobi-ha" => (
+            "GET, then PUT",
+            "20 leaders renewing every 1 s (its retry period, on its own timer), the same rate; timed in its client, GET sent to PUT answered",
+        ),
         _ => ("GET, then PATCH", ""),
     }
 }
@@ -229,7 +246,7 @@ pub async fn klm_renewals(
     Ok((samples, leaders))
 }
 
-// ---- kube-leader-election, kube-coordinate and kubert, in the peer program ---------
+// ---- kube-leader-election, kube-coordinate, kubert and kunobi-ha, in the peer program
 
 /// Builds the peer program (`benches/peers`, a package of its own) and returns its path.
 pub fn build_peers() -> Result<PathBuf, String> {

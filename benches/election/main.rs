@@ -318,6 +318,8 @@ struct Contender {
     parallel: Option<usize>,
     /// What the handover row must say of the library, read from its source.
     handover_note: Option<&'static str>,
+    /// What the crash failover row must say of the library, read from its source.
+    crash_note: Option<&'static str>,
 }
 
 impl Contender {
@@ -329,6 +331,7 @@ impl Contender {
             runner: Runner::InProcess(Arc::new(lib)),
             parallel: None,
             handover_note: None,
+            crash_note: None,
         }
     }
 
@@ -340,6 +343,7 @@ impl Contender {
             runner,
             parallel: None,
             handover_note: None,
+            crash_note: None,
         }
     }
 }
@@ -467,6 +471,7 @@ impl Env {
                 };
                 v.push(Contender {
                     handover_note: k8s::handover_note(p),
+                    crash_note: k8s::crash_note(p),
                     ..Contender::peer(KUBE, p.label, runner)
                 });
             }
@@ -638,7 +643,7 @@ async fn run(plan: Plan) -> String {
             }
             let starts = Outcome::of(starts);
             handover.add(&c.backend, &c.library, c.ours, h, c.handover_note);
-            crash.add(&c.backend, &c.library, c.ours, f, None);
+            crash.add(&c.backend, &c.library, c.ours, f, c.crash_note);
             cold.add(&c.backend, &c.library, c.ours, starts, None);
         }
         out.push_str(&handover.render());
