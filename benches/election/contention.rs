@@ -353,6 +353,11 @@ fn specs(env: &Env) -> (Vec<Spec>, Vec<String>) {
         token: None,
         launch: Launch::Role("kube-lease-manager".into()),
     });
+    specs.push(Spec {
+        library: crate::k8s_controller::LABEL.into(),
+        token: None,
+        launch: Launch::Role(crate::k8s_controller::ARG.into()),
+    });
     let peers = [
         (
             PEER_KLE,
@@ -532,6 +537,12 @@ pub fn child(spec: ReplicaSpec) -> Result<(), String> {
             "leaderelection" => ours(client, &election, &identity, shutdown).await,
             "kube-lease-manager" => {
                 kube_lease_manager(client, &election, &identity, shutdown).await
+            }
+            crate::k8s_controller::ARG => {
+                crate::k8s_controller::contend(
+                    client, &election, &identity, TIMINGS, ACT_EVERY, shutdown,
+                )
+                .await
             }
             other => Err(format!("unknown library {other:?}")),
         }

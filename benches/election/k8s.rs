@@ -1,7 +1,8 @@
 //! The Kubernetes side: our Lease lock against the crate's API test server, beside
-//! kube-lease-manager (in this process) and kube-leader-election, kube-coordinate,
-//! kubert and kunobi-ha (in a process of their own, see `benches/peers`), with the same
-//! server, the same timings, and requests counted at the server per user.
+//! kube-lease-manager and k8s-controller (in this process, see `k8s_controller.rs` for
+//! the latter) and kube-leader-election, kube-coordinate, kubert and kunobi-ha (in a
+//! process of their own, see `benches/peers`), with the same server, the same timings,
+//! and requests counted at the server per user.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -106,9 +107,13 @@ pub fn token_of(user: &str) -> String {
 
 pub async fn start_server() -> Result<ApiServer, String> {
     let mut options = ApiServerOptions::new();
-    let libs = ["leaderelection", "kube-lease-manager"]
-        .into_iter()
-        .chain(PROGRAM_PEERS.iter().map(|p| p.arg));
+    let libs = [
+        "leaderelection",
+        "kube-lease-manager",
+        crate::k8s_controller::ARG,
+    ]
+    .into_iter()
+    .chain(PROGRAM_PEERS.iter().map(|p| p.arg));
     for lib in libs {
         for user in load_users(lib) {
             options = options.token(token_of(&user), User::admin(user.clone()));

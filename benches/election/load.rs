@@ -277,6 +277,32 @@ async fn kube_entries(
         error,
     });
 
+    // k8s-controller, in this process.
+    let users = k8s::load_users(crate::k8s_controller::ARG);
+    let mut replicas = Vec::new();
+    let mut error = None;
+    for (i, user) in users.iter().enumerate() {
+        let lib = crate::k8s_controller::K8sController::new(
+            server.config_with_token(&k8s::token_of(user)),
+            timings,
+        );
+        match start_one(&lib, "load-kctl", i).await {
+            Ok(r) => replicas.push(r),
+            Err(e) => {
+                error = Some(e);
+                break;
+            }
+        }
+    }
+    stops.push(stop_later(replicas));
+    entries.push(Entry {
+        backend: crate::KUBE,
+        library: crate::k8s_controller::LABEL.into(),
+        ours: false,
+        counts: counts_of(users),
+        error,
+    });
+
     // The others, in the peer program.
     for p in k8s::PROGRAM_PEERS {
         let users = k8s::load_users(p.arg);

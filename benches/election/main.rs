@@ -19,6 +19,7 @@ mod contention;
 mod etcd;
 mod grpc;
 mod k8s;
+mod k8s_controller;
 mod load;
 mod ours;
 mod procstat;
@@ -464,6 +465,18 @@ impl Env {
                     ))),
                 )
             });
+            v.push(Contender {
+                handover_note: Some(k8s_controller::HANDOVER),
+                crash_note: Some(k8s_controller::CRASH),
+                ..Contender::peer(
+                    KUBE,
+                    k8s_controller::LABEL,
+                    Runner::InProcess(Arc::new(k8s_controller::K8sController::new(
+                        k.server.config(),
+                        timings,
+                    ))),
+                )
+            });
             for p in k8s::PROGRAM_PEERS {
                 let runner = match &k.peers {
                     Ok(bin) => Runner::Peer(bin.clone(), p),
@@ -745,6 +758,19 @@ async fn renew_section(plan: &Plan, env: &Env) -> String {
                     ),
                 ),
                 Err(e) => row(k8s::KLM, &Samples::new(), None, format!("failed: {e}")),
+            }
+            let config = k.server.config();
+            match k8s_controller::renewals(config, period, plan.renew_window, "renew-kctl").await {
+                Ok((s, leaders)) => row(
+                    &format!("{}: GET, then PUT", k8s_controller::LABEL),
+                    &s,
+                    ours.as_ref(),
+                    format!(
+                        "{leaders} leaders renewing every {:?} on its own timer (the same rate); timed in its client, GET sent to PUT answered",
+                        Timings::SHORT.retry
+                    ),
+                ),
+                Err(e) => row(k8s_controller::LABEL, &Samples::new(), None, format!("failed: {e}")),
             }
             for p in k8s::PROGRAM_PEERS {
                 let (what, note) = k8s::renew_description(p);
