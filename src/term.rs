@@ -127,8 +127,10 @@ impl Core {
     {
         async {
             info!(on = %on, "starting leader election");
-            while let Some(elected) = campaign().await {
-                let outcome = self.lead(elected, shutdown, on_started_leading).await;
+            // Boxed, each only while it runs: inline, the loop's future is as large as
+            // the larger of the two all the time (about 1.9 KiB), in every election.
+            while let Some(elected) = Box::pin(campaign()).await {
+                let outcome = Box::pin(self.lead(elected, shutdown, on_started_leading)).await;
                 if matches!(outcome, Outcome::Shutdown) || !self.config.recampaign {
                     break;
                 }
