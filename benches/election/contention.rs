@@ -431,6 +431,7 @@ pub async fn section(plan: &Plan, env: &Env) -> String {
         "notes",
     ]);
     let slow_secs = (schedule.slow.1 - schedule.slow.0).as_secs_f64();
+    let mut reports = Vec::new();
     for g in &groups {
         let r = g.checker.report();
         let a = &g.applied;
@@ -470,13 +471,25 @@ pub async fn section(plan: &Plan, env: &Env) -> String {
             format!("{:.1} %", r.leader_share() * 100.0),
             notes(g, &r),
         ]);
+        reports.push((g.spec.library.clone(), r));
     }
+    let heading = title.trim_start_matches("### ").trim_end().to_owned();
     let mut out = title;
     out.push_str(&format!(
         "Each replica is a process of its own; its work prints a line every {ACT_EVERY:?} while it believes it leads, stamped on arrival by one checker per library (the fault suite's). Schedule: {}.\n\n",
         schedule.describe()
     ));
     out.push_str(&t.render());
+    let seed = format!(
+        "seed {}, {:.0} s",
+        schedule.seed,
+        schedule.window.as_secs_f64()
+    );
+    let picture = crate::plot::contention(&plan.plots, &heading, &seed, REPLICAS, &reports);
+    if !picture.is_empty() {
+        out.push('\n');
+        out.push_str(&picture);
+    }
     for m in missing {
         out.push_str(&format!("\nNot run: {m}\n"));
     }

@@ -10,6 +10,7 @@
 //! cargo bench -p leaderelection-bench --bench election -- --only scale  # one section
 //! cargo bench -p leaderelection-bench --bench election -- --only failover --backends file
 //! cargo bench -p leaderelection-bench --bench election -- --only contention --seed 7
+//! cargo bench -p leaderelection-bench --bench election -- --plots target/plots
 //! ```
 //!
 //! Without `--bench` (as `cargo test --all-targets` runs it) it prints how to run it and
@@ -22,6 +23,7 @@ mod k8s;
 mod k8s_controller;
 mod load;
 mod ours;
+mod plot;
 mod procstat;
 mod scale;
 mod sharded;
@@ -52,6 +54,8 @@ pub(crate) struct Plan {
     /// The contention section's run, and the seed of its random disturbances.
     pub contention_window: Duration,
     pub seed: u64,
+    /// Where the pictures go (`--plots DIR`).
+    pub plots: std::path::PathBuf,
 }
 
 const SECTIONS: [&str; 6] = [
@@ -77,6 +81,7 @@ impl Plan {
             load_window: Duration::from_secs(60),
             contention_window: Duration::from_secs(100),
             seed: 2026,
+            plots: plot::default_dir(),
         };
         let mut it = args.iter();
         while let Some(a) = it.next() {
@@ -133,6 +138,10 @@ impl Plan {
                         .next()
                         .and_then(|v| v.parse().ok())
                         .ok_or("--seed needs a number")?;
+                }
+                "--plots" => {
+                    let dir = it.next().ok_or("--plots needs a directory")?;
+                    plan.plots = plot::resolve(dir);
                 }
                 "--scale-secs" => {
                     let secs: f64 = it
@@ -661,8 +670,10 @@ async fn run(plan: Plan) -> String {
         }
         out.push_str(&handover.render());
         out.push('\n');
+        out.push_str(&plot::figure(&plan.plots, "handover", &handover));
         out.push_str(&crash.render());
         out.push('\n');
+        out.push_str(&plot::figure(&plan.plots, "crash", &crash));
         out.push_str(&cold.render());
         out.push('\n');
     }
