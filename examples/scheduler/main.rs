@@ -615,7 +615,10 @@ async fn kube_lock(kind: LockKind, opts: &Options) -> Result<Box<dyn LeaseLock>,
 #[cfg(feature = "kube")]
 async fn kube_client(opts: &Options) -> Result<kube::Client, SetupError> {
     static CLIENT: tokio::sync::OnceCell<kube::Client> = tokio::sync::OnceCell::const_new();
-    CLIENT.get_or_try_init(|| new_kube_client(opts)).await.cloned()
+    CLIENT
+        .get_or_try_init(|| new_kube_client(opts))
+        .await
+        .cloned()
 }
 
 #[cfg(feature = "kube")]
