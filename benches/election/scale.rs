@@ -47,10 +47,10 @@ pub const ROLE: &str = "scale";
 /// What the measured process holds, and for how long.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ScaleSpec {
-    backend: String,
-    k: usize,
-    warmup: Duration,
-    window: Duration,
+    pub backend: String,
+    pub k: usize,
+    pub warmup: Duration,
+    pub window: Duration,
 }
 
 /// Runs the child for `backend` with `k` elections and reads its result.
