@@ -1,5 +1,5 @@
-//! Dropping a file lock's watch stops its watcher: no inotify descriptor or thread is
-//! left behind. A test binary of its own, so that no other test opens descriptors or
+//! The watches of a process share one watcher per directory, and dropping the last of
+//! them stops it: no inotify descriptor or thread is left behind. A test binary of its own, so that no other test opens descriptors or
 //! threads while this one counts them.
 #![cfg(all(feature = "file", target_os = "linux"))]
 
@@ -54,10 +54,11 @@ async fn dropped_watches_leave_no_descriptor_or_thread() {
             watches.push(watch);
         }
         let (_, inotify_open) = descriptors();
-        assert!(
-            inotify_open >= inotify_before + WATCHES,
-            "round {round}: {WATCHES} open watches should hold {WATCHES} inotify instances, \
-             found {inotify_open} (from {inotify_before})"
+        assert_eq!(
+            (inotify_open, watcher_threads()),
+            (inotify_before + 1, threads_before + 1),
+            "round {round}: {WATCHES} open watches of one directory should share one \
+             inotify instance and one thread"
         );
         drop(watches);
 
