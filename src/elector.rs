@@ -665,14 +665,12 @@ async fn by<T>(
     deadline: Instant,
     fut: impl Future<Output = Result<T, LockError>>,
 ) -> Result<T, Renewal> {
-    let (limit, waited) = match Instant::now() + config.request_timeout() {
-        by_request if by_request < deadline => (by_request, config.request_timeout()),
-        _ => (deadline, config.renew_deadline),
-    };
+    let start = Instant::now();
+    let limit = deadline.min(start + config.request_timeout());
     match timeout_at(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(Renewal::Failed(e)),
-        Err(_) => Err(Renewal::Failed(LockError::Timeout(waited))),
+        Err(_) => Err(Renewal::Failed(LockError::Timeout(limit - start))),
     }
 }
 
