@@ -5,7 +5,10 @@
 //! of the cluster, not from what a previous term left), hands the reconcilers the
 //! term's [`Leadership`] with the context, and shuts the controller down gracefully
 //! when leadership ends: no reconcile starts after that, the running ones finish, and
-//! only then may the elector release the lease or campaign again. A reconcile that
+//! only then may the elector release the lease or campaign again. Leadership ends for
+//! the controller when it is lost or at the instant [`Leadership::valid_until`] passes
+//! unrenewed, whichever is first: a busy runtime may run the elector's task, which
+//! cancels the term, a while later. A reconcile that
 //! does not finish is aborted with the term's work before another replica may lead
 //! (see [`LeaderElector::run`]).
 
@@ -14,7 +17,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::sync::Arc;
 
-use futures::{future, Stream, StreamExt, TryFuture};
+use futures::{future, Stream, StreamExt, TryFuture, TryFutureExt};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::{Api, Resource};
@@ -226,9 +229,9 @@ where
     RecFut::Error: std::error::Error + Send + 'static,
     Policy: Fn(Arc<K>, &RecFut::Error, Arc<Leading<Ctx>>) -> Action + Send + Sync + 'static,
 {
-    let stop = leading.leadership.token();
-    let stream = controller.graceful_shutdown_on(stop.cancelled_owned()).run(
-        reconcile,
+    let ends = invalid(leading.leadership.clone());
+    let stream = controller.graceful_shutdown_on(ends).run(
+        guarded(reconcile),
         error_policy,
         Arc::new(leading),
     );
@@ -241,6 +244,47 @@ where
             })
             .await;
         debug!("the controller stopped with the term");
+    }
+}
+
+/// A reconcile, or its skipped stand-in.
+type Guarded<F> = future::Either<
+    futures::future::IntoFuture<F>,
+    future::Ready<Result<Action, <F as TryFuture>::Error>>,
+>;
+
+/// `reconcile`, skipped once its term is no longer valid. The controller is shutting
+/// down then, but kube-runtime may still start a reconcile it had already scheduled.
+fn guarded<K, Ctx, Rec, RecFut>(
+    mut reconcile: Rec,
+) -> impl FnMut(Arc<K>, Arc<Leading<Ctx>>) -> Guarded<RecFut>
+where
+    Rec: FnMut(Arc<K>, Arc<Leading<Ctx>>) -> RecFut,
+    RecFut: TryFuture<Ok = Action>,
+{
+    move |object, leading| {
+        if leading.leadership.is_valid() {
+            future::Either::Left(reconcile(object, leading).into_future())
+        } else {
+            future::Either::Right(future::ready(Ok(Action::await_change())))
+        }
+    }
+}
+
+/// Completes when `leadership` stops being valid: when it is lost, or when
+/// `valid_until` passes unrenewed. The elector cancels the term then too, but only
+/// once its task runs; the controller must not wait for that.
+async fn invalid(leadership: Leadership) {
+    loop {
+        let until = leadership.valid_until();
+        tokio::select! {
+            () = leadership.lost() => return,
+            () = tokio::time::sleep_until(until) => {
+                if leadership.valid_until() <= until {
+                    return;
+                }
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +16,9 @@ use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::watcher;
 use leaderelection::controller::{run_controller, Leading};
 use leaderelection::lock::kube::KubeLeaseLock;
-use leaderelection::LeaderElector;
+use leaderelection::{
+    LeaderElectionRecord, LeaderElector, LeaseLock, LockError, Version, Versioned, WatchStream,
+};
 use leaderelection_testkit::apiserver::ApiServer;
 use leaderelection_testkit::checker::{Checker, Interval};
 use leaderelection_testkit::faults::{Faults, FaultyLock};
@@ -115,15 +117,19 @@ fn keep_creating(server: &ApiServer, every: Duration) -> JoinHandle<()> {
 
 struct Member {
     shutdown: CancellationToken,
-    faults: Faults,
     run: JoinHandle<()>,
     elector: LeaderElector,
 }
 
-fn start(server: &ApiServer, judges: &Judges, id: &str) -> Member {
-    let client = server.client();
-    let lock = FaultyLock::new(KubeLeaseLock::new(client.clone(), NS, "controller"));
+/// The Lease lock of these tests, with faults to inject.
+fn faulty_lock(server: &ApiServer) -> (FaultyLock<KubeLeaseLock>, Faults) {
+    let lock = FaultyLock::new(KubeLeaseLock::new(server.client(), NS, "controller"));
     let faults = lock.faults();
+    (lock, faults)
+}
+
+fn start(server: &ApiServer, judges: &Judges, id: &str, lock: impl LeaseLock + 'static) -> Member {
+    let client = server.client();
     let elector =
         LeaderElector::new(lock, Timing::short().config("controller", id)).expect("a valid config");
     let shutdown = CancellationToken::new();
@@ -151,7 +157,6 @@ fn start(server: &ApiServer, judges: &Judges, id: &str) -> Member {
     });
     Member {
         shutdown,
-        faults,
         run,
         elector,
     }
@@ -174,17 +179,18 @@ async fn no_reconcile_runs_outside_a_term() {
     let server = ApiServer::start().await.expect("start the API test server");
     let judges: Judges = vec![Arc::default()];
     let creating = keep_creating(&server, Duration::from_millis(50));
-    let a = start(&server, &judges, "a");
+    let (lock, a_faults) = faulty_lock(&server);
+    let a = start(&server, &judges, "a", lock);
     wait_leading(&a).await;
-    let b = start(&server, &judges, "b");
+    let b = start(&server, &judges, "b", faulty_lock(&server).0);
     sleep(Duration::from_secs(2)).await;
 
-    a.faults.set_unavailable(true);
+    a_faults.set_unavailable(true);
     wait_leading(&b).await;
     sleep(Duration::from_secs(2)).await;
     b.shutdown.cancel();
     b.run.await.unwrap();
-    a.faults.set_unavailable(false);
+    a_faults.set_unavailable(false);
     wait_leading(&a).await;
     sleep(Duration::from_secs(2)).await;
     a.shutdown.cancel();
@@ -201,6 +207,85 @@ async fn no_reconcile_runs_outside_a_term() {
     assert_judged(&judges);
 }
 
+/// A lock whose next call, once `stall` is set, holds its thread for `STALL` and then
+/// fails: as when a blocking call elsewhere holds the worker thread the elector's task
+/// waits on. The term's validity runs out before the elector can end it.
+#[derive(Debug)]
+struct StallingLock {
+    inner: KubeLeaseLock,
+    stall: Arc<AtomicBool>,
+}
+
+const STALL: Duration = Duration::from_secs(3);
+
+impl StallingLock {
+    fn enter(&self) -> Result<(), LockError> {
+        if !self.stall.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        std::thread::sleep(STALL);
+        Err(LockError::Unavailable {
+            backend: "kubernetes",
+            source: "stalled".into(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaseLock for StallingLock {
+    async fn get(&self) -> Result<Option<Versioned>, LockError> {
+        self.enter()?;
+        self.inner.get().await
+    }
+
+    async fn create(&self, record: &LeaderElectionRecord) -> Result<Version, LockError> {
+        self.enter()?;
+        self.inner.create(record).await
+    }
+
+    async fn update(
+        &self,
+        record: &LeaderElectionRecord,
+        expected: &Version,
+    ) -> Result<Version, LockError> {
+        self.enter()?;
+        self.inner.update(record, expected).await
+    }
+
+    fn watch(&self) -> Option<WatchStream> {
+        self.inner.watch()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+/// The elector's thread is held past the term's validity, so the term is cancelled
+/// late; objects keep arriving meanwhile. The controller must stop starting
+/// reconciles when the validity ends, not when the elector gets round to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn no_reconcile_begins_past_the_validity_while_the_elector_is_held_up() {
+    let server = ApiServer::start().await.expect("start the API test server");
+    let judges: Judges = vec![Arc::default()];
+    let creating = keep_creating(&server, Duration::from_millis(20));
+    let stall = Arc::new(AtomicBool::new(false));
+    let lock = StallingLock {
+        inner: KubeLeaseLock::new(server.client(), NS, "controller"),
+        stall: stall.clone(),
+    };
+    let a = start(&server, &judges, "a", lock);
+    wait_leading(&a).await;
+    sleep(Duration::from_secs(1)).await;
+    stall.store(true, Ordering::SeqCst);
+    sleep(STALL + Duration::from_secs(1)).await;
+    assert!(!stall.load(Ordering::SeqCst), "the lock was never called");
+    a.shutdown.cancel();
+    a.run.await.unwrap();
+    creating.abort();
+    assert_judged(&judges);
+}
+
 /// Two sharded replicas, four shards, each shard's controller built on the shard's
 /// objects only (`shard_events`): every reconcile is of an object in its term's
 /// range, none begins outside its term, and each shard's terms are judged apart. One
@@ -209,7 +294,7 @@ async fn no_reconcile_runs_outside_a_term() {
 async fn a_controller_per_owned_shard_sees_only_its_range() {
     use kube::runtime::{reflector, WatchStreamExt};
     use leaderelection::controller::{run_sharded_controller, shard_events};
-    use leaderelection::{LeaseLock, ShardedElector};
+    use leaderelection::ShardedElector;
 
     const SHARDS: u32 = 4;
     let server = ApiServer::start().await.expect("start the API test server");
