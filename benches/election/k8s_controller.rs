@@ -4,12 +4,9 @@
 //! a loop that rejoins the election when leadership is lost (the crate documentation's
 //! controller loop), and on shutdown the `with_lease` future dropped, then `release`.
 //! It renews on its own (GET, then PUT, every retry period) with no renewal hook: its
-//! client records its requests, and a renewal is its PUT answered.
+//! client records its requests (`ClientLog`), and a renewal is its PUT answered.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -19,7 +16,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use crate::k8s::NAMESPACE;
-use leaderelection_bench_driver::client_log::{ClientLog, Sent};
+use leaderelection_bench_driver::client_log::{renewals_of_leaders_as, ClientLog};
 use leaderelection_bench_driver::scenario::{LastRenewal, Library, Replica, Timings};
 use leaderelection_bench_driver::stats::Samples;
 
@@ -34,6 +31,9 @@ pub const HANDOVER: &str = "releases (`release`: holderIdentity cleared), and it
 
 /// What its crash failover row must say, read from its source.
 pub const CRASH: &str = "its standby counts the lease from when one of its polls (every 1 to 1.5 retry periods) first saw the last renewal, not from renewTime, and takes the Lease at its first poll after that (src/leader_election.rs, `try_acquire`)";
+
+/// A renewal, as its client sees it: a GET, then the PUT that writes the Lease back.
+const RENEWAL: &[http::Method] = &[http::Method::GET, http::Method::PUT];
 
 /// A `LeaderElection` at `t`, the lease duration taken whole seconds as the crate does.
 pub fn election(
@@ -67,18 +67,12 @@ impl K8sController {
 
     /// A client that records its requests, and the instant its last PUT was answered.
     fn client(&self) -> Result<(kube::Client, LastRenewal), String> {
-        let log = ClientLog::default();
-        let last_put = LastRenewal::default();
+        let log = ClientLog::kept_in(&self.logs);
         let client = kube::client::ClientBuilder::try_from(self.config.clone())
             .map_err(|e| e.to_string())?
             .with_layer(&log.layer())
-            .with_layer(&PutStamp(last_put.clone()))
             .build();
-        self.logs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(log);
-        Ok((client, last_put))
+        Ok((client, log.last_put))
     }
 }
 
@@ -148,99 +142,13 @@ pub async fn renewals(
     let t = Timings::SHORT;
     let lib = K8sController::new(config, t);
     let leaders = (t.retry.as_millis() / period.as_millis()).max(1) as usize;
-    let mut replicas = Vec::new();
-    for i in 0..leaders {
-        let mut r = lib.start(format!("{prefix}-{i}"), "renewer".into()).await?;
-        if r.wait_leading(Duration::from_secs(30)).await.is_none() {
-            return Err(format!("leader {i} did not lead within 30 s"));
-        }
-        replicas.push(r);
-    }
-    // Past the acquisitions' own writes.
-    tokio::time::sleep(t.retry).await;
-    let since = Instant::now();
-    tokio::time::sleep(window).await;
-    let logs: Vec<ClientLog> = lib.logs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let found =
+        renewals_of_leaders_as(&lib, &lib.logs, prefix, leaders, RENEWAL, t.retry, window).await?;
     let mut samples = Samples::new();
-    for log in &logs {
-        let sent: Vec<Sent> = log
-            .since(since)
-            .into_iter()
-            .filter(|s| s.end <= since + window)
-            .collect();
-        for s in get_then_put(&sent) {
-            samples.push_secs(s);
-        }
-    }
-    for r in replicas {
-        (r.crash)();
+    for s in found {
+        samples.push_secs(s);
     }
     Ok((samples, leaders))
-}
-
-/// Durations of GET-then-PUT renewals in a log: each successful PUT right after a
-/// successful GET, from the GET sent to the PUT answered.
-fn get_then_put(sent: &[Sent]) -> Vec<f64> {
-    sent.windows(2)
-        .filter(|w| {
-            w[0].method == http::Method::GET
-                && w[1].method == http::Method::PUT
-                && w[0].ok
-                && w[1].ok
-        })
-        .map(|w| w[1].end.saturating_duration_since(w[0].start).as_secs_f64())
-        .collect()
-}
-
-/// A tower layer that stamps when a PUT was last answered 2xx: the renewal hook of a
-/// peer that renews with a PUT ([`ClientLog`] stamps PATCHes).
-#[derive(Clone)]
-struct PutStamp(LastRenewal);
-
-impl<S> tower::Layer<S> for PutStamp {
-    type Service = PutStamped<S>;
-
-    fn layer(&self, inner: S) -> PutStamped<S> {
-        PutStamped {
-            inner,
-            last: self.0.clone(),
-        }
-    }
-}
-
-/// The service [`PutStamp`] wraps.
-struct PutStamped<S> {
-    inner: S,
-    last: LastRenewal,
-}
-
-type Answer<R, E> = Pin<Box<dyn Future<Output = Result<http::Response<R>, E>> + Send>>;
-
-impl<S, B, R> tower::Service<http::Request<B>> for PutStamped<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<R>>,
-    S::Future: Send + 'static,
-{
-    type Response = http::Response<R>;
-    type Error = S::Error;
-    type Future = Answer<R, S::Error>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let put = req.method() == http::Method::PUT;
-        let last = self.last.clone();
-        let answer = self.inner.call(req);
-        Box::pin(async move {
-            let res = answer.await;
-            if put && matches!(&res, Ok(r) if r.status().is_success()) {
-                *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
-            }
-            res
-        })
-    }
 }
 
 // ---- one replica of the contention section, in a child process ---------------------

@@ -1,7 +1,7 @@
 //! A tower layer for a Kubernetes client that records each request it sends and when
 //! its answer came: the hook for peers that expose no renewal of their own (when the
-//! leader's last renewal was answered, how long a renewal took). Shared with
-//! `benches/peers`, so it names no kube version: any client whose
+//! leader's last renewal was answered, how long a renewal took). Shared by the
+//! benchmark and `benches/peers`, so it names no kube version: any client whose
 //! service speaks `http` 1 takes it (`ClientBuilder::with_layer`).
 
 use std::future::Future;
@@ -32,14 +32,27 @@ pub struct Sent {
 #[derive(Clone, Debug, Default)]
 pub struct ClientLog {
     sent: Arc<Mutex<Vec<Sent>>>,
-    /// When the last successful PATCH was answered: the peers here renew with a PATCH.
+    /// When the last successful PATCH was answered: the renewal of the peers that
+    /// renew with a PATCH.
     pub last_patch: LastRenewal,
+    /// When the last successful PUT was answered: the renewal of the peers that read
+    /// the Lease, then write it back whole.
+    pub last_put: LastRenewal,
 }
 
 impl ClientLog {
     /// The layer to add to a client (`ClientBuilder::with_layer`) that records into this log.
     pub fn layer(&self) -> RecordLayer {
         RecordLayer(self.clone())
+    }
+
+    /// A new log, kept in `logs` for reading once the client is gone.
+    pub fn kept_in(logs: &Mutex<Vec<ClientLog>>) -> Self {
+        let log = Self::default();
+        logs.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(log.clone());
+        log
     }
 
     /// The requests that started at or after `since`, in the order they ended.
@@ -54,8 +67,13 @@ impl ClientLog {
     }
 
     fn push(&self, sent: Sent) {
-        if sent.ok && sent.method == http::Method::PATCH {
-            *self.last_patch.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent.end);
+        let last = match sent.method {
+            http::Method::PATCH => Some(&self.last_patch),
+            http::Method::PUT => Some(&self.last_put),
+            _ => None,
+        };
+        if let Some(last) = last.filter(|_| sent.ok) {
+            *last.lock().unwrap_or_else(|e| e.into_inner()) = Some(sent.end);
         }
         self.sent
             .lock()
@@ -64,33 +82,27 @@ impl ClientLog {
     }
 }
 
-/// Durations of renewals in a log: each successful PATCH, through the answer of the
-/// `then` requests that follow it (a peer that reads the Lease back after renewing).
-pub fn renewals(sent: &[Sent], then: &[http::Method]) -> Vec<f64> {
-    let mut out = Vec::new();
-    for (i, s) in sent.iter().enumerate() {
-        if s.method != http::Method::PATCH || !s.ok {
-            continue;
-        }
-        let follow = &sent[i + 1..];
-        if follow.len() < then.len()
-            || follow
-                .iter()
-                .zip(then)
-                .any(|(f, m)| f.method != *m || !f.ok)
-        {
-            continue;
-        }
-        let end = follow[..then.len()].last().map_or(s.end, |f| f.end);
-        out.push(end.saturating_duration_since(s.start).as_secs_f64());
+/// Durations of renewals in a log: each run of successful requests, one after the
+/// other, whose methods are those of `renewal` in order, from the first one sent to the
+/// last one answered.
+pub fn runs(sent: &[Sent], renewal: &[http::Method]) -> Vec<f64> {
+    if renewal.is_empty() {
+        return Vec::new();
     }
-    out
+    sent.windows(renewal.len())
+        .filter(|w| w.iter().zip(renewal).all(|(s, m)| s.ok && s.method == *m))
+        .map(|w| {
+            let (first, last) = (&w[0], &w[w.len() - 1]);
+            last.end
+                .saturating_duration_since(first.start)
+                .as_secs_f64()
+        })
+        .collect()
 }
 
-/// Renewals of a peer that renews on its own timer: starts `leaders` leaders of
-/// elections of their own, lets them settle for `settle`, then returns the renewals
-/// their clients (each logged into `logs` by `lib`) timed over `window`, as
-/// [`renewals`] reads them.
+/// [`renewals_of_leaders_as`] for a peer that renews with a PATCH: each successful
+/// PATCH, through the answer of the `then` requests that follow it (a peer that reads
+/// the Lease back after renewing).
 pub async fn renewals_of_leaders(
     lib: &dyn Library,
     logs: &Mutex<Vec<ClientLog>>,
@@ -99,6 +111,25 @@ pub async fn renewals_of_leaders(
     settle: Duration,
     window: Duration,
     then: &[http::Method],
+) -> Result<Vec<f64>, String> {
+    let renewal: Vec<_> = std::iter::once(http::Method::PATCH)
+        .chain(then.iter().cloned())
+        .collect();
+    renewals_of_leaders_as(lib, logs, prefix, leaders, &renewal, settle, window).await
+}
+
+/// Renewals of a peer that renews on its own timer: starts `leaders` leaders of
+/// elections of their own, lets them settle for `settle`, then returns the renewals
+/// their clients (each logged into `logs` by `lib`) timed over `window`, each a run of
+/// the requests `renewal` as [`runs`] reads them.
+pub async fn renewals_of_leaders_as(
+    lib: &dyn Library,
+    logs: &Mutex<Vec<ClientLog>>,
+    prefix: &str,
+    leaders: usize,
+    renewal: &[http::Method],
+    settle: Duration,
+    window: Duration,
 ) -> Result<Vec<f64>, String> {
     let mut replicas = Vec::new();
     for i in 0..leaders {
@@ -120,7 +151,7 @@ pub async fn renewals_of_leaders(
             .into_iter()
             .filter(|s| s.end <= since + window)
             .collect();
-        samples.extend(renewals(&sent, then));
+        samples.extend(runs(&sent, renewal));
     }
     for r in replicas {
         (r.crash)();

@@ -20,10 +20,12 @@ use std::io::Write as _;
 use std::pin::Pin;
 use std::time::Duration;
 
-use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
+use kube_leader_election::LeaseLockResult;
 use leaderelection_bench_driver::scenario::Timings;
 use tokio::io::AsyncReadExt;
 use tokio::sync::{oneshot, watch};
+
+use crate::common;
 
 /// How often a leader's work acts while it believes it leads.
 const ACT_EVERY: Duration = Duration::from_millis(100);
@@ -48,24 +50,11 @@ pub async fn run(args: &[String]) -> Result<(), String> {
         .map_err(|e| format!("bad server URL {url:?}: {e}"))?;
     let campaign = match peer.as_str() {
         "kube-leader-election" => {
-            let mut config = kube::Config::new(uri);
-            config.auth_info.token = Some(token.clone().into());
-            let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
-            kube_leader_election(client, election, identity)
+            kube_leader_election(common::kube4(uri, token, None)?, election, identity)
         }
-        "kube-coordinate" => {
-            let mut config = kube2::Config::new(uri);
-            config.auth_info.token = Some(token.clone().into());
-            let client = kube2::Client::try_from(config).map_err(|e| e.to_string())?;
-            kube_coordinate(client, election, identity)?
-        }
-        "kubert" => {
-            let mut config = kube_client_1::Config::new(uri);
-            config.auth_info.token = Some(token.clone().into());
-            let client = kube_client_1::Client::try_from(config).map_err(|e| e.to_string())?;
-            kubert(client, election, identity).await?
-        }
-        "kunobi-ha" => kunobi(crate::kunobi::client(url, token, None)?, election, identity),
+        "kube-coordinate" => kube_coordinate(common::kube2(uri, token, None)?, election, identity)?,
+        "kubert" => kubert(common::kube_client_1(uri, token, None)?, election, identity).await?,
+        "kunobi-ha" => kunobi(common::kube4(uri, token, None)?, election, identity),
         other => return Err(format!("unknown peer {other:?}")),
     };
     work(campaign.leading, campaign.may_act, identity).await;
@@ -113,15 +102,7 @@ fn publish(tx: &watch::Sender<Option<u64>>, token: Option<u64>) {
 /// takes the Lease from another holder, with a merge patch that carries no
 /// resourceVersion, so two candidates can take it at once with the same number.
 fn kube_leader_election(client: kube::Client, election: &str, identity: &str) -> Campaign {
-    let lock = LeaseLock::new(
-        client,
-        crate::NAMESPACE,
-        LeaseLockParams {
-            lease_name: election.to_owned(),
-            holder_id: identity.to_owned(),
-            lease_ttl: TIMINGS.lease,
-        },
-    );
+    let lock = crate::kle::lock(client, election, identity, TIMINGS.lease);
     let (tx, rx) = watch::channel(None);
     let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
@@ -158,14 +139,7 @@ fn kube_coordinate(
     election: &str,
     identity: &str,
 ) -> Result<Campaign, String> {
-    let config = kube_coordinate::Config::default()
-        .name(election)
-        .namespace(crate::NAMESPACE)
-        .identity(identity)
-        .manager("leaderelection-bench")
-        .lease_duration(TIMINGS.lease)
-        .renew_deadline(TIMINGS.renew)
-        .retry_period(TIMINGS.retry);
+    let config = crate::coordinate::config(election, identity, TIMINGS);
     let handle =
         kube_coordinate::LeaderElector::spawn(config, client).map_err(|e| e.to_string())?;
     let mut state = handle.state();
@@ -195,16 +169,9 @@ async fn kubert(
     identity: &str,
 ) -> Result<Campaign, String> {
     let api = kube_client_1::Api::namespaced(client, crate::NAMESPACE);
-    crate::kubert_lease::create_lease(&api, election).await?;
-    let manager = kubert::lease::LeaseManager::init(api, election)
-        .await
-        .map_err(|e| e.to_string())?;
-    let params = kubert::lease::ClaimParams {
-        lease_duration: TIMINGS.lease,
-        renew_grace_period: TIMINGS.lease.saturating_sub(TIMINGS.retry),
-    };
+    let manager = crate::kubert_lease::manager(api, election).await?;
     let (mut claims, manager_task) = manager
-        .spawn(identity.to_owned(), params)
+        .spawn(identity.to_owned(), crate::kubert_lease::params(TIMINGS))
         .await
         .map_err(|e| e.to_string())?;
     let (tx, rx) = watch::channel(None);
@@ -234,35 +201,16 @@ async fn kubert(
 /// kunobi-ha as its README says: `acquire().await` for a guard, `guard.lost()` watched
 /// beside the work, `guard.step_down()` to stop, and the election rejoined when
 /// leadership is lost; the work acts while its `LeaderState` says it leads (the handle
-/// its README gates readiness on). It exposes no token.
+/// its README gates readiness on). It exposes no token. The campaign is its handover
+/// and failover replicas' (`kunobi::campaign`).
 fn kunobi(client: kube::Client, election: &str, identity: &str) -> Campaign {
     let le = crate::kunobi::election(client, election, identity, TIMINGS);
     let state = le.state();
     let (tx, rx) = watch::channel(None);
-    let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        loop {
-            let mut guard = tokio::select! {
-                _ = &mut stop_rx => return,
-                acquired = le.acquire() => match acquired {
-                    Ok(guard) => guard,
-                    Err(e) => {
-                        eprintln!("kunobi-ha: acquire failed: {e}");
-                        return;
-                    }
-                },
-            };
-            publish(&tx, Some(0));
-            tokio::select! {
-                _ = &mut stop_rx => {
-                    publish(&tx, None);
-                    guard.step_down().await;
-                    return;
-                }
-                _ = guard.lost() => publish(&tx, None),
-            }
-        }
-    });
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(crate::kunobi::campaign(le, stop_rx, move |leads| {
+        publish(&tx, leads.then_some(0));
+    }));
     campaign(rx, Box::new(move || state.is_leader()), stop_tx, task)
 }
 

@@ -7,23 +7,26 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use kube_leader_election::{LeaseLock, LeaseLockParams, LeaseLockResult};
-use leaderelection_bench_driver::scenario::{Library, Replica, Timings};
+use leaderelection_bench_driver::scenario::{Library, Replica};
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
+use crate::common::{self, Setup};
 use crate::NAMESPACE;
 
-pub struct KubeLeaderElection {
-    pub url: String,
-    pub token: String,
-    pub timings: Timings,
-}
+pub struct KubeLeaderElection(pub Setup);
 
-fn client(url: &str, token: &str) -> Result<kube::Client, String> {
-    let uri = url.parse().map_err(|e| format!("bad server URL: {e}"))?;
-    let mut config = kube::Config::new(uri);
-    config.auth_info.token = Some(token.to_string().into());
-    kube::Client::try_from(config).map_err(|e| e.to_string())
+/// A `LeaseLock` on the Lease `election` for `identity`, held for `ttl`.
+pub fn lock(client: kube::Client, election: &str, identity: &str, ttl: Duration) -> LeaseLock {
+    LeaseLock::new(
+        client,
+        NAMESPACE,
+        LeaseLockParams {
+            lease_name: election.to_owned(),
+            holder_id: identity.to_owned(),
+            lease_ttl: ttl,
+        },
+    )
 }
 
 impl Library for KubeLeaderElection {
@@ -32,18 +35,10 @@ impl Library for KubeLeaderElection {
         election: String,
         identity: String,
     ) -> BoxFuture<'static, Result<Replica, String>> {
-        let client = client(&self.url, &self.token);
-        let timings = self.timings;
+        let client = self.0.client(common::kube4, None);
+        let timings = self.0.timings;
         async move {
-            let lock = LeaseLock::new(
-                client?,
-                NAMESPACE,
-                LeaseLockParams {
-                    lease_name: election,
-                    holder_id: identity,
-                    lease_ttl: timings.lease,
-                },
-            );
+            let lock = lock(client?, &election, &identity, timings.lease);
             Ok(spawn(lock, timings.retry))
         }
         .boxed()
@@ -70,7 +65,7 @@ fn spawn(lock: LeaseLock, every: Duration) -> Replica {
                         let now = Instant::now();
                         leading = true;
                         *last_renewal.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
-                        leading_tx.send_if_modified(|v| v.is_none() && v.replace(now).is_none());
+                        common::mark_leading(&leading_tx, now);
                     }
                     Ok(LeaseLockResult::NotAcquired(_)) => leading = false,
                     Err(_) => {}
@@ -81,55 +76,27 @@ fn spawn(lock: LeaseLock, every: Duration) -> Replica {
             }
         }
     });
-    let abort = task.abort_handle();
-    Replica {
-        leading,
-        last_renewal,
-        release: Some(Box::new(move || {
-            let _ = release_tx.send(());
-        })),
-        crash: Box::new(move || abort.abort()),
-        stopped: async move {
-            let _ = task.await;
-        }
-        .boxed(),
-    }
+    common::replica_of_task(leading, last_renewal, release_tx, task)
 }
 
-/// A lone leader's renewals (`try_acquire_or_renew` while leading) every `period`,
-/// timed around the call.
-pub async fn renewals(
-    url: &str,
-    token: &str,
-    prefix: &str,
-    window: Duration,
-    period: Duration,
-) -> Result<Vec<f64>, String> {
-    let lock = LeaseLock::new(
-        client(url, token)?,
-        NAMESPACE,
-        LeaseLockParams {
-            lease_name: prefix.to_string(),
-            holder_id: "renewer".into(),
-            lease_ttl: Duration::from_secs(1),
-        },
-    );
-    let mut samples = Vec::new();
-    let mut leading = false;
-    let end = Instant::now() + window;
-    let mut tick = tokio::time::interval(period);
-    while Instant::now() < end {
-        tick.tick().await;
-        let t0 = Instant::now();
-        let acquired = matches!(
-            lock.try_acquire_or_renew().await,
-            Ok(LeaseLockResult::Acquired(_))
+impl KubeLeaderElection {
+    /// A lone leader's renewals (`try_acquire_or_renew` while leading), timed around
+    /// the call.
+    pub async fn renewals(&self, prefix: &str, window: Duration) -> Result<Vec<f64>, String> {
+        let lock = lock(
+            self.0.client(common::kube4, None)?,
+            prefix,
+            "renewer",
+            Duration::from_secs(1),
         );
-        if acquired && leading {
-            samples.push(t0.elapsed().as_secs_f64());
-        }
-        leading = acquired;
+        let samples = common::lone_leader_renewals(window, async || {
+            matches!(
+                lock.try_acquire_or_renew().await,
+                Ok(LeaseLockResult::Acquired(_))
+            )
+        })
+        .await;
+        let _ = lock.step_down().await;
+        Ok(samples)
     }
-    let _ = lock.step_down().await;
-    Ok(samples)
 }

@@ -15,6 +15,7 @@
 //! when its standard input closes. `contend` runs one replica of the contention
 //! section (see `contend.rs`).
 
+mod common;
 mod contend;
 mod coordinate;
 mod kle;
@@ -24,6 +25,8 @@ mod kunobi;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::Setup;
+use leaderelection_bench_driver::client_log;
 use leaderelection_bench_driver::scenario::{self, Departure, Library, Timings};
 use tokio::io::AsyncReadExt;
 
@@ -41,31 +44,12 @@ const PEERS: [&str; 4] = [
     "kunobi-ha",
 ];
 
-fn library(peer: &str, url: &str, token: &str, timings: Timings) -> Arc<dyn Library> {
-    let (url, token) = (url.to_string(), token.to_string());
+fn library(peer: &str, setup: Setup) -> Arc<dyn Library> {
     match peer {
-        "kube-coordinate" => Arc::new(coordinate::KubeCoordinate {
-            url,
-            token,
-            timings,
-            logs: Arc::default(),
-        }),
-        "kubert" => Arc::new(kubert_lease::Kubert {
-            url,
-            token,
-            timings,
-        }),
-        "kunobi-ha" => Arc::new(kunobi::Kunobi {
-            url,
-            token,
-            timings,
-            logs: Arc::default(),
-        }),
-        _ => Arc::new(kle::KubeLeaderElection {
-            url,
-            token,
-            timings,
-        }),
+        "kube-coordinate" => Arc::new(coordinate::KubeCoordinate(setup)),
+        "kubert" => Arc::new(kubert_lease::Kubert(setup)),
+        "kunobi-ha" => Arc::new(kunobi::Kunobi(setup)),
+        _ => Arc::new(kle::KubeLeaderElection(setup)),
     }
 }
 
@@ -99,7 +83,7 @@ async fn run(args: &[String]) -> Result<(), String> {
     match (mode.as_str(), rest) {
         (m @ ("handover" | "failover"), [n, prefix]) => {
             let n: usize = n.parse().map_err(|e| format!("bad N: {e}"))?;
-            let lib = library(peer, url, token, Timings::SHORT);
+            let lib = library(peer, Setup::new(url, token, Timings::SHORT));
             let departure = if m == "handover" {
                 Departure::Release
             } else {
@@ -115,21 +99,31 @@ async fn run(args: &[String]) -> Result<(), String> {
         ("renew", [secs, prefix]) => {
             let secs: f64 = secs.parse().map_err(|e| format!("bad SECONDS: {e}"))?;
             let window = Duration::from_secs_f64(secs);
+            let t = Timings::SHORT;
+            let setup = Setup::new(url, token, t);
             let samples = match peer.as_str() {
-                "kube-coordinate" => {
-                    // It renews every renew deadline.
-                    let leaders = Timings::SHORT.renew.as_millis() / RENEW_PERIOD.as_millis();
-                    coordinate::renewals(url, token, prefix, window, leaders as usize).await?
+                "kubert" => kubert_lease::Kubert(setup).renewals(prefix, window).await?,
+                "kube-leader-election" => {
+                    kle::KubeLeaderElection(setup)
+                        .renewals(prefix, window)
+                        .await?
                 }
-                "kubert" => {
-                    kubert_lease::renewals(url, token, prefix, window, RENEW_PERIOD).await?
+                own_timer => {
+                    // kube-coordinate renews every renew deadline, kunobi-ha every retry
+                    // period, each on its own timer: as many leaders as make a renewal
+                    // every RENEW_PERIOD, timed in their clients.
+                    let (every, renewal) = match own_timer {
+                        "kube-coordinate" => (t.renew, coordinate::RENEWAL),
+                        _ => (t.retry, kunobi::RENEWAL),
+                    };
+                    let leaders = (every.as_millis() / RENEW_PERIOD.as_millis()) as usize;
+                    let logs = setup.logs.clone();
+                    let lib = library(own_timer, setup);
+                    client_log::renewals_of_leaders_as(
+                        &*lib, &logs, prefix, leaders, renewal, t.retry, window,
+                    )
+                    .await?
                 }
-                "kunobi-ha" => {
-                    // It renews every retry period.
-                    let leaders = Timings::SHORT.retry.as_millis() / RENEW_PERIOD.as_millis();
-                    kunobi::renewals(url, token, prefix, window, leaders as usize).await?
-                }
-                _ => kle::renewals(url, token, prefix, window, RENEW_PERIOD).await?,
             };
             println!("{}", serde_json::json!({ "samples": samples }));
             Ok(())
@@ -137,7 +131,7 @@ async fn run(args: &[String]) -> Result<(), String> {
         ("steady", [prefix, tokens @ ..]) if !tokens.is_empty() => {
             let mut replicas = Vec::new();
             for (i, token) in tokens.iter().enumerate() {
-                let lib = library(peer, url, token, Timings::DEFAULT);
+                let lib = library(peer, Setup::new(url, token, Timings::DEFAULT));
                 let mut r = lib.start(prefix.clone(), format!("candidate-{i}")).await?;
                 if i == 0 && r.wait_leading(Duration::from_secs(30)).await.is_none() {
                     return Err("the first candidate did not lead within 30 s".into());
